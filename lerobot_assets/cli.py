@@ -1,0 +1,137 @@
+"""The ``lerobot-assets`` command line.
+
+Every command that reports a result prints one JSON object on the last line of stdout; progress
+goes to stderr. On failure: a one-line ``error: ...`` on stderr and exit code 1.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+from lerobot_assets.errors import LeRobotAssetsError
+from lerobot_assets.home import HOME_ENV, Home, default_home
+
+log = logging.getLogger("lerobot_assets")
+
+
+def _print_result(result: dict[str, Any]) -> None:
+    print(json.dumps(result, default=str))
+
+
+def _home(args: argparse.Namespace) -> Path:
+    return Path(args.home).absolute() if args.home else default_home()
+
+
+def cmd_ingest(args: argparse.Namespace) -> dict[str, Any]:
+    from lerobot_assets.launch import ingest, parse_episodes
+
+    return ingest(
+        args.source,
+        name=args.name,
+        revision=args.revision,
+        episodes=parse_episodes(args.episodes) if args.episodes else None,
+        home=_home(args),
+        tables=args.tables,
+        image_format=args.image_format,
+        quality=args.quality,
+        workers=args.workers,
+    )
+
+
+def cmd_snapshot(args: argparse.Namespace) -> dict[str, Any]:
+    from lerobot_assets.launch import snapshot
+
+    return snapshot(args.name, tag=args.tag, home=_home(args))
+
+
+def cmd_info(args: argparse.Namespace) -> dict[str, Any]:
+    from lerobot_assets.launch import info
+
+    return info(args.name, home=_home(args))
+
+
+def cmd_demo(args: argparse.Namespace) -> dict[str, Any]:
+    from lerobot_assets.demo import run_demo
+
+    return run_demo(_home(args))
+
+
+def cmd_ui(args: argparse.Namespace) -> dict[str, Any]:
+    """Start ``dagster dev`` on this home's instance (replaces this process)."""
+    home = Home(_home(args))
+    from lerobot_assets.launch import dagster_instance
+
+    dagster_instance(home)  # makes sure DAGSTER_HOME and its dagster.yaml exist
+    workspace = Path(__file__).with_name("workspace.yaml")
+    env = {**os.environ, "DAGSTER_HOME": str(home.dagster_home), HOME_ENV: str(home.root)}
+    command = ["dagster", "dev", "-w", str(workspace), "--host", args.host, "--port", str(args.port)]
+    log.info("DAGSTER_HOME=%s %s", home.dagster_home, " ".join(command))
+    os.execvpe(command[0], command, env)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="lerobot-assets",
+        description="Versioned, queryable Deeplake tables from LeRobot datasets, orchestrated by Dagster.",
+    )
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--home", help=f"home directory (default: ${HOME_ENV}, else ./.lerobot_assets)")
+    common.add_argument("-q", "--quiet", action="store_true", help="only warnings and the JSON result")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("demo", parents=[common], help="generate a sample dataset, ingest it, snapshot it, query it")
+    p.set_defaults(func=cmd_demo)
+
+    p = sub.add_parser("ingest", parents=[common], help="ingest a Hub repo id or a local LeRobot dataset")
+    p.add_argument("source", help="Hub dataset repo id (org/name) or a local directory")
+    p.add_argument("--name", help="dataset name (default: derived from the source)")
+    p.add_argument("--revision", help="Hub branch, tag or commit sha (default: latest)")
+    p.add_argument("--episodes", help="subset of episodes, e.g. 0,3,7-9")
+    p.add_argument("--tables", help="where tables live: a local path or s3://... (default: <home>/tables)")
+    p.add_argument("--image-format", choices=("jpeg", "png"), default="jpeg")
+    p.add_argument("--quality", type=int, default=95, help="JPEG quality (default 95)")
+    p.add_argument("--workers", type=int, help="episode runs in parallel (default: CPU count)")
+    p.set_defaults(func=cmd_ingest)
+
+    p = sub.add_parser("snapshot", parents=[common], help="tag the table's current version for training")
+    p.add_argument("name")
+    p.add_argument("--tag", help="tag name (default: <name>-<UTC time>-<revision>)")
+    p.set_defaults(func=cmd_snapshot)
+
+    p = sub.add_parser("info", parents=[common], help="show a table's version, tags, rows and episodes")
+    p.add_argument("name")
+    p.set_defaults(func=cmd_info)
+
+    p = sub.add_parser("ui", parents=[common], help="run `dagster dev` on this home's Dagster instance")
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int, default=3000)
+    p.set_defaults(func=cmd_ui)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(
+        level=logging.WARNING if args.quiet else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    for noisy in ("alembic", "urllib3", "httpx", "filelock"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+    try:
+        result = args.func(args)
+    except LeRobotAssetsError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    _print_result(result)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,312 @@
+"""Materializing the asset graph from Python and the CLI, through a persistent Dagster instance.
+
+Runs launched here are recorded in ``<home>/dagster`` (SQLite), so they show up in ``dagster dev``
+started with ``DAGSTER_HOME=<home>/dagster``. ``ingest`` runs the dataset-level assets once, then
+one run per episode partition that needs it, in parallel worker processes; table writes stay
+serialized by the table lock.
+"""
+
+import logging
+import multiprocessing
+import os
+from collections.abc import Sequence
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from dagster import (
+    AssetKey,
+    AssetMaterialization,
+    DagsterInstance,
+    ExecuteInProcessResult,
+    materialize,
+)
+
+from lerobot_assets.assets import (
+    ALL_ASSETS,
+    DATASET_ASSETS,
+    EPISODE_ASSETS,
+    data_version_of,
+    dataset_partitions,
+    episode_partition,
+    training_snapshot,
+)
+from lerobot_assets.errors import LeRobotAssetsError
+from lerobot_assets.home import DatasetSource, Home, check_name, default_home, name_from_source
+from lerobot_assets.resources import HubResource, ImageEncodingResource, StorageResource
+from lerobot_assets.source import classify_source
+from lerobot_assets.table import open_read_only, open_tag, open_writable, replace_episode, summarize, table_url, write_lock
+
+log = logging.getLogger(__name__)
+
+_INSTANCE_YAML = """\
+# Written by lerobot-assets. Runs and materializations live in SQLite files next to this file.
+telemetry:
+  enabled: false
+"""
+
+
+@dataclass(frozen=True)
+class Settings:
+    """What every run needs to rebuild its resources, also in a worker process."""
+
+    home: Path
+    image_format: str = "jpeg"
+    quality: int = 95
+
+    def resources(self) -> dict[str, Any]:
+        return {
+            "storage": StorageResource(home_dir=str(self.home)),
+            "hub": HubResource(),
+            "encoding": ImageEncodingResource(image_format=self.image_format, quality=self.quality),
+        }
+
+
+def dagster_instance(home: Home) -> DagsterInstance:
+    """The persistent Dagster instance of ``home`` (created on first use)."""
+    home.dagster_home.mkdir(parents=True, exist_ok=True)
+    config = home.dagster_home / "dagster.yaml"
+    if not config.exists():
+        config.write_text(_INSTANCE_YAML)
+    return DagsterInstance.from_config(str(home.dagster_home))
+
+
+def _failure_message(result: ExecuteInProcessResult) -> str:
+    """The user-facing message of the first failed step (our own exception text, not Dagster's wrapper)."""
+    for event in result.all_events:
+        if event.is_step_failure:
+            error = event.step_failure_data.error
+            while error.cause is not None and "Error occurred while executing" in error.message:
+                error = error.cause
+            return error.message.strip().splitlines()[-1] if error.message else "step failed"
+    return "run failed"
+
+
+def _run(instance: DagsterInstance, settings: Settings, selection: list, partition_key: Any, **kwargs: Any):
+    result = materialize(
+        ALL_ASSETS,
+        selection=selection,
+        partition_key=partition_key,
+        instance=instance,
+        resources=settings.resources(),
+        raise_on_error=False,
+        **kwargs,
+    )
+    if not result.success:
+        raise LeRobotAssetsError(_failure_message(result))
+    return result
+
+
+_worker_instance: DagsterInstance | None = None
+
+
+def _materialize_episode(settings: Settings, dataset: str, index: int) -> tuple[int, str | None]:
+    """Worker-process entry point: one run for one (dataset, episode) partition."""
+    global _worker_instance
+    if _worker_instance is None:
+        _worker_instance = dagster_instance(Home(settings.home))
+    try:
+        _run(_worker_instance, settings, EPISODE_ASSETS, episode_partition(dataset, index))
+    except LeRobotAssetsError as exc:
+        return index, str(exc)
+    return index, None
+
+
+def parse_episodes(spec: str) -> list[int]:
+    """Parse ``"0,3,7-9"`` into ``[0, 3, 7, 8, 9]``."""
+    out: set[int] = set()
+    for part in filter(None, (p.strip() for p in spec.split(","))):
+        try:
+            if "-" in part:
+                first, last = (int(x) for x in part.split("-", 1))
+                if last < first:
+                    raise ValueError
+                out.update(range(first, last + 1))
+            else:
+                out.add(int(part))
+        except ValueError:
+            raise LeRobotAssetsError(f"invalid episode list {spec!r}: expected e.g. '0,3,7-9'") from None
+    return sorted(out)
+
+
+def register(home: Home, source: str, name: str | None, revision: str | None, tables: str | None) -> DatasetSource:
+    """Record where dataset ``name`` comes from and where its table lives, and add its partition."""
+    kind = classify_source(source)
+    location = str(Path(source).expanduser().resolve()) if kind == "local" else source
+    name = check_name(name) if name else name_from_source(source)
+    url = table_url(tables or home.tables, name)
+    try:
+        previous = home.dataset_source(name)
+    except LeRobotAssetsError:
+        previous = None
+    if previous is not None:
+        if previous.source != location:
+            raise LeRobotAssetsError(
+                f"dataset {name!r} is already registered from {previous.source!r}; choose another --name"
+            )
+        if tables is not None and previous.table != url:
+            raise LeRobotAssetsError(f"dataset {name!r} already has its table at {previous.table}; omit --tables")
+        url = previous.table
+    entry = DatasetSource(name=name, source=location, kind=kind, table=url, revision=revision)
+    home.register(entry)
+    instance = dagster_instance(home)
+    if not instance.has_dynamic_partition(dataset_partitions.name, name):
+        instance.add_dynamic_partitions(dataset_partitions.name, [name])
+    return entry
+
+
+def ingest(
+    source: str,
+    *,
+    name: str | None = None,
+    revision: str | None = None,
+    episodes: Sequence[int] | None = None,
+    home: str | Path | None = None,
+    tables: str | None = None,
+    image_format: str = "jpeg",
+    quality: int = 95,
+    workers: int | None = None,
+) -> dict[str, Any]:
+    """Register ``source`` and materialize what changed: only episodes whose inputs differ from the table.
+
+    Returns the JSON-able result printed by ``lerobot-assets ingest``.
+    """
+    home_ = Home(Path(home) if home else default_home())
+    settings = Settings(home_.root, image_format, quality)
+    entry = register(home_, source, name, revision, tables)
+    instance = dagster_instance(home_)
+    log.info("resolving %s (%s)", entry.source, entry.kind)
+    result = _run(instance, settings, DATASET_ASSETS, entry.name)
+    metadata = result.output_for_node("episode_metadata")
+    upstream = sorted(metadata["episodes"])
+    requested = upstream if episodes is None else sorted(set(episodes))
+    unknown = sorted(set(requested) - set(upstream))
+    if unknown:
+        raise LeRobotAssetsError(
+            f"dataset {entry.name!r} has no episodes {unknown} at revision {metadata['revision'][:12]} "
+            f"(it has {len(upstream)} episodes: {upstream[0]}..{upstream[-1]})"
+        )
+    present = _table_episodes(entry.table)
+    plan = {"added": [], "changed": [], "unchanged": []}
+    for index in requested:
+        if index not in present:
+            plan["added"].append(index)
+        elif _last_data_version(instance, entry.name, index) != data_version_of(metadata, index).value:
+            plan["changed"].append(index)
+        else:
+            plan["unchanged"].append(index)
+    todo = plan["added"] + plan["changed"]
+    log.info("%s: %d episodes to materialize, %d unchanged", entry.name, len(todo), len(plan["unchanged"]))
+    failures = _materialize_episodes(settings, entry.name, todo, workers)
+    removed = [] if episodes is not None else sorted(set(present) - set(upstream))
+    if removed:
+        _remove_episodes(instance, home_, entry, removed, metadata["revision"])
+    if failures:
+        lines = "; ".join(f"episode {i}: {msg}" for i, msg in sorted(failures.items()))
+        raise LeRobotAssetsError(f"{len(failures)} of {len(todo)} episodes failed: {lines}")
+    summary = summarize(open_read_only(entry.table), entry.table)
+    return {
+        "dataset": entry.name,
+        "table": entry.table,
+        "version": summary.version,
+        "rows": summary.rows,
+        "episodes": sorted(summary.episodes),
+        "revision": metadata["revision"],
+        "materialized": sorted(todo),
+        **{key: sorted(value) for key, value in plan.items()},
+        "removed": removed,
+    }
+
+
+def _table_episodes(url: str) -> dict[int, int]:
+    try:
+        return summarize(open_read_only(url), url).episodes
+    except LeRobotAssetsError:
+        return {}
+
+
+def _last_data_version(instance: DagsterInstance, dataset: str, index: int) -> str | None:
+    record = instance.get_latest_data_version_record(
+        AssetKey("deeplake_table"), partition_key=str(episode_partition(dataset, index))
+    )
+    return None if record is None else record.asset_materialization.tags.get("dagster/data_version")
+
+
+def _materialize_episodes(
+    settings: Settings, dataset: str, indices: Sequence[int], workers: int | None
+) -> dict[int, str]:
+    """Run one Dagster run per episode in worker processes; return {episode: error} for failures."""
+    if not indices:
+        return {}
+    workers = max(1, min(workers or os.cpu_count() or 1, len(indices)))
+    failures: dict[int, str] = {}
+    context = multiprocessing.get_context("spawn")
+    with ProcessPoolExecutor(max_workers=workers, mp_context=context) as pool:
+        futures = [pool.submit(_materialize_episode, settings, dataset, i) for i in indices]
+        for done, future in enumerate(futures, start=1):
+            index, error = future.result()
+            if error:
+                failures[index] = error
+                log.error("%s episode %d failed: %s", dataset, index, error)
+            log.info("%s: %d of %d episodes done", dataset, done, len(indices))
+    return failures
+
+
+def _remove_episodes(
+    instance: DagsterInstance, home: Home, entry: DatasetSource, indices: Sequence[int], revision: str
+) -> None:
+    """Delete the rows of episodes that disappeared upstream, recorded as materializations of their partitions."""
+    with write_lock(home.lock(entry.name)):
+        ds = open_writable(entry.table)
+        for index in indices:
+            deleted, _ = replace_episode(ds, index, None, f"remove {entry.name} episode {index}: gone at revision {revision}")
+            instance.report_runless_asset_event(
+                AssetMaterialization(
+                    asset_key="deeplake_table",
+                    partition=str(episode_partition(entry.name, index)),
+                    metadata={"rows_removed": deleted, "table_version": ds.version, "revision": revision},
+                )
+            )
+            log.info("%s: removed episode %d (%d rows), gone upstream", entry.name, index, deleted)
+
+
+def snapshot(name: str, *, tag: str | None = None, home: str | Path | None = None) -> dict[str, Any]:
+    """Materialize ``training_snapshot`` for ``name``: tag the table's current version."""
+    home_ = Home(Path(home) if home else default_home())
+    entry = home_.dataset_source(name)
+    run_config = {"ops": {training_snapshot.op.name: {"config": {"tag": tag}}}}
+    result = _run(dagster_instance(home_), Settings(home_.root), [training_snapshot], name, run_config=run_config)
+    event = result.get_asset_materialization_events()[0].event_specific_data.materialization
+    values = {key: value.value for key, value in event.metadata.items()}
+    return {
+        "dataset": name,
+        "tag": values["tag"],
+        "version": values["version"],
+        "table": entry.table,
+        "rows": values["rows"],
+        "revision": values["revision"],
+    }
+
+
+def info(name: str, *, home: str | Path | None = None) -> dict[str, Any]:
+    """What the table of ``name`` holds at head, with its tags and source revision."""
+    home_ = Home(Path(home) if home else default_home())
+    entry = home_.dataset_source(name)
+    summary = summarize(open_read_only(entry.table), entry.table)
+    return {
+        "dataset": name,
+        "source": entry.source,
+        "table": entry.table,
+        "version": summary.version,
+        "rows": summary.rows,
+        "episodes": sorted(summary.episodes),
+        "tags": summary.tags,
+        "revision": summary.metadata.get("revision"),
+    }
+
+
+def open_snapshot(dataset: str, tag: str, home: str | Path | None = None):
+    """The read-only Deeplake dataset of ``dataset`` at ``tag``: the exact rows a training run used."""
+    home_ = Home(Path(home) if home else default_home())
+    return open_tag(home_.dataset_source(dataset).table, tag)

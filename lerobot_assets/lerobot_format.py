@@ -1,0 +1,360 @@
+"""Reading the LeRobot dataset format (v3.0, and the older v2.1/v2.0) from a local directory.
+
+The reader turns ``meta/`` into plain dataclasses: which cameras exist, what each numeric feature
+looks like, and, per episode, where its telemetry rows and video segments live. Nothing here knows
+about Dagster or Deeplake; every check raises :class:`DatasetFormatError` naming the dataset,
+episode and file at fault.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+from lerobot_assets.errors import DatasetFormatError, where
+
+SUPPORTED_VERSIONS = ("v2.0", "v2.1", "v3.0")
+#: Columns every LeRobot frame carries, besides its features.
+INDEX_COLUMNS = ("timestamp", "frame_index", "episode_index", "index", "task_index")
+NUMERIC_DTYPES = ("float32", "float64", "int8", "int16", "int32", "int64", "uint8", "uint16", "uint32", "bool")
+
+
+@dataclass(frozen=True)
+class Feature:
+    """One entry of ``info.json["features"]``."""
+
+    key: str
+    dtype: str
+    shape: tuple[int, ...]
+
+    @property
+    def is_camera(self) -> bool:
+        return self.dtype == "video"
+
+    @property
+    def is_vector(self) -> bool:
+        """Stored as a fixed-length vector (e.g. joint state), rather than a scalar per frame."""
+        return math.prod(self.shape) != 1 or len(self.shape) > 1
+
+
+@dataclass(frozen=True)
+class VideoSegment:
+    """The part of one camera's MP4 file that belongs to one episode."""
+
+    camera: str
+    path: str  # relative to the dataset root
+    from_timestamp: float
+    to_timestamp: float
+
+
+@dataclass(frozen=True)
+class Episode:
+    """Where one episode's rows and video segments are, as declared by ``meta/``."""
+
+    index: int
+    length: int
+    tasks: tuple[str, ...]
+    data_path: str  # relative to the dataset root
+    videos: Mapping[str, VideoSegment] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class DatasetMeta:
+    """Everything ``meta/`` says about a dataset, with paths resolved for its layout version."""
+
+    name: str
+    root: Path
+    version: str
+    fps: float
+    robot_type: str | None
+    features: Mapping[str, Feature]
+    tasks: Mapping[int, str]
+    episodes: Mapping[int, Episode]
+
+    @property
+    def cameras(self) -> list[str]:
+        return [k for k, f in self.features.items() if f.is_camera]
+
+    @property
+    def value_features(self) -> list[Feature]:
+        """Numeric per-frame features other than the index columns (state, action, effort, reward...)."""
+        return [
+            f
+            for f in self.features.values()
+            if f.key not in INDEX_COLUMNS and f.dtype in NUMERIC_DTYPES
+        ]
+
+    def episode(self, index: int) -> Episode:
+        try:
+            return self.episodes[index]
+        except KeyError:
+            known = sorted(self.episodes)
+            span = f"{known[0]}..{known[-1]}" if known else "none"
+            raise DatasetFormatError(
+                f"{where(self.name, index)}: no such episode; the dataset has {len(known)} episodes ({span})"
+            ) from None
+
+
+def read_dataset(root: str | Path, name: str | None = None) -> DatasetMeta:
+    """Read ``meta/`` of the LeRobot dataset at ``root``; ``name`` is only used in error messages."""
+    root = Path(root)
+    name = name or root.name
+    info = _read_info(root, name)
+    version = info["codebase_version"]
+    fps = info["fps"]
+    features = {
+        key: Feature(key, spec.get("dtype", ""), tuple(int(s) for s in spec.get("shape") or (1,)))
+        for key, spec in info["features"].items()
+    }
+    unsupported = [k for k, f in features.items() if f.dtype == "image"]
+    if unsupported:
+        raise DatasetFormatError(
+            f"{where(name, file='meta/info.json')}: features {unsupported} store images inside the parquet "
+            "files (dtype 'image'); only video features (dtype 'video') are supported"
+        )
+    if version == "v3.0":
+        tasks = _read_tasks_v3(root, name)
+        episodes = _read_episodes_v3(root, name, info, features)
+    else:
+        tasks = _read_tasks_v2(root, name)
+        episodes = _read_episodes_v2(root, name, info, features)
+    return DatasetMeta(name, root, version, float(fps), info.get("robot_type"), features, tasks, episodes)
+
+
+def _read_info(root: Path, name: str) -> dict:
+    path = root / "meta" / "info.json"
+    if not path.is_file():
+        raise DatasetFormatError(
+            f"{where(name, file=path)}: meta/info.json is missing; expected the root of a LeRobot dataset"
+        )
+    try:
+        info = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise DatasetFormatError(f"{where(name, file=path)}: meta/info.json is not valid JSON ({exc})") from None
+    if not isinstance(info, dict):
+        raise DatasetFormatError(f"{where(name, file=path)}: expected a JSON object")
+    version = info.get("codebase_version")
+    if version not in SUPPORTED_VERSIONS:
+        raise DatasetFormatError(
+            f"{where(name, file=path)}: codebase_version {version!r} is not supported; "
+            f"expected one of {', '.join(SUPPORTED_VERSIONS)}"
+        )
+    fps = info.get("fps")
+    if not isinstance(fps, (int, float)) or not fps > 0 or not math.isfinite(fps):
+        raise DatasetFormatError(f"{where(name, file=path)}: fps is {fps!r}; expected a positive number")
+    if not isinstance(info.get("features"), dict) or not info["features"]:
+        raise DatasetFormatError(f"{where(name, file=path)}: 'features' is missing or empty")
+    for key in ("data_path",) + (("video_path",) if any(
+        isinstance(f, dict) and f.get("dtype") == "video" for f in info["features"].values()
+    ) else ()):
+        if not isinstance(info.get(key), str):
+            raise DatasetFormatError(f"{where(name, file=path)}: {key!r} is missing; expected a path template")
+    return info
+
+
+def _read_parquet(path: Path, name: str, episode: int | None = None, **kwargs) -> pa.Table:
+    if not path.is_file():
+        raise DatasetFormatError(f"{where(name, episode, path)}: file is missing")
+    try:
+        return pq.read_table(path, **kwargs)
+    except (pa.ArrowException, OSError) as exc:
+        raise DatasetFormatError(
+            f"{where(name, episode, path)}: cannot be read as parquet, the file may be truncated ({exc})"
+        ) from None
+
+
+def _read_jsonl(path: Path, name: str) -> list[dict]:
+    if not path.is_file():
+        raise DatasetFormatError(f"{where(name, file=path)}: file is missing")
+    rows = []
+    for number, line in enumerate(path.read_text().splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            rows.append(json.loads(line))
+        except json.JSONDecodeError as exc:
+            raise DatasetFormatError(f"{where(name, file=path)}: line {number} is not valid JSON ({exc})") from None
+    return rows
+
+
+def _read_tasks_v3(root: Path, name: str) -> dict[int, str]:
+    path = root / "meta" / "tasks.parquet"
+    frame = _read_parquet(path, name).to_pandas()
+    if "task_index" not in frame.columns:
+        raise DatasetFormatError(f"{where(name, file=path)}: expected a 'task_index' column")
+    texts = frame["task"] if "task" in frame.columns else frame.index.to_series()
+    return {int(i): str(t) for i, t in zip(frame["task_index"], texts)}
+
+
+def _read_tasks_v2(root: Path, name: str) -> dict[int, str]:
+    path = root / "meta" / "tasks.jsonl"
+    return {int(row["task_index"]): str(row["task"]) for row in _read_jsonl(path, name)}
+
+
+def _read_episodes_v3(root: Path, name: str, info: dict, features: Mapping[str, Feature]) -> dict[int, Episode]:
+    files = sorted((root / "meta" / "episodes").glob("chunk-*/file-*.parquet"))
+    if not files:
+        raise DatasetFormatError(
+            f"{where(name, file=root / 'meta' / 'episodes')}: no chunk-*/file-*.parquet episode index files"
+        )
+    cameras = [k for k, f in features.items() if f.is_camera]
+    episodes: dict[int, Episode] = {}
+    for path in files:
+        schema = _read_parquet_schema(path, name)
+        wanted = [c for c in schema.names if not c.startswith("stats/")]
+        frame = _read_parquet(path, name, columns=wanted).to_pandas()
+        required = ["episode_index", "length", "data/chunk_index", "data/file_index"]
+        for cam in cameras:
+            required += [f"videos/{cam}/{c}" for c in ("chunk_index", "file_index", "from_timestamp", "to_timestamp")]
+        missing = [c for c in required if c not in frame.columns]
+        if missing:
+            raise DatasetFormatError(f"{where(name, file=path)}: missing columns {missing}")
+        for row in frame.to_dict("records"):
+            index = int(row["episode_index"])
+            videos = {
+                cam: VideoSegment(
+                    cam,
+                    info["video_path"].format(
+                        video_key=cam,
+                        chunk_index=int(row[f"videos/{cam}/chunk_index"]),
+                        file_index=int(row[f"videos/{cam}/file_index"]),
+                    ),
+                    float(row[f"videos/{cam}/from_timestamp"]),
+                    float(row[f"videos/{cam}/to_timestamp"]),
+                )
+                for cam in cameras
+            }
+            data_path = info["data_path"].format(
+                chunk_index=int(row["data/chunk_index"]), file_index=int(row["data/file_index"])
+            )
+            tasks = tuple(str(t) for t in (row.get("tasks") if row.get("tasks") is not None else ()))
+            episodes[index] = Episode(index, int(row["length"]), tasks, data_path, videos)
+    return episodes
+
+
+def _read_parquet_schema(path: Path, name: str) -> pa.Schema:
+    try:
+        return pq.read_schema(path)
+    except (pa.ArrowException, OSError) as exc:
+        raise DatasetFormatError(
+            f"{where(name, file=path)}: cannot be read as parquet, the file may be truncated ({exc})"
+        ) from None
+
+
+def _read_episodes_v2(root: Path, name: str, info: dict, features: Mapping[str, Feature]) -> dict[int, Episode]:
+    chunks_size = int(info.get("chunks_size") or 1000)
+    cameras = [k for k, f in features.items() if f.is_camera]
+    episodes: dict[int, Episode] = {}
+    for row in _read_jsonl(root / "meta" / "episodes.jsonl", name):
+        index, length = int(row["episode_index"]), int(row["length"])
+        chunk = index // chunks_size
+        videos = {
+            cam: VideoSegment(
+                cam,
+                info["video_path"].format(episode_chunk=chunk, video_key=cam, episode_index=index),
+                0.0,
+                length / info["fps"],
+            )
+            for cam in cameras
+        }
+        data_path = info["data_path"].format(episode_chunk=chunk, episode_index=index)
+        episodes[index] = Episode(index, length, tuple(str(t) for t in row.get("tasks", ())), data_path, videos)
+    return episodes
+
+
+def read_episode_telemetry(meta: DatasetMeta, index: int) -> pa.Table:
+    """Read one episode's telemetry rows and check them against ``meta/``.
+
+    Returns the index columns and every numeric feature, in frame order. Raises
+    :class:`DatasetFormatError` when columns are missing, vector lengths disagree with ``info.json``,
+    the row count differs from the episode length, ``frame_index`` has gaps or repeats, or
+    timestamps do not increase.
+    """
+    episode = meta.episode(index)
+    path = meta.root / episode.data_path
+    columns = list(INDEX_COLUMNS) + [f.key for f in meta.value_features if f.key not in INDEX_COLUMNS]
+    schema = _read_parquet_schema(path, meta.name) if path.is_file() else None
+    if schema is None:
+        raise DatasetFormatError(f"{where(meta.name, index, path)}: file is missing")
+    missing = [c for c in columns if c not in schema.names]
+    if missing:
+        raise DatasetFormatError(
+            f"{where(meta.name, index, path)}: columns {missing} listed in meta/info.json are missing; "
+            f"the file has {schema.names}"
+        )
+    table = _read_parquet(path, meta.name, index, columns=columns, filters=[("episode_index", "=", index)])
+    table = table.sort_by("frame_index")
+    _check_rows(meta, episode, table, path)
+    return table
+
+
+def _check_rows(meta: DatasetMeta, episode: Episode, table: pa.Table, path: Path) -> None:
+    at = where(meta.name, episode.index, path)
+    if table.num_rows != episode.length:
+        raise DatasetFormatError(
+            f"{at}: {table.num_rows} rows for the episode; meta/ declares length {episode.length}"
+        )
+    frame_index = table["frame_index"].to_numpy()
+    expected = np.arange(episode.length)
+    if not np.array_equal(frame_index, expected):
+        bad = int(np.argmax(frame_index != expected))
+        raise DatasetFormatError(
+            f"{at}: frame_index must run 0..{episode.length - 1} without gaps or repeats; "
+            f"row {bad} has {int(frame_index[bad])}, expected {bad}"
+        )
+    timestamps = table["timestamp"].to_numpy()
+    steps = np.diff(timestamps)
+    if len(steps) and not (steps > 0).all():
+        bad = int(np.argmax(~(steps > 0))) + 1
+        raise DatasetFormatError(
+            f"{at}: timestamps must increase; frame {bad} has {timestamps[bad]:.6f} after {timestamps[bad - 1]:.6f}"
+        )
+    for feature in meta.value_features:
+        if feature.key in INDEX_COLUMNS:
+            continue
+        column = table[feature.key]
+        width = math.prod(feature.shape)
+        if pa.types.is_list(column.type) or pa.types.is_fixed_size_list(column.type):
+            lengths = pc.list_value_length(column).to_numpy(zero_copy_only=False)
+            if len(lengths) and not (lengths == width).all():
+                bad = int(np.argmax(lengths != width))
+                raise DatasetFormatError(
+                    f"{at}: column {feature.key!r} has vectors of length {int(lengths[bad])} at frame {bad}; "
+                    f"meta/info.json declares shape {list(feature.shape)}"
+                )
+        elif width != 1:
+            raise DatasetFormatError(
+                f"{at}: column {feature.key!r} holds scalars; meta/info.json declares shape {list(feature.shape)}"
+            )
+
+
+def feature_array(table: pa.Table, feature: Feature) -> np.ndarray:
+    """A feature column as a dense numpy array of shape ``(rows, *feature.shape)`` (scalars: ``(rows,)``)."""
+    column = table[feature.key].combine_chunks()
+    if pa.types.is_list(column.type) or pa.types.is_fixed_size_list(column.type):
+        values = column.flatten().to_numpy(zero_copy_only=False)
+        return values.reshape((len(column), *feature.shape))
+    return column.to_numpy(zero_copy_only=False)
+
+
+def episode_task(meta: DatasetMeta, table: pa.Table) -> list[str]:
+    """The task text of every row, looked up from ``task_index``."""
+    out = []
+    for task_index in table["task_index"].to_pylist():
+        try:
+            out.append(meta.tasks[task_index])
+        except KeyError:
+            raise DatasetFormatError(
+                f"{where(meta.name, int(table['episode_index'][0].as_py()))}: task_index {task_index} "
+                f"is not in the task list (known: {sorted(meta.tasks)})"
+            ) from None
+    return out
+

@@ -1,0 +1,250 @@
+"""Writing and reading the Deeplake tables: one table per LeRobot dataset, one row per frame.
+
+Columns keep LeRobot's feature keys (``observation.images.<camera>``, ``observation.state``,
+``action``...), plus ``timestamp``, ``frame_index``, ``episode_index``, ``index``, ``task_index`` and
+``task``. Writing an episode replaces that episode's rows and commits, under a per-table lock, so a
+re-run never duplicates rows and a crash before the commit leaves the previous version intact
+(Deeplake drops uncommitted writes when a process dies).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import deeplake
+import numpy as np
+import pyarrow as pa
+from filelock import FileLock
+
+from lerobot_assets.errors import TableError, where
+from lerobot_assets.home import check_name
+from lerobot_assets.lerobot_format import DatasetMeta, Feature, episode_task, feature_array
+
+log = logging.getLogger(__name__)
+
+_SCALAR_TYPES = {
+    "float32": deeplake.types.Float32,
+    "float64": deeplake.types.Float64,
+    "int8": deeplake.types.Int8,
+    "int16": deeplake.types.Int16,
+    "int32": deeplake.types.Int32,
+    "int64": deeplake.types.Int64,
+    "uint8": deeplake.types.UInt8,
+    "uint16": deeplake.types.UInt16,
+    "uint32": deeplake.types.UInt32,
+    "bool": deeplake.types.Bool,
+}
+#: Index columns of every table, with the numpy dtype rows are converted to.
+INDEX_DTYPES = {
+    "timestamp": np.float32,
+    "frame_index": np.int64,
+    "episode_index": np.int64,
+    "index": np.int64,
+    "task_index": np.int64,
+}
+_COMPRESSION = {"jpeg": "jpg", "png": "png"}
+METADATA_KEY = "lerobot_assets"
+
+
+def table_url(tables_root: str | Path, name: str) -> str:
+    """The Deeplake URL of dataset ``name``'s table under ``tables_root`` (a local path or a URL)."""
+    root = str(tables_root)
+    if "://" not in root:
+        root = str(Path(root).absolute())
+    return f"{root.rstrip('/')}/{check_name(name)}"
+
+
+def storage_creds(url: str) -> dict[str, str] | None:
+    """Credentials for a cloud table URL, read from the standard environment variables.
+
+    The returned dict goes straight to Deeplake and is never logged or stored.
+    """
+    if url.startswith("s3://"):
+        names = {
+            "aws_access_key_id": "AWS_ACCESS_KEY_ID",
+            "aws_secret_access_key": "AWS_SECRET_ACCESS_KEY",
+            "aws_session_token": "AWS_SESSION_TOKEN",
+            "endpoint_url": "AWS_ENDPOINT_URL",
+            "aws_region": "AWS_REGION",
+        }
+        creds = {key: os.environ[env] for key, env in names.items() if os.environ.get(env)}
+        return creds or None
+    return None
+
+
+def table_columns(meta: DatasetMeta, image_format: str) -> dict[str, Any]:
+    """The Deeplake column types for ``meta``'s features."""
+    columns: dict[str, Any] = {
+        camera: deeplake.types.Image(dtype=deeplake.types.UInt8(), sample_compression=_COMPRESSION[image_format])
+        for camera in meta.cameras
+    }
+    for feature in meta.value_features:
+        columns[feature.key] = _value_type(feature)
+    columns.update({key: _SCALAR_TYPES[np.dtype(dtype).name]() for key, dtype in INDEX_DTYPES.items()})
+    columns["task"] = deeplake.types.Text()
+    return columns
+
+
+def _value_type(feature: Feature) -> Any:
+    scalar = _SCALAR_TYPES[feature.dtype]()
+    return deeplake.types.Array(scalar, shape=list(feature.shape)) if feature.is_vector else scalar
+
+
+def open_table(url: str, meta: DatasetMeta, image_format: str) -> deeplake.Dataset:
+    """Open the table at ``url``, creating it with ``meta``'s schema on first use.
+
+    Raises :class:`TableError` when an existing table's columns do not match the dataset.
+    """
+    creds = storage_creds(url)
+    expected = table_columns(meta, image_format)
+    if not deeplake.exists(url, creds=creds):
+        ds = deeplake.create(url, creds=creds)
+        for name, dtype in expected.items():
+            ds.add_column(name, dtype)
+        ds.metadata[METADATA_KEY] = json.dumps(
+            {
+                "dataset": meta.name,
+                "fps": meta.fps,
+                "codebase_version": meta.version,
+                "robot_type": meta.robot_type,
+                "cameras": meta.cameras,
+                "image_format": image_format,
+            }
+        )
+        ds.commit(f"create table for dataset {meta.name}")
+        log.info("created table %s", url)
+        return ds
+    ds = deeplake.open(url, creds=creds)
+    present = {column.name for column in ds.schema.columns}
+    if present != set(expected):
+        raise TableError(
+            f"{where(meta.name)}: table {url} has columns {sorted(present)}, but the dataset now has "
+            f"{sorted(expected)}; ingest it under a new --name"
+        )
+    return ds
+
+
+@contextmanager
+def write_lock(lock_path: Path) -> Iterator[None]:
+    """Serialize the writers of one table across processes (decoding still runs in parallel)."""
+    lock_path.parent.mkdir(parents=True, exist_ok=True)
+    with FileLock(str(lock_path)):
+        yield
+
+
+def episode_rows(meta: DatasetMeta, telemetry: pa.Table, images: Mapping[str, list[bytes]]) -> dict[str, Any]:
+    """The columns of one episode's rows, ready for ``Dataset.append``; shapes follow ``info.json``."""
+    rows: dict[str, Any] = {camera: list(images[camera]) for camera in meta.cameras}
+    for feature in meta.value_features:
+        values = feature_array(telemetry, feature)
+        rows[feature.key] = values.astype(np.dtype(feature.dtype), copy=False)
+    for key, dtype in INDEX_DTYPES.items():
+        rows[key] = telemetry[key].to_numpy().astype(dtype, copy=False)
+    rows["task"] = episode_task(meta, telemetry)
+    lengths = {key: len(values) for key, values in rows.items()}
+    if len(set(lengths.values())) != 1:
+        raise TableError(f"{where(meta.name, int(rows['episode_index'][0]))}: columns differ in length {lengths}")
+    return rows
+
+
+def _episode_offsets(ds: deeplake.Dataset, episode_index: int) -> np.ndarray:
+    if len(ds) == 0:
+        return np.empty(0, dtype=np.int64)
+    return np.flatnonzero(np.asarray(ds["episode_index"][:]) == episode_index)
+
+
+def replace_episode(
+    ds: deeplake.Dataset, episode_index: int, rows: Mapping[str, Any] | None, message: str
+) -> tuple[int, int]:
+    """Replace (or with ``rows=None`` remove) one episode's rows and commit.
+
+    Returns ``(rows_deleted, rows_written)``. The caller holds the table's write lock.
+    """
+    offsets = _episode_offsets(ds, episode_index)
+    for offset in offsets[::-1]:
+        ds.delete(int(offset))
+    written = 0
+    if rows is not None:
+        ds.append(dict(rows))
+        written = len(rows["episode_index"])
+    ds.commit(message)
+    return len(offsets), written
+
+
+@dataclass(frozen=True)
+class TableSummary:
+    """What a table holds at one version."""
+
+    url: str
+    version: str
+    rows: int
+    episodes: dict[int, int]  # episode_index -> rows
+    tags: dict[str, str]  # tag -> version
+    metadata: dict[str, Any]
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "table": self.url,
+            "version": self.version,
+            "rows": self.rows,
+            "episodes": sorted(self.episodes),
+            "tags": self.tags,
+            **{k: v for k, v in self.metadata.items() if k in ("source", "revision")},
+        }
+
+
+def summarize(ds: deeplake.Dataset | deeplake.ReadOnlyDataset, url: str) -> TableSummary:
+    """Row count, rows per episode, version, tags and ingest metadata of ``ds``."""
+    episodes: dict[int, int] = {}
+    if len(ds):
+        values, counts = np.unique(np.asarray(ds["episode_index"][:]), return_counts=True)
+        episodes = {int(v): int(c) for v, c in zip(values, counts)}
+    tags = {name: ds.tags[name].version for name in ds.tags.names()}
+    metadata = json.loads(ds.metadata[METADATA_KEY]) if METADATA_KEY in ds.metadata.keys() else {}
+    return TableSummary(url, ds.version, len(ds), episodes, tags, metadata)
+
+
+def set_table_metadata(ds: deeplake.Dataset, **values: Any) -> None:
+    """Merge ``values`` into the table's JSON metadata (committed with the next commit)."""
+    current = json.loads(ds.metadata[METADATA_KEY]) if METADATA_KEY in ds.metadata.keys() else {}
+    current.update(values)
+    ds.metadata[METADATA_KEY] = json.dumps(current)
+
+
+def open_read_only(url: str) -> deeplake.ReadOnlyDataset:
+    """Open the head of a table for reading; :class:`TableError` if it does not exist."""
+    creds = storage_creds(url)
+    if not deeplake.exists(url, creds=creds):
+        raise TableError(f"no table at {url}; ingest the dataset first")
+    return deeplake.open_read_only(url, creds=creds)
+
+
+def open_tag(url: str, tag: str) -> deeplake.ReadOnlyDataset:
+    """The table at tag ``tag``, read-only: the exact rows a training run saw."""
+    ds = open_read_only(url)
+    if tag not in ds.tags.names():
+        raise TableError(f"table {url} has no tag {tag!r}; tags: {sorted(ds.tags.names())}")
+    return ds.tags[tag].open()
+
+
+def open_writable(url: str) -> deeplake.Dataset:
+    """Open an existing table for writing; :class:`TableError` if it does not exist."""
+    creds = storage_creds(url)
+    if not deeplake.exists(url, creds=creds):
+        raise TableError(f"no table at {url}; ingest the dataset first")
+    return deeplake.open(url, creds=creds)
+
+
+def create_tag(ds: deeplake.Dataset, tag: str, url: str) -> str:
+    """Tag the current version of ``ds`` (committing pending changes first) and return the version id."""
+    check_name(tag)
+    if tag in ds.tags.names():
+        raise TableError(f"table {url} already has a tag {tag!r} (version {ds.tags[tag].version}); choose another tag")
+    return ds.tag(tag).version
