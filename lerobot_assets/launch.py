@@ -98,16 +98,15 @@ def _run(instance: DagsterInstance, settings: Settings, selection: list, partiti
     return result
 
 
-_worker_instance: DagsterInstance | None = None
+_instances: dict[Path, DagsterInstance] = {}
 
 
 def _materialize_episode(settings: Settings, dataset: str, index: int) -> tuple[int, str | None]:
-    """Worker-process entry point: one run for one (dataset, episode) partition."""
-    global _worker_instance
-    if _worker_instance is None:
-        _worker_instance = dagster_instance(Home(settings.home))
+    """One run for one (dataset, episode) partition; also the worker-process entry point."""
+    if settings.home not in _instances:
+        _instances[settings.home] = dagster_instance(Home(settings.home))
     try:
-        _run(_worker_instance, settings, EPISODE_ASSETS, episode_partition(dataset, index))
+        _run(_instances[settings.home], settings, EPISODE_ASSETS, episode_partition(dataset, index))
     except LeRobotAssetsError as exc:
         return index, str(exc)
     return index, None
@@ -241,15 +240,22 @@ def _materialize_episodes(
         return {}
     workers = max(1, min(workers or os.cpu_count() or 1, len(indices)))
     failures: dict[int, str] = {}
+
+    def record(done: int, index: int, error: str | None) -> None:
+        if error:
+            failures[index] = error
+            log.error("%s episode %d failed: %s", dataset, index, error)
+        log.info("%s: %d of %d episodes done", dataset, done, len(indices))
+
+    if workers == 1:  # no worker processes: run here, one after the other
+        for done, index in enumerate(indices, start=1):
+            record(done, *_materialize_episode(settings, dataset, index))
+        return failures
     context = multiprocessing.get_context("spawn")
     with ProcessPoolExecutor(max_workers=workers, mp_context=context) as pool:
         futures = [pool.submit(_materialize_episode, settings, dataset, i) for i in indices]
         for done, future in enumerate(futures, start=1):
-            index, error = future.result()
-            if error:
-                failures[index] = error
-                log.error("%s episode %d failed: %s", dataset, index, error)
-            log.info("%s: %d of %d episodes done", dataset, done, len(indices))
+            record(done, *future.result())
     return failures
 
 

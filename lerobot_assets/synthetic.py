@@ -278,10 +278,11 @@ def _by_file(episodes: list[_Episode]) -> list[list[_Episode]]:
 
 def _features(spec: _Spec) -> dict[str, dict]:
     """``info.json["features"]``, in the order lerobot writes them."""
-    vector = {"dtype": "float32", "shape": [spec.state_dim], "names": [f"j{j}" for j in range(spec.state_dim)]}
-    features = {"observation.state": vector, "action": vector}
-    if spec.effort:
-        features["observation.effort"] = vector
+    vectors = ["observation.state", "action"] + (["observation.effort"] if spec.effort else [])
+    features = {
+        key: {"dtype": "float32", "shape": [spec.state_dim], "names": [f"j{j}" for j in range(spec.state_dim)]}
+        for key in vectors
+    }
     for key in spec.camera_keys:
         features[key] = {
             "dtype": "video",
@@ -321,7 +322,8 @@ def _data_schema(features: dict[str, dict], version: str) -> pa.Schema:
         else:
             length = feature["shape"][0]
             fields.append(pa.field(key, pa.list_(value_type, length)))
-            hf_features[key] = {"feature": value, "length": length, "_type": "List" if version == "v3.0" else "Sequence"}
+            list_type = "List" if version == "v3.0" else "Sequence"
+            hf_features[key] = {"feature": value, "length": length, "_type": list_type}
     return pa.schema(fields, metadata={"huggingface": json.dumps({"info": {"features": hf_features}})})
 
 
@@ -417,8 +419,8 @@ def _value_stats(values: np.ndarray) -> dict[str, np.ndarray]:
 def _image_stats(histogram: np.ndarray, frames: int) -> dict[str, np.ndarray]:
     """Per-channel stats of the pixels scaled to [0, 1], each shaped ``(3, 1, 1)`` like lerobot's.
 
-    Exact uint8 histograms keep this cheap for large frames, and episode histograms add up to the
-    dataset's. ``count`` is the number of frames.
+    Counting the 256 levels of each channel keeps this cheap, and episode histograms add up to
+    the dataset's. ``count`` is the number of frames.
     """
     levels = np.arange(256) / 255.0
     pixels = histogram.sum(axis=1)
@@ -453,10 +455,12 @@ def _used_tasks(spec: _Spec, episodes: list[_Episode]) -> list[str]:
 def _write_meta_v30(root: Path, spec: _Spec, episodes: list[_Episode], stats: dict[int, Stats]) -> None:
     """``meta/tasks.parquet`` and ``meta/episodes/``, whose files follow the data files."""
     used = _used_tasks(spec, episodes)
+    tasks = pa.Table.from_pandas(pd.DataFrame({"task_index": np.arange(len(used), dtype=np.int64)}, index=used))
+    # The task text is the pandas index; pandas 3 (as lerobot 0.4) stores it as large_string, pandas 2 as string.
+    index = tasks.schema.get_field_index("__index_level_0__")
     (root / "meta").mkdir(parents=True, exist_ok=True)
-    pd.DataFrame({"task_index": np.arange(len(used), dtype=np.int64)}, index=used).to_parquet(
-        root / "meta" / "tasks.parquet"
-    )
+    pq.write_table(tasks.cast(tasks.schema.set(index, pa.field("__index_level_0__", pa.large_string()))),
+                   root / "meta" / "tasks.parquet")
     for group in _by_file(episodes):
         rows = []
         for ep in group:

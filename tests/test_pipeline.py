@@ -1,0 +1,147 @@
+"""End to end: the official v3.0 sample through a real Dagster instance into a real Deeplake table."""
+
+from __future__ import annotations
+
+import io
+import json
+from pathlib import Path
+
+import av
+import numpy as np
+import pandas as pd
+import pytest
+from dagster import AssetKey, DagsterInstance
+from PIL import Image
+
+from lerobot_assets.assets import episode_partition
+from lerobot_assets.cli import main as cli_main
+from lerobot_assets.launch import ingest, open_snapshot, snapshot
+from lerobot_assets.table import open_read_only
+
+from .conftest import white_block_x
+
+CAMERAS = ("observation.images.cam_high", "observation.images.cam_left_wrist")
+
+
+def _decode_all(path: Path) -> dict[float, np.ndarray]:
+    """Every frame of a video by presentation time, decoded front to back without seeking."""
+    with av.open(str(path)) as container:
+        stream = container.streams.video[0]
+        return {round(float(f.pts * stream.time_base), 4): f.to_ndarray(format="rgb24") for f in container.decode(stream)}
+
+
+def _table_frame(ds) -> pd.DataFrame:
+    columns = ["index", "episode_index", "frame_index", "timestamp", "task_index", "task"]
+    frame = pd.DataFrame({c: list(ds[c][:]) for c in columns})
+    for c in ("observation.state", "action", "observation.effort"):
+        frame[c] = list(np.asarray(ds[c][:]))
+    return frame
+
+
+@pytest.fixture(scope="module")
+def ingested(official_dataset: Path, tmp_path_factory: pytest.TempPathFactory) -> dict:
+    home = tmp_path_factory.mktemp("home")
+    result = ingest(str(official_dataset), name="small", home=home, workers=1)
+    return {"home": home, "result": result}
+
+
+def test_official_fixture_rows_values_and_tasks(ingested: dict, official_dataset: Path) -> None:
+    result = ingested["result"]
+    assert result["rows"] == 101
+    assert result["episodes"] == [0, 1, 2]
+    assert result["added"] == [0, 1, 2]
+    ds = open_read_only(result["table"])
+    table = _table_frame(ds).sort_values("index").reset_index(drop=True)
+    assert table.groupby("episode_index").size().to_dict() == {0: 37, 1: 33, 2: 31}
+    source = pd.read_parquet(official_dataset / "data" / "chunk-000" / "file-000.parquet")
+    assert table["index"].tolist() == source["index"].tolist()
+    for column in ("observation.state", "action", "observation.effort"):
+        expected = np.stack(source[column].to_numpy()).astype(np.float32)
+        assert np.array_equal(np.stack(table[column].to_numpy()), expected), column
+    assert np.array_equal(table["timestamp"].to_numpy(np.float32), source["timestamp"].to_numpy(np.float32))
+    tasks = pd.read_parquet(official_dataset / "meta" / "tasks.parquet")
+    task_text = {int(i): t for t, i in zip(tasks.index, tasks["task_index"])}
+    assert table["task"].tolist() == [task_text[i] for i in source["task_index"]]
+    assert set(table.loc[table.episode_index == 1, "task"]) == {"Wipe the table"}
+
+
+def test_official_fixture_images_match_independent_decode(ingested: dict, official_dataset: Path) -> None:
+    ds = open_read_only(ingested["result"]["table"])
+    episodes = pd.read_parquet(official_dataset / "meta" / "episodes" / "chunk-000" / "file-000.parquet")
+    starts = dict(zip(episodes["episode_index"], episodes["videos/observation.images.cam_high/from_timestamp"]))
+    meta_rows = _table_frame(ds)
+    for camera in CAMERAS:
+        reference = _decode_all(official_dataset / "videos" / camera / "chunk-000" / "file-000.mp4")
+        stored = ds[camera]
+        for offset in range(len(ds)):
+            row = meta_rows.iloc[offset]
+            image = np.asarray(Image.open(io.BytesIO(stored.get_bytes(offset))).convert("RGB"))
+            expected = reference[round(starts[row.episode_index] + float(row.timestamp), 4)]
+            assert image.shape == (96, 128, 3)
+            assert np.abs(image.astype(int) - expected.astype(int)).mean() < 3.0, (camera, offset)
+            assert abs(white_block_x(image) - (int(row.frame_index) * 7) % (128 - 40)) <= 1, (camera, offset)
+
+
+def test_dagster_instance_records_partitions_and_metadata(ingested: dict) -> None:
+    instance = DagsterInstance.from_config(str(ingested["home"] / "dagster"))
+    assert instance.get_dynamic_partitions("dataset") == ["small"]
+    assert instance.get_dynamic_partitions("episode") == ["000000", "000001", "000002"]
+    event = instance.get_latest_materialization_event(AssetKey("hf_snapshot"))
+    assert event.asset_materialization.partition == "small"
+    assert event.asset_materialization.metadata["files"].value == 7
+    for index, rows in ((0, 37), (1, 33), (2, 31)):
+        key = str(episode_partition("small", index))
+        record = instance.get_latest_data_version_record(AssetKey("deeplake_table"), partition_key=key)
+        metadata = record.asset_materialization.metadata
+        assert metadata["rows_written"].value == rows
+        assert metadata["table_version"].value
+        assert "data:image/jpeg;base64," in metadata["preview"].value
+        assert record.asset_materialization.tags["dagster/data_version"]
+    meta_event = instance.get_latest_materialization_event(AssetKey("episode_metadata"))
+    assert meta_event.asset_materialization.metadata["episodes"].value == 3
+
+
+def test_reingest_is_idempotent_and_snapshot_is_stable(official_dataset: Path, home: Path) -> None:
+    first = ingest(str(official_dataset), name="small", home=home, workers=1)
+    tag = snapshot("small", tag="run-001", home=home)
+    assert (tag["rows"], tag["tag"]) == (101, "run-001")
+    again = ingest(str(official_dataset), name="small", home=home, workers=1)
+    assert again["rows"] == 101 and again["materialized"] == [] and again["unchanged"] == [0, 1, 2]
+    assert again["version"] == tag["version"]
+    # An explicit re-run of one episode replaces its rows instead of appending them.
+    from lerobot_assets.launch import Settings, _materialize_episode
+
+    assert _materialize_episode(Settings(home), "small", 1) == (1, None)
+    ds = open_read_only(first["table"])
+    assert len(ds) == 101
+    assert int((np.asarray(ds["episode_index"][:]) == 1).sum()) == 33
+    pinned = open_snapshot("small", "run-001", home=home)
+    assert len(pinned) == 101 and pinned.version == tag["version"]
+
+
+def test_subset_then_rest_equals_full(official_dataset: Path, tmp_path: Path) -> None:
+    full = ingest(str(official_dataset), name="full", home=tmp_path / "a", workers=1)
+    part = ingest(str(official_dataset), name="parts", home=tmp_path / "b", episodes=[1], workers=1)
+    assert part["episodes"] == [1] and part["rows"] == 33
+    rest = ingest(str(official_dataset), name="parts", home=tmp_path / "b", episodes=[0, 2], workers=1)
+    assert rest["added"] == [0, 2] and rest["rows"] == 101
+    a = _table_frame(open_read_only(full["table"])).sort_values("index").reset_index(drop=True)
+    b = _table_frame(open_read_only(rest["table"])).sort_values("index").reset_index(drop=True)
+    pd.testing.assert_frame_equal(a, b)
+
+
+def test_cli_commands_print_json(official_dataset: Path, home: Path, capsys: pytest.CaptureFixture) -> None:
+    assert cli_main(["ingest", str(official_dataset), "--name", "small", "--episodes", "0-1", "--workers", "1"]) == 0
+    result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert (result["dataset"], result["rows"], result["episodes"]) == ("small", 70, [0, 1])
+    assert cli_main(["snapshot", "small", "--tag", "run-001"]) == 0
+    tag = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert (tag["tag"], tag["rows"], tag["table"]) == ("run-001", 70, result["table"])
+    assert cli_main(["info", "small"]) == 0
+    info = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert info["tags"] == {"run-001": tag["version"]} and info["rows"] == 70 and info["revision"]
+    assert cli_main(["ingest", str(official_dataset), "--name", "small", "--episodes", "7"]) == 1
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert err.startswith("error: ") and "no episodes [7]" in err
+    assert cli_main(["snapshot", "missing-name"]) == 1
+    assert "not registered" in capsys.readouterr().err
