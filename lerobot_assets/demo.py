@@ -21,7 +21,7 @@ log = logging.getLogger(__name__)
 DEMO_NAME = "demo"
 #: Example queries the demo runs; TQL has no COUNT, so rows per group are SHAPE(col)[0].
 DEMO_QUERIES = {
-    "frames_per_task": 'SELECT task, SHAPE(episode_index)[0] AS frames GROUP BY task',
+    "frames_per_task": "SELECT task[0] AS task, SHAPE(episode_index)[0] AS frames GROUP BY task",
     "episode_1_first_half_second": 'SELECT episode_index, frame_index, "timestamp", "observation.state" '
     'WHERE episode_index == 1 AND "timestamp" < 0.5 ORDER BY frame_index',
 }
@@ -57,5 +57,7 @@ def run_demo(home_dir: Path) -> dict[str, Any]:
         "materialized": ingested["materialized"],
         "tag": tagged["tag"],
         "version": tagged["version"],
-        "queries": {name: {"tql": DEMO_QUERIES[name], "rows": rows} for name, rows in queries.items()},
+        "queries": {
+            name: {"tql": DEMO_QUERIES[name], "rows": len(rows), "first_rows": rows[:3]} for name, rows in queries.items()
+        },
     }
