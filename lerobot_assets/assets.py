@@ -19,12 +19,9 @@ from dagster import (
     BetaWarning,
     Config,
     DataVersion,
-    DynamicPartitionsDefinition,
     Failure,
     MaterializeResult,
     MetadataValue,
-    MultiPartitionKey,
-    MultiPartitionsDefinition,
     MultiToSingleDimensionPartitionMapping,
     Output,
     asset,
@@ -32,6 +29,7 @@ from dagster import (
 
 from lerobot_assets.fingerprint import episode_fingerprints
 from lerobot_assets.lerobot_format import DatasetMeta, read_dataset, read_episode_telemetry
+from lerobot_assets.partitions import dataset_partitions, episode_dimension, episode_key, episode_partitions
 from lerobot_assets.preview import thumbnails_markdown
 from lerobot_assets.resources import HubResource, ImageEncodingResource, StorageResource
 from lerobot_assets.source import pin
@@ -46,29 +44,16 @@ from lerobot_assets.table import (
     summarize,
     write_lock,
 )
+from lerobot_assets.versions import CODE_VERSION, episode_data_version
 from lerobot_assets.video import decode_episode
 
-#: Bump when a stage's output changes for the same input; part of each episode's data version.
-CODE_VERSION = "1"
 # Data versions and the (dataset, episode) -> dataset mapping are marked beta, but are the documented
 # way to do both; the warnings would only repeat on every run.
 warnings.filterwarnings("ignore", category=BetaWarning)
 GROUP = "lerobot"
 
-dataset_partitions = DynamicPartitionsDefinition(name="dataset")
-episode_dimension = DynamicPartitionsDefinition(name="episode")
-episode_partitions = MultiPartitionsDefinition({"dataset": dataset_partitions, "episode": episode_dimension})
 _PER_DATASET = MultiToSingleDimensionPartitionMapping(partition_dimension_name="dataset")
 _METADATA_IN = {"episode_metadata": AssetIn(partition_mapping=_PER_DATASET)}
-
-
-def episode_key(index: int) -> str:
-    """The episode dimension's key for ``index``: zero-padded so keys sort like numbers."""
-    return f"{index:06d}"
-
-
-def episode_partition(dataset: str, index: int) -> MultiPartitionKey:
-    return MultiPartitionKey({"dataset": dataset, "episode": episode_key(index)})
 
 
 def _episode_of(context: AssetExecutionContext) -> tuple[str, int]:
@@ -90,9 +75,8 @@ def _episode_meta(episode_metadata: dict[str, Any], dataset: str, index: int) ->
     return read_dataset(episode_metadata["path"], dataset)
 
 
-def data_version_of(episode_metadata: dict[str, Any], index: int) -> DataVersion:
-    """An episode's data version: its input fingerprint plus the code version of the stages."""
-    return DataVersion(f"{episode_metadata['episodes'][index]['fingerprint']}-{CODE_VERSION}")
+def _data_version(episode_metadata: dict[str, Any], index: int) -> DataVersion:
+    return DataVersion(episode_data_version(episode_metadata["episodes"][index]["fingerprint"]))
 
 
 @asset(partitions_def=dataset_partitions, code_version=CODE_VERSION, group_name=GROUP, kinds={"huggingface"})
@@ -164,6 +148,7 @@ def episode_metadata(context: AssetExecutionContext, hf_snapshot: dict) -> Outpu
             "frames": sum(e["length"] for e in episodes.values()),
             "cameras": MetadataValue.json(meta.cameras),
             "fps": meta.fps,
+            "fingerprints": MetadataValue.json({episode_key(i): e["fingerprint"] for i, e in episodes.items()}),
             "tasks": MetadataValue.md(
                 "| task | episodes |\n|---|---|\n" + "\n".join(f"| {t} | {n} |" for t, n in sorted(task_counts.items()))
             ),
@@ -181,7 +166,7 @@ def telemetry_frame(context: AssetExecutionContext, episode_metadata: dict) -> O
     return Output(
         table,
         metadata={"rows": table.num_rows, "columns": MetadataValue.json(table.column_names)},
-        data_version=data_version_of(episode_metadata, index),
+        data_version=_data_version(episode_metadata, index),
     )
 
 
@@ -224,7 +209,7 @@ def decoded_camera_frames(
             "bytes": path.stat().st_size,
             "staging_file": MetadataValue.path(str(path)),
         },
-        data_version=data_version_of(episode_metadata, index),
+        data_version=_data_version(episode_metadata, index),
     )
 
 
@@ -273,7 +258,7 @@ def deeplake_table(
             "revision": revision,
             "preview": MetadataValue.md(thumbnails_markdown(images, count=1)),
         },
-        data_version=data_version_of(episode_metadata, index),
+        data_version=_data_version(episode_metadata, index),
     )
 
 

@@ -16,26 +16,19 @@ from pathlib import Path
 from typing import Any
 
 from dagster import (
-    AssetKey,
     AssetMaterialization,
     DagsterInstance,
     ExecuteInProcessResult,
     materialize,
 )
 
-from lerobot_assets.assets import (
-    ALL_ASSETS,
-    DATASET_ASSETS,
-    EPISODE_ASSETS,
-    data_version_of,
-    dataset_partitions,
-    episode_partition,
-    training_snapshot,
-)
+from lerobot_assets.assets import ALL_ASSETS, DATASET_ASSETS, EPISODE_ASSETS, training_snapshot
 from lerobot_assets.errors import LeRobotAssetsError
 from lerobot_assets.home import DatasetSource, Home, check_name, default_home, name_from_source
+from lerobot_assets.partitions import dataset_partitions, episode_partition
 from lerobot_assets.resources import HubResource, ImageEncodingResource, StorageResource
 from lerobot_assets.source import classify_source
+from lerobot_assets.versions import DATA_VERSION_TAG, REMOVED, plan_changes
 from lerobot_assets.table import open_read_only, open_tag, open_writable, replace_episode, summarize, table_url, write_lock
 
 log = logging.getLogger(__name__)
@@ -186,24 +179,16 @@ def ingest(
             f"dataset {entry.name!r} has no episodes {unknown} at revision {metadata['revision'][:12]} "
             f"(it has {len(upstream)} episodes: {upstream[0]}..{upstream[-1]})"
         )
-    present = _table_episodes(entry.table)
-    plan = {"added": [], "changed": [], "unchanged": []}
-    for index in requested:
-        if index not in present:
-            plan["added"].append(index)
-        elif _last_data_version(instance, entry.name, index) != data_version_of(metadata, index).value:
-            plan["changed"].append(index)
-        else:
-            plan["unchanged"].append(index)
-    todo = plan["added"] + plan["changed"]
-    log.info("%s: %d episodes to materialize, %d unchanged", entry.name, len(todo), len(plan["unchanged"]))
-    failures = _materialize_episodes(settings, entry.name, todo, workers)
-    removed = [] if episodes is not None else sorted(set(present) - set(upstream))
+    fingerprints = {i: metadata["episodes"][i]["fingerprint"] for i in requested}
+    plan = plan_changes(instance, entry.name, fingerprints)
+    log.info("%s: %d episodes to materialize, %d unchanged", entry.name, len(plan.todo), len(plan.unchanged))
+    failures = _materialize_episodes(settings, entry.name, plan.todo, workers)
+    removed = [] if episodes is not None else sorted(set(_table_episodes(entry.table)) - set(upstream))
     if removed:
         _remove_episodes(instance, home_, entry, removed, metadata["revision"])
     if failures:
         lines = "; ".join(f"episode {i}: {msg}" for i, msg in sorted(failures.items()))
-        raise LeRobotAssetsError(f"{len(failures)} of {len(todo)} episodes failed: {lines}")
+        raise LeRobotAssetsError(f"{len(failures)} of {len(plan.todo)} episodes failed: {lines}")
     summary = summarize(open_read_only(entry.table), entry.table)
     return {
         "dataset": entry.name,
@@ -212,8 +197,10 @@ def ingest(
         "rows": summary.rows,
         "episodes": sorted(summary.episodes),
         "revision": metadata["revision"],
-        "materialized": sorted(todo),
-        **{key: sorted(value) for key, value in plan.items()},
+        "materialized": plan.todo,
+        "added": plan.added,
+        "changed": plan.changed,
+        "unchanged": plan.unchanged,
         "removed": removed,
     }
 
@@ -223,13 +210,6 @@ def _table_episodes(url: str) -> dict[int, int]:
         return summarize(open_read_only(url), url).episodes
     except LeRobotAssetsError:
         return {}
-
-
-def _last_data_version(instance: DagsterInstance, dataset: str, index: int) -> str | None:
-    record = instance.get_latest_data_version_record(
-        AssetKey("deeplake_table"), partition_key=str(episode_partition(dataset, index))
-    )
-    return None if record is None else record.asset_materialization.tags.get("dagster/data_version")
 
 
 def _materialize_episodes(
@@ -272,6 +252,7 @@ def _remove_episodes(
                     asset_key="deeplake_table",
                     partition=str(episode_partition(entry.name, index)),
                     metadata={"rows_removed": deleted, "table_version": ds.version, "revision": revision},
+                    tags={DATA_VERSION_TAG: REMOVED},
                 )
             )
             log.info("%s: removed episode %d (%d rows), gone upstream", entry.name, index, deleted)

@@ -67,6 +67,8 @@ def latest_revision(source: DatasetSource, hub: HubSettings) -> str:
     if source.kind == "hub":
         return _hub_revision(source, hub)
     path = Path(source.source)
+    if not path.is_dir():
+        raise SourceError(f"dataset {source.name!r}: source directory {str(path)!r} does not exist")
     git_head = _git_head(path)
     return git_head if git_head else _content_hash(path)
 
