@@ -537,3 +537,22 @@ def _write_json(path: Path, data: dict) -> None:
 def _write_jsonl(path: Path, rows: list[dict]) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text("".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows))
+
+
+def shift_actions(root: str | Path, episodes: Sequence[int], delta: float = 1.0) -> None:
+    """Add ``delta`` to the actions of ``episodes`` in place: an upstream edit touching only those episodes.
+
+    Rewrites only the data files that hold them, keeping their schema; tests and benchmarks use it
+    to check that exactly the edited episodes are materialized again.
+    """
+    for file in sorted((Path(root) / "data").rglob("*.parquet")):
+        table = pq.read_table(file)
+        mask = np.isin(table["episode_index"].to_numpy(), list(episodes))
+        if not mask.any():
+            continue
+        actions = np.stack(table["action"].to_numpy(zero_copy_only=False)).astype(np.float32)
+        actions[mask] += np.float32(delta)
+        index = table.schema.get_field_index("action")
+        field = table.schema.field(index)
+        flat = pa.FixedSizeListArray.from_arrays(pa.array(actions.ravel(), pa.float32()), actions.shape[1])
+        pq.write_table(table.set_column(index, field, flat.cast(field.type)), file)

@@ -7,9 +7,6 @@ import subprocess
 from pathlib import Path
 
 import numpy as np
-import pyarrow as pa
-import pyarrow.compute as pc
-import pyarrow.parquet as pq
 from dagster import DagsterInstance, build_sensor_context, materialize
 
 from lerobot_assets.assets import ALL_ASSETS, DATASET_ASSETS, EPISODE_ASSETS
@@ -17,7 +14,7 @@ from lerobot_assets.launch import Settings, ingest, snapshot
 from lerobot_assets.partitions import episode_partition
 from lerobot_assets.resources import HubResource, ImageEncodingResource, StorageResource
 from lerobot_assets.sensors import upstream_revision_sensor
-from lerobot_assets.synthetic import generate_dataset
+from lerobot_assets.synthetic import generate_dataset, shift_actions
 from lerobot_assets.table import open_read_only, open_tag
 
 LENGTHS = (9, 11, 8, 10, 12)
@@ -40,17 +37,7 @@ def _make_repo(path: Path) -> Path:
 
 def _edit_actions(repo: Path, episodes: list[int]) -> None:
     """Change the action values of ``episodes`` (a relabel-like upstream edit) and commit."""
-    for file in sorted((repo / "data").rglob("*.parquet")):
-        table = pq.read_table(file)
-        mask = pc.is_in(table["episode_index"], pa.array(episodes, pa.int64()))
-        if not pc.any(mask).as_py():
-            continue
-        actions = np.stack(table["action"].to_numpy(zero_copy_only=False))
-        actions[np.asarray(mask)] += 1.0
-        column = pa.FixedSizeListArray.from_arrays(pa.array(actions.ravel(), pa.float32()), actions.shape[1])
-        index = table.schema.get_field_index("action")
-        table = table.set_column(index, table.schema.field(index), column.cast(table.schema.field(index).type))
-        pq.write_table(table, file)
+    shift_actions(repo, episodes)
     _git(repo, "commit", "-qam", f"edit actions of episodes {episodes}")
 
 
