@@ -11,8 +11,12 @@ import time
 import warnings
 from typing import Any, Optional
 
+import numpy as np
 import pyarrow as pa
 from dagster import (
+    AssetCheckResult,
+    AssetCheckSeverity,
+    AssetCheckSpec,
     AssetDep,
     AssetExecutionContext,
     AssetIn,
@@ -28,14 +32,15 @@ from dagster import (
 )
 
 from lerobot_assets.fingerprint import episode_fingerprints
-from lerobot_assets.lerobot_format import DatasetMeta, read_dataset, read_episode_telemetry
+from lerobot_assets.lerobot_format import DatasetMeta, feature_array, read_dataset, read_episode_telemetry
 from lerobot_assets.partitions import dataset_partitions, episode_dimension, episode_key, episode_partitions
-from lerobot_assets.preview import thumbnails_markdown
+from lerobot_assets.preview import plot_series, png_markdown, thumbnails_markdown
 from lerobot_assets.resources import HubResource, ImageEncodingResource, StorageResource
 from lerobot_assets.source import pin
 from lerobot_assets.staging import read_frames, staging_path, write_frames
 from lerobot_assets.table import (
     create_tag,
+    episode_frames,
     episode_rows,
     open_table,
     open_writable,
@@ -157,35 +162,75 @@ def episode_metadata(context: AssetExecutionContext, hf_snapshot: dict) -> Outpu
     )
 
 
-@asset(partitions_def=episode_partitions, ins=_METADATA_IN, code_version=CODE_VERSION, group_name=GROUP)
-def telemetry_frame(context: AssetExecutionContext, episode_metadata: dict) -> Output[pa.Table]:
+@asset(
+    partitions_def=episode_partitions,
+    ins=_METADATA_IN,
+    code_version=CODE_VERSION,
+    group_name=GROUP,
+    check_specs=[
+        AssetCheckSpec(
+            "finite_values",
+            asset="telemetry_frame",
+            description="No NaN or infinite values in the numeric features (stored anyway, but flagged).",
+        )
+    ],
+)
+def telemetry_frame(context: AssetExecutionContext, episode_metadata: dict):
     """One episode's telemetry rows (state, action, effort, index columns), checked for gaps and order."""
     dataset, index = _episode_of(context)
     meta = _episode_meta(episode_metadata, dataset, index)
     table = read_episode_telemetry(meta, index)
-    return Output(
+    bad = {}
+    for feature in meta.value_features:
+        values = feature_array(table, feature).reshape(table.num_rows, -1)
+        rows = np.flatnonzero(~np.isfinite(values.astype(np.float64)).all(axis=1))
+        if len(rows):
+            bad[feature.key] = {"rows": len(rows), "first_frame": int(rows[0])}
+    if bad:
+        context.log.warning(f"{dataset} episode {index}: non-finite values in {bad}")
+    yield Output(
         table,
         metadata={"rows": table.num_rows, "columns": MetadataValue.json(table.column_names)},
         data_version=_data_version(episode_metadata, index),
     )
+    yield AssetCheckResult(
+        check_name="finite_values",
+        passed=not bad,
+        severity=AssetCheckSeverity.WARN,
+        metadata={"non_finite": MetadataValue.json(bad)},
+    )
 
 
-@asset(partitions_def=episode_partitions, ins=_METADATA_IN, code_version=CODE_VERSION, group_name=GROUP)
+@asset(
+    partitions_def=episode_partitions,
+    ins=_METADATA_IN,
+    code_version=CODE_VERSION,
+    group_name=GROUP,
+    check_specs=[
+        AssetCheckSpec(
+            "frames_aligned",
+            asset="decoded_camera_frames",
+            blocking=True,
+            description="Every row has a frame per camera within the tolerance of its timestamp.",
+        )
+    ],
+)
 def decoded_camera_frames(
     context: AssetExecutionContext,
     episode_metadata: dict,
     telemetry_frame: pa.Table,
     storage: StorageResource,
     encoding: ImageEncodingResource,
-) -> Output[dict]:
+):
     """Every camera's frame for every telemetry row, decoded from the episode's segment only and encoded.
 
     The frames go to a per-episode staging file; the asset's value is its path.
     """
     dataset, index = _episode_of(context)
     meta = _episode_meta(episode_metadata, dataset, index)
+    context.log.info(f"{dataset} episode {index}: decoding {telemetry_frame.num_rows} frames x {len(meta.cameras)} cameras")
     started = time.perf_counter()
-    images = decode_episode(
+    decoded = decode_episode(
         meta,
         index,
         telemetry_frame["timestamp"].to_numpy(),
@@ -194,26 +239,47 @@ def decoded_camera_frames(
         tolerance_s=encoding.tolerance_s,
     )
     seconds = time.perf_counter() - started
-    frames = telemetry_frame.num_rows * len(images)
-    context.log.info(
-        f"{dataset} episode {index}: decoded {frames} camera-frames in {seconds:.2f} s ({frames / max(seconds, 1e-9):.0f}/s)"
-    )
+    frames = telemetry_frame.num_rows * len(decoded)
+    rate = frames / max(seconds, 1e-9)
+    context.log.info(f"{dataset} episode {index}: decoded {frames} camera-frames in {seconds:.2f} s ({rate:.0f}/s)")
+    images = {camera: result.frames for camera, result in decoded.items()}
     path = write_frames(
         staging_path(storage.home.staging(dataset), index), telemetry_frame["frame_index"].to_pylist(), images
     )
-    return Output(
+    yield Output(
         {"path": str(path), "cameras": list(images), "frames": telemetry_frame.num_rows},
         metadata={
             "camera_frames": frames,
-            "frames_per_second": round(frames / max(seconds, 1e-9), 1),
+            "frames_per_second": round(rate, 1),
             "bytes": path.stat().st_size,
             "staging_file": MetadataValue.path(str(path)),
+            "thumbnails": MetadataValue.md(thumbnails_markdown(images, count=4)),
         },
         data_version=_data_version(episode_metadata, index),
     )
+    offsets = {camera: result.max_offset_s for camera, result in decoded.items()}
+    yield AssetCheckResult(
+        check_name="frames_aligned",
+        passed=all(len(f) == telemetry_frame.num_rows for f in images.values()),
+        metadata={"max_offset_s": MetadataValue.json(offsets), "tolerance_s": min(encoding.tolerance_s, 1 / meta.fps)},
+    )
 
 
-@asset(partitions_def=episode_partitions, ins=_METADATA_IN, code_version=CODE_VERSION, group_name=GROUP, kinds={"deeplake"})
+@asset(
+    partitions_def=episode_partitions,
+    ins=_METADATA_IN,
+    code_version=CODE_VERSION,
+    group_name=GROUP,
+    kinds={"deeplake"},
+    check_specs=[
+        AssetCheckSpec(
+            "episode_rows_match",
+            asset="deeplake_table",
+            blocking=True,
+            description="The table holds exactly one row per frame of the episode, frame_index 0..length-1.",
+        )
+    ],
+)
 def deeplake_table(
     context: AssetExecutionContext,
     episode_metadata: dict,
@@ -221,7 +287,7 @@ def deeplake_table(
     decoded_camera_frames: dict,
     storage: StorageResource,
     encoding: ImageEncodingResource,
-) -> MaterializeResult:
+):
     """The episode's rows in the dataset's Deeplake table, replacing any earlier rows of that episode."""
     dataset, index = _episode_of(context)
     meta = _episode_meta(episode_metadata, dataset, index)
@@ -243,22 +309,29 @@ def deeplake_table(
     with write_lock(storage.home.lock(dataset)):
         ds = open_table(url, meta, encoding.image_format)
         set_table_metadata(ds, source=episode_metadata["source"], revision=revision)
-        deleted, written = replace_episode(
-            ds, index, rows, f"ingest {dataset} episode {index} at revision {revision}"
-        )
+        deleted, written = replace_episode(ds, index, rows, f"ingest {dataset} episode {index} at revision {revision}")
         version = ds.version
+        stored = episode_frames(ds, index)
     staged.unlink()
     context.log.info(f"{dataset} episode {index}: wrote {written} rows (replaced {deleted}), table version {version}")
-    return MaterializeResult(
+    series = {f.key: feature_array(telemetry_frame, f) for f in meta.value_features if f.key in ("observation.state", "action")}
+    yield MaterializeResult(
         metadata={
             "rows_written": written,
             "rows_replaced": deleted,
             "table_version": version,
             "table": MetadataValue.path(url),
             "revision": revision,
-            "preview": MetadataValue.md(thumbnails_markdown(images, count=1)),
+            "preview": MetadataValue.md(thumbnails_markdown(images, count=4)),
+            "telemetry_plot": MetadataValue.md(png_markdown(plot_series(series), "state and action")),
         },
         data_version=_data_version(episode_metadata, index),
+    )
+    expected = episode_metadata["episodes"][index]["length"]
+    yield AssetCheckResult(
+        check_name="episode_rows_match",
+        passed=bool(np.array_equal(np.sort(stored), np.arange(expected))),
+        metadata={"rows_in_table": len(stored), "expected": expected},
     )
 
 

@@ -29,7 +29,7 @@ LeRobot's by the compression error, typically by less than 0.01.
 from __future__ import annotations
 
 import io
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -37,6 +37,10 @@ from PIL import Image
 
 Stats = dict[str, dict[str, np.ndarray]]  # feature -> statistic -> value
 
+#: Field of the table's ``lerobot_assets`` JSON metadata holding every episode's stats, keyed by
+#: ``str(episode_index)``. Stats are kept per episode, not per dataset, so that replacing or removing
+#: one episode (in the same commit as its rows) keeps them exact without recomputing the others.
+EPISODE_STATS_FIELD = "episode_stats"
 #: LeRobot's DEFAULT_QUANTILES, by the key it stores them under.
 QUANTILES = {"q01": 0.01, "q10": 0.10, "q50": 0.50, "q90": 0.90, "q99": 0.99}
 _BINS = 5000
@@ -126,9 +130,13 @@ def image_stats(frames: Sequence[bytes]) -> dict[str, np.ndarray]:
     return {name: value if name == "count" else value.reshape(-1, 1, 1) / 255.0 for name, value in stats.items()}
 
 
-def episode_stats(values: Mapping[str, np.ndarray], images: Mapping[str, Sequence[bytes]]) -> Stats:
-    """Stats of one episode: ``values`` maps numeric features to per-frame arrays, ``images`` cameras to encoded frames."""
-    stats = {key: feature_stats(array) for key, array in values.items()}
+def episode_stats(values: Mapping[str, Any], images: Mapping[str, Sequence[bytes]]) -> Stats:
+    """Stats of one episode: ``values`` maps features to per-frame arrays, ``images`` cameras to encoded frames.
+
+    Non-numeric values (the ``task`` text) are skipped, as LeRobot skips string features.
+    """
+    arrays = {key: np.asarray(value) for key, value in values.items()}
+    stats = {key: feature_stats(array) for key, array in arrays.items() if array.dtype.kind in "iuf"}
     stats.update({key: image_stats(frames) for key, frames in images.items() if len(frames)})
     return stats
 
@@ -169,3 +177,24 @@ def stats_to_json(stats: Stats) -> dict[str, dict[str, Any]]:
 def stats_from_json(data: Mapping[str, Mapping[str, Any]]) -> Stats:
     """The inverse of :func:`stats_to_json` (LeRobot's ``cast_stats_to_numpy``)."""
     return {key: {name: np.array(value) for name, value in feature.items()} for key, feature in data.items()}
+
+
+def with_episode_stats(metadata: Mapping[str, Any], index: int, stats: Stats | None) -> dict[str, Any]:
+    """The :data:`EPISODE_STATS_FIELD` of ``metadata`` with episode ``index``'s stats set (removed if ``stats`` is None)."""
+    per_episode = dict(metadata.get(EPISODE_STATS_FIELD) or {})
+    per_episode.pop(str(index), None)
+    if stats is not None:
+        per_episode[str(index)] = stats_to_json(stats)
+    return per_episode
+
+
+def dataset_stats(metadata: Mapping[str, Any], episodes: Iterable[int]) -> Stats | None:
+    """The aggregated stats of ``episodes`` from a table's metadata; None unless every one of them has stats.
+
+    Partial stats would silently normalize with numbers that do not describe the data.
+    """
+    per_episode = metadata.get(EPISODE_STATS_FIELD) or {}
+    keys = [str(int(index)) for index in episodes]
+    if not keys or any(key not in per_episode for key in keys):
+        return None
+    return aggregate_stats([stats_from_json(per_episode[key]) for key in keys])

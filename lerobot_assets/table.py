@@ -160,6 +160,14 @@ def _episode_offsets(ds: deeplake.Dataset, episode_index: int) -> np.ndarray:
     return np.flatnonzero(np.asarray(ds["episode_index"][:]) == episode_index)
 
 
+def episode_frames(ds: deeplake.Dataset | deeplake.ReadOnlyDataset, episode_index: int) -> np.ndarray:
+    """``frame_index`` of the rows the table holds for one episode (for checks)."""
+    offsets = _episode_offsets(ds, episode_index)
+    if not len(offsets):
+        return np.empty(0, dtype=np.int64)
+    return np.asarray(ds["frame_index"][:])[offsets]
+
+
 def replace_episode(
     ds: deeplake.Dataset, episode_index: int, rows: Mapping[str, Any] | None, message: str
 ) -> tuple[int, int]:

@@ -13,6 +13,7 @@ import io
 import logging
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
 
 import av
@@ -26,6 +27,14 @@ log = logging.getLogger(__name__)
 
 DEFAULT_TOLERANCE_S = 1e-4
 IMAGE_FORMATS = ("jpeg", "png")
+
+
+@dataclass(frozen=True)
+class DecodedCamera:
+    """One camera's encoded frames for an episode, and how well they line up with the rows."""
+
+    frames: list[bytes]
+    max_offset_s: float  # largest |frame presentation time - wanted time|
 
 
 def encode_image(rgb: np.ndarray | Image.Image, image_format: str = "jpeg", quality: int = 95) -> bytes:
@@ -49,7 +58,7 @@ def decode_segment(
     *,
     tolerance_s: float = DEFAULT_TOLERANCE_S,
     location: str = "",
-) -> list[bytes]:
+) -> DecodedCamera:
     """Decode the frames at ``from_timestamp + timestamps`` from ``path`` and encode each with ``encode``.
 
     Seeks to the keyframe before the first wanted frame and stops after the last one. Raises
@@ -95,7 +104,7 @@ def decode_segment(
             f"{targets[i] - from_timestamp:.6f}) within {tolerance_s:g} s; {len(missing)} of {len(targets)} "
             "frames are missing (is the video shorter than the episode, or encoded at another frame rate?)"
         )
-    return found  # type: ignore[return-value]
+    return DecodedCamera(found, float(errors.max()) if len(errors) else 0.0)  # type: ignore[arg-type]
 
 
 def decode_episode(
@@ -106,7 +115,7 @@ def decode_episode(
     image_format: str = "jpeg",
     quality: int = 95,
     tolerance_s: float = DEFAULT_TOLERANCE_S,
-) -> dict[str, list[bytes]]:
+) -> dict[str, DecodedCamera]:
     """Encoded images of every camera of episode ``index``, one per telemetry timestamp.
 
     Cameras are decoded in parallel threads (PyAV and Pillow release the GIL while they work).
@@ -117,7 +126,7 @@ def decode_episode(
     def encode(frame: av.VideoFrame) -> bytes:
         return encode_image(frame.to_ndarray(format="rgb24"), image_format, quality)
 
-    def one(camera: str) -> list[bytes]:
+    def one(camera: str) -> DecodedCamera:
         if camera not in episode.videos:
             raise VideoDecodeError(
                 f"{where(meta.name, index)}: camera {camera!r} has no video segment in meta/episodes"

@@ -13,7 +13,7 @@ import pytest
 from dagster import AssetKey, DagsterInstance
 from PIL import Image
 
-from lerobot_assets.assets import episode_partition
+from lerobot_assets.partitions import episode_partition
 from lerobot_assets.cli import main as cli_main
 from lerobot_assets.launch import ingest, open_snapshot, snapshot
 from lerobot_assets.table import open_read_only
