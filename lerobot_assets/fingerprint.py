@@ -1,6 +1,6 @@
 """Per-episode fingerprints of a dataset's inputs, so that only changed episodes are re-materialized.
 
-An episode's fingerprint covers its telemetry rows, the compressed packets of its segment in every
+An episode's fingerprint covers the dataset's schema (``info.json`` features, fps), its telemetry rows, the compressed packets of its segment in every
 camera's video (so re-encoding one episode inside a shared v3.0 MP4 changes only that episode),
 and its task text. Files are read once each, however many episodes they hold; videos are demuxed,
 not decoded. A file that cannot be read gives its episodes an "unreadable" fingerprint instead of
@@ -32,10 +32,11 @@ def episode_fingerprints(meta: DatasetMeta) -> dict[int, str]:
     for camera in meta.cameras:
         for index, digest in _video_digests(meta, camera).items():
             parts[index].append(camera.encode() + b":" + digest)
+    schema = repr((meta.version, meta.fps, sorted((f.key, f.dtype, f.shape) for f in meta.features.values())))
     result = {}
     for index, episode in sorted(meta.episodes.items()):
         digest = _digest()
-        digest.update(f"length={episode.length};tasks={episode.tasks!r}".encode())
+        digest.update(f"schema={schema};length={episode.length};tasks={episode.tasks!r}".encode())
         for part in parts[index]:
             digest.update(part)
         result[index] = digest.hexdigest()

@@ -99,6 +99,10 @@ class Home:
         tmp.write_text(json.dumps(asdict(source), indent=2))
         tmp.replace(path)
 
+    def unregister(self, name: str) -> None:
+        """Forget dataset ``name`` (used when its first ingest fails, so nothing stays half-registered)."""
+        self._registry_file(name).unlink(missing_ok=True)
+
     def dataset_source(self, name: str) -> DatasetSource:
         path = self._registry_file(name)
         if not path.is_file():

@@ -122,11 +122,16 @@ def parse_episodes(spec: str) -> list[int]:
     return sorted(out)
 
 
-def register(home: Home, source: str, name: str | None, revision: str | None, tables: str | None) -> DatasetSource:
-    """Record where dataset ``name`` comes from and where its table lives, and add its partition."""
+def register(
+    home: Home, source: str, name: str | None, revision: str | None, tables: str | None
+) -> tuple[DatasetSource, bool]:
+    """Record where dataset ``name`` comes from and where its table lives, and add its partition.
+
+    Returns the entry and whether it is new.
+    """
     kind = classify_source(source)
     location = str(Path(source).expanduser().resolve()) if kind == "local" else source
-    name = check_name(name) if name else name_from_source(source)
+    name = check_name(name) if name is not None else name_from_source(source)
     url = table_url(tables or home.tables, name)
     try:
         previous = home.dataset_source(name)
@@ -145,7 +150,7 @@ def register(home: Home, source: str, name: str | None, revision: str | None, ta
     instance = dagster_instance(home)
     if not instance.has_dynamic_partition(dataset_partitions.name, name):
         instance.add_dynamic_partitions(dataset_partitions.name, [name])
-    return entry
+    return entry, previous is None
 
 
 def ingest(
@@ -166,10 +171,16 @@ def ingest(
     """
     home_ = Home(Path(home) if home else default_home())
     settings = Settings(home_.root, image_format, quality)
-    entry = register(home_, source, name, revision, tables)
+    entry, new = register(home_, source, name, revision, tables)
     instance = dagster_instance(home_)
     log.info("resolving %s (%s)", entry.source, entry.kind)
-    result = _run(instance, settings, DATASET_ASSETS, entry.name)
+    try:
+        result = _run(instance, settings, DATASET_ASSETS, entry.name)
+    except LeRobotAssetsError:
+        if new:  # a first ingest that cannot even read the source leaves nothing registered
+            home_.unregister(entry.name)
+            instance.delete_dynamic_partition(dataset_partitions.name, entry.name)
+        raise
     metadata = result.output_for_node("episode_metadata")
     upstream = sorted(metadata["episodes"])
     requested = upstream if episodes is None else sorted(set(episodes))

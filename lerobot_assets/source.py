@@ -10,9 +10,11 @@ behind that a later run could mistake for a complete snapshot.
 from __future__ import annotations
 
 import hashlib
+import importlib
 import io
 import logging
 import os
+import re
 import shutil
 import subprocess
 import tarfile
@@ -24,6 +26,10 @@ from lerobot_assets.errors import LeRobotAssetsError
 from lerobot_assets.home import DatasetSource
 
 log = logging.getLogger(__name__)
+
+
+#: A Hub repo id: ``org/name`` with the characters the Hub allows.
+_REPO_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,95}/[A-Za-z0-9][A-Za-z0-9_.-]{0,95}")
 
 
 class SourceError(LeRobotAssetsError):
@@ -44,8 +50,7 @@ def classify_source(source: str) -> str:
     """``"local"`` for an existing directory, ``"hub"`` for something shaped like ``org/name``."""
     if Path(source).expanduser().is_dir():
         return "local"
-    parts = source.split("/")
-    if len(parts) == 2 and all(parts) and not source.startswith((".", "/", "~")):
+    if _REPO_ID.fullmatch(source) and ".." not in source:
         return "hub"
     raise SourceError(
         f"source {source!r} is neither an existing directory nor a Hub dataset repo id like 'lerobot/pusht'"
@@ -167,12 +172,32 @@ def _hub_api(hub: HubSettings):
     return HfApi(endpoint=hub.endpoint, token=hub.token)
 
 
-def _hub_revision(source: DatasetSource, hub: HubSettings) -> str:
-    from huggingface_hub.errors import HfHubHTTPError, OfflineModeIsEnabled
+def _hub_errors() -> tuple[type[BaseException], ...]:
+    """Errors meaning "the Hub cannot give us this now". huggingface_hub's own errors are all ``OSError``s; the
+    network errors of its HTTP client are not (httpx2 in huggingface_hub 2.x, httpx in 1.x; requests in 0.x raises
+    ``OSError`` subclasses)."""
+    errors: list[type[BaseException]] = [OSError]
+    for module in ("httpx2", "httpx"):
+        try:
+            errors.append(importlib.import_module(module).HTTPError)
+        except ImportError:
+            pass
+    return tuple(errors)
 
+
+def _hub_offline(hub: HubSettings) -> bool:
+    return hub.offline or os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes")
+
+
+def _hub_revision(source: DatasetSource, hub: HubSettings) -> str:
+    if _hub_offline(hub):
+        raise SourceError(
+            f"dataset {source.name!r}: cannot resolve Hub repo {source.source!r} at revision "
+            f"{source.revision or 'main'}: offline mode is on (HubSettings.offline or HF_HUB_OFFLINE)"
+        )
     try:
         info = _hub_api(hub).dataset_info(source.source, revision=source.revision)
-    except (HfHubHTTPError, OfflineModeIsEnabled, OSError) as exc:
+    except _hub_errors() as exc:
         raise SourceError(
             f"dataset {source.name!r}: cannot resolve Hub repo {source.source!r} at revision "
             f"{source.revision or 'main'}: {type(exc).__name__}: {_first_line(exc)}"
@@ -182,9 +207,8 @@ def _hub_revision(source: DatasetSource, hub: HubSettings) -> str:
 
 def _pin_hub(source: DatasetSource, cache: Path, hub: HubSettings) -> Snapshot:
     from huggingface_hub import snapshot_download
-    from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError, OfflineModeIsEnabled
 
-    offline = hub.offline or os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes")
+    offline = _hub_offline(hub)
     revision = source.revision if offline else _hub_revision(source, hub)
     try:
         path = snapshot_download(
@@ -196,12 +220,26 @@ def _pin_hub(source: DatasetSource, cache: Path, hub: HubSettings) -> Snapshot:
             token=hub.token,
             local_files_only=offline,
         )
-    except (HfHubHTTPError, LocalEntryNotFoundError, OfflineModeIsEnabled, OSError) as exc:
+    except _hub_errors() as exc:
         raise SourceError(
             f"dataset {source.name!r}: download of Hub repo {source.source!r} at {revision or 'main'} failed: "
             f"{type(exc).__name__}: {_first_line(exc)}"
         ) from None
+    if not offline:
+        _record_ref(Path(path).parents[1], source.revision or "main", revision)
     return _describe(Path(path).name, Path(path))
+
+
+def _record_ref(storage: Path, ref: str, sha: str) -> None:
+    """Let an offline pin of ``ref`` find this snapshot: ``snapshot_download(revision=sha)`` records no ref itself,
+    and offline it resolves a branch or tag only through ``<repo cache>/refs/<ref>``."""
+    if ref == sha:
+        return
+    path = storage / "refs" / ref
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(sha)
+    tmp.replace(path)
 
 
 def _first_line(exc: BaseException) -> str:

@@ -117,7 +117,7 @@ def feature_stats(values: np.ndarray) -> dict[str, np.ndarray]:
 def decode_rgb(encoded: bytes) -> np.ndarray:
     """An encoded image (JPEG, PNG...) as HWC uint8 RGB."""
     with Image.open(io.BytesIO(encoded)) as image:
-        return np.asarray(image.convert("RGB"))
+        return np.array(image.convert("RGB"))
 
 
 def image_stats(frames: Sequence[bytes]) -> dict[str, np.ndarray]:

@@ -12,8 +12,8 @@ pickles cheaply for ``spawn`` workers and is never shared across a ``fork``.
 
 from __future__ import annotations
 
-import io
 import json
+import math
 import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -22,11 +22,12 @@ from typing import Any
 
 import numpy as np
 import torch
-from PIL import Image
+from torch.utils.data import default_collate
 
+from lerobot_assets import stats
+from lerobot_assets.errors import TableError
 from lerobot_assets.home import Home, default_home
-from lerobot_assets.stats import Stats, dataset_stats
-from lerobot_assets.table import METADATA_KEY, INDEX_DTYPES, TableError, open_tag
+from lerobot_assets.table import INDEX_DTYPES, METADATA_KEY, open_tag
 
 try:  # libjpeg-turbo without Pillow's per-image overhead: ~3x faster decoding, same pixels
     import simplejpeg
@@ -48,15 +49,70 @@ class SnapshotInfo:
     table: str
 
 
-def decode_image(encoded: bytes) -> torch.Tensor:
-    """An encoded frame as a float32 CHW tensor in [0, 1], like LeRobot's decoded video frames."""
+def decode_rgb(encoded: bytes) -> np.ndarray:
+    """An encoded frame (JPEG, PNG...) as HWC uint8 RGB."""
     if simplejpeg is not None and encoded[:2] == _JPEG_MAGIC:
-        rgb = simplejpeg.decode_jpeg(encoded, colorspace="RGB")
-    else:
-        with Image.open(io.BytesIO(encoded)) as image:
-            rgb = np.array(image.convert("RGB"))
-    # A channels-last view: the DataLoader's collate writes it into a contiguous batch in one copy.
-    return torch.from_numpy(rgb).permute(2, 0, 1).float().div_(255)
+        return simplejpeg.decode_jpeg(encoded, colorspace="RGB")
+    return stats.decode_rgb(encoded)
+
+
+def decode_frames(encoded: Sequence[bytes]) -> torch.Tensor:
+    """Frames as one float32 ``(N, C, H, W)`` tensor in [0, 1], like LeRobot's decoded video frames.
+
+    Inside a DataLoader worker the tensor is allocated in shared memory, so that :func:`collate`
+    can hand it to the main process without stacking (copying) the largest part of a batch again.
+    An object repeated in ``encoded`` (a frame clamped at an episode edge) is decoded once.
+    """
+    first = decode_rgb(encoded[0])
+    out = _batch_tensor((len(encoded), 3, *first.shape[:2]))
+    decoded: dict[int, int] = {}
+    for k, blob in enumerate(encoded):
+        if id(blob) in decoded:
+            out[k].copy_(out[decoded[id(blob)]])
+            continue
+        rgb = first if k == 0 else decode_rgb(blob)
+        torch.div(torch.from_numpy(rgb).permute(2, 0, 1), 255, out=out[k])
+        decoded[id(blob)] = k
+    return out
+
+
+def _batch_tensor(shape: tuple[int, ...]) -> torch.Tensor:
+    if torch.utils.data.get_worker_info() is None:
+        return torch.empty(shape)
+    storage = torch.UntypedStorage._new_shared(math.prod(shape) * 4)  # as default_collate allocates
+    return torch.empty(0).set_(storage, 0, shape)
+
+
+def collate(items: list[dict[str, Any]]) -> dict[str, Any]:
+    """``default_collate``, except that camera frames already decoded into one batch tensor are passed on as is.
+
+    Use it as the DataLoader's ``collate_fn``: with 480x640 cameras, stacking the frames again
+    costs about as much as decoding them.
+    """
+    whole = {key: batch for key in items[0] if (batch := _whole_batch([item[key] for item in items])) is not None}
+    rest = default_collate([{key: value for key, value in item.items() if key not in whole} for item in items])
+    return {key: whole[key] if key in whole else rest[key] for key in items[0]}
+
+
+def _whole_batch(values: list[Any]) -> torch.Tensor | None:
+    """The tensor whose consecutive rows ``values`` are, if together they fill one storage exactly."""
+    first = values[0]
+    if not isinstance(first, torch.Tensor):
+        return None
+    storage, size = first.untyped_storage(), first.numel() * first.element_size()
+    for k, value in enumerate(values):
+        if not (
+            isinstance(value, torch.Tensor)
+            and value.is_contiguous()
+            and value.shape == first.shape
+            and value.dtype == first.dtype
+            and value.untyped_storage().data_ptr() == storage.data_ptr()
+            and value.storage_offset() * value.element_size() == k * size
+        ):
+            return None
+    if storage.nbytes() != size * len(values):
+        return None
+    return torch.empty(0, dtype=first.dtype).set_(storage, 0, (len(values), *first.shape))
 
 
 def delta_indices(delta_timestamps: dict[str, list[float]], fps: float) -> dict[str, np.ndarray]:
@@ -145,7 +201,7 @@ class SnapshotDataset(torch.utils.data.Dataset):
             selected &= np.isin(sorted_index, np.asarray(view["index"][:], dtype=np.int64))
         self._samples = np.flatnonzero(selected)
         self.episodes: list[int] = np.unique(sorted_episode[self._samples]).tolist()
-        self.stats: Stats | None = dataset_stats(metadata, sorted_episode[firsts].tolist())
+        self.stats: stats.Stats | None = stats.dataset_stats(metadata, sorted_episode[firsts].tolist())
         self._ds: Any = None
         self._ds_pid = -1
 
@@ -179,23 +235,21 @@ class SnapshotDataset(torch.utils.data.Dataset):
         return self.__getitems__([i])[0]
 
     def __getitems__(self, indices: Sequence[int]) -> list[dict[str, Any]]:
-        """Items of a whole batch, reading each camera's frames for all of them in one call."""
+        """Items of a whole batch: one Deeplake read per camera, frames decoded into one tensor per camera."""
         positions = self._samples[np.asarray(indices, dtype=np.int64)]
+        rows = self._order[positions]
         windows, pads = {}, {}
         for key, offsets in self._delta.items():
             wanted = positions[:, None] + offsets[None, :]
             start, end = self._start[positions, None], self._end[positions, None]
             windows[key] = self._order[np.clip(wanted, start, end - 1)]
             pads[key] = torch.from_numpy((wanted < start) | (wanted >= end))
-        rows = self._order[positions]
-        frames = self._read_frames({cam: windows.get(cam, rows) for cam in self.camera_keys})
+        images = {cam: self._frames(cam, windows.get(cam, rows)) for cam in self.camera_keys}
         items: list[dict[str, Any]] = []
         for b, row in enumerate(rows):
             item: dict[str, Any] = {}
-            for cam in self.camera_keys:
-                wanted = windows[cam][b] if cam in windows else row
-                image = torch.stack([frames[cam][r] for r in wanted]) if cam in windows else frames[cam][row]
-                item[cam] = self.image_transforms(image) if self.image_transforms else image
+            for cam, frames in images.items():
+                item[cam] = self.image_transforms(frames[b]) if self.image_transforms else frames[b]
             for key, values in self._values.items():
                 item[key] = torch.from_numpy(values[windows[key][b]]) if key in windows else torch.tensor(values[row])
             item.update({f"{key}_is_pad": pad[b] for key, pad in pads.items()})
@@ -203,11 +257,9 @@ class SnapshotDataset(torch.utils.data.Dataset):
             items.append(item)
         return items
 
-    def _read_frames(self, rows: dict[str, np.ndarray]) -> dict[str, dict[int, torch.Tensor]]:
-        """Decoded frames of the given table rows per camera, each distinct row read and decoded once."""
-        ds = self._table() if rows else None
-        out = {}
-        for cam, cam_rows in rows.items():
-            unique = np.unique(cam_rows).tolist()
-            out[cam] = {r: decode_image(encoded) for r, encoded in zip(unique, ds[cam].get_bytes(unique))}
-        return out
+    def _frames(self, camera: str, rows: np.ndarray) -> torch.Tensor:
+        """Decoded frames of table ``rows`` (shape ``(B,)`` or ``(B, T)``), shaped ``(*rows.shape, C, H, W)``."""
+        unique, inverse = np.unique(rows, return_inverse=True)
+        encoded = self._table()[camera].get_bytes(unique.tolist())
+        frames = decode_frames([encoded[k] for k in inverse.ravel()])
+        return frames.view(*rows.shape, *frames.shape[1:])

@@ -6,7 +6,7 @@ what huggingface_hub 2.4.0 calls for ``HfApi.dataset_info`` and ``snapshot_downl
     GET  /api/datasets/{ns}/{name}                        dataset_info (default branch)
     GET  /api/datasets/{ns}/{name}/revision/{rev}         dataset_info at a branch, tag or commit sha
     GET  /api/datasets/{ns}/{name}/tree/{rev}[/{path}]    list_repo_tree (``?recursive=true``), no pagination
-    HEAD /datasets/{ns}/{name}/resolve/{rev}/{file}       file metadata: X-Repo-Commit, ETag (git blob id), Content-Length
+    HEAD /datasets/{ns}/{name}/resolve/{rev}/{file}       metadata: X-Repo-Commit, ETag (git blob id), Content-Length
     GET  /datasets/{ns}/{name}/resolve/{rev}/{file}       file content, with ``Range: bytes=N-`` resume support (206)
 
 Revisions (``{rev}`` is URL-quoted, so ``refs/pr/1`` arrives as one segment) resolve with ``git rev-parse``; the
@@ -21,6 +21,7 @@ Test knobs (plain attributes, may be changed while the server runs):
     cut_downloads  number of upcoming file GETs to cut: such a response promises the whole body but the
                    connection is closed once the file's midpoint is reached (a resumed request starting at or
                    after the midpoint gets its headers and no body at all), like a link that always drops there
+    cut_only       when set, only files whose path contains this string are cut
     requests       every request received, as ``Request(method, path, headers)`` (headers with lower-case names)
     counts         ``Counter`` of ``"METHOD /path"`` (path without query string)
 
@@ -71,6 +72,7 @@ class HubServer:
         self.token = token
         self.fail_status: int | None = None
         self.cut_downloads = 0
+        self.cut_only: str | None = None
         self.requests: list[Request] = []
         self.counts: Counter[str] = Counter()
         self._lock = threading.Lock()
@@ -83,7 +85,7 @@ class HubServer:
         self._httpd = ThreadingHTTPServer(("127.0.0.1", 0), handler)
         self._httpd.daemon_threads = True
         self._httpd.block_on_close = False  # clients keep idle keep-alive connections open
-        self._thread = threading.Thread(target=self._httpd.serve_forever, name="hub-server", daemon=True)
+        self._thread = threading.Thread(target=self._httpd.serve_forever, args=(0.02,), daemon=True)
         self._thread.start()
         return self
 
@@ -251,7 +253,7 @@ class _Handler(BaseHTTPRequestHandler):
             headers["Content-Range"] = f"bytes {start}-{len(data) - 1}/{len(data)}"
         body = data[start:]
         with self.hub._lock:
-            cut = self.hub.cut_downloads > 0
+            cut = self.hub.cut_downloads > 0 and (self.hub.cut_only or "") in path
             self.hub.cut_downloads -= cut
         if not cut:
             self._send(status, body, "GET", {**headers, "Content-Length": str(len(body))})
@@ -266,7 +268,8 @@ class _Handler(BaseHTTPRequestHandler):
         self.close_connection = True
 
     def _send_json(self, status: int, payload, method: str = "GET", headers: dict | None = None) -> None:
-        self._send(status, json.dumps(payload).encode(), method, {"Content-Type": "application/json", **(headers or {})})
+        headers = {"Content-Type": "application/json", **(headers or {})}
+        self._send(status, json.dumps(payload).encode(), method, headers)
 
     def _send(self, status: int, body: bytes, method: str, headers: dict[str, str]) -> None:
         self.send_response(status)

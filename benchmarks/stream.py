@@ -1,0 +1,266 @@
+"""Samples per second streamed for training: SnapshotDataset against the alternatives, in one run.
+
+Every loader yields the same thing: batches of 32 shuffled samples with every camera decoded to
+float32 CHW in [0, 1] plus the telemetry, through a DataLoader with 2 worker processes where the
+loader has workers. The loaders:
+
+- ``snapshot``: :class:`lerobot_assets.training.SnapshotDataset` on a tagged table;
+- ``deeplake``: Deeplake's own ``batches()`` over a shuffled view, which decodes the images itself;
+- ``lerobot``: LeRobotDataset's way, seeking into the MP4 files and decoding per sample with PyAV;
+- ``jpeg_limit``: decoding the very JPEG bytes of the table, held in memory: the cost of decoding
+  alone, which SnapshotDataset can approach but not beat.
+
+Each is measured again with two observation frames and 50 future actions per sample
+(``delta_timestamps``; Deeplake has no windows, so it is skipped there). Rounds alternate the
+loaders so that a busy machine slows all of them alike; the median round is reported.
+
+    python benchmarks/stream.py            # ~3-4 minutes on 2 cores
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import os
+import statistics
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import av
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+from lerobot_assets.launch import info, ingest, open_snapshot, snapshot
+from lerobot_assets.lerobot_format import DatasetMeta, read_dataset, read_episode_telemetry
+from lerobot_assets.synthetic import generate_dataset
+from lerobot_assets.training import TOLERANCE_S, SnapshotDataset, collate, decode_frames, delta_indices
+
+CAMERAS = ("cam_high", "cam_left_wrist", "cam_right_wrist")
+BATCH = 32
+WORKERS = 2
+NAME = "stream_bench"
+TAG = "bench"
+
+
+def window_deltas(fps: float) -> dict[str, list[float]]:
+    """Two observation frames per camera and for the state, 50 actions ahead."""
+    deltas: dict[str, list[float]] = {f"observation.images.{c}": [-1 / fps, 0.0] for c in CAMERAS}
+    return deltas | {"observation.state": [-1 / fps, 0.0], "action": [i / fps for i in range(50)]}
+
+
+@contextlib.contextmanager
+def quiet(log: Path) -> Iterator[None]:
+    """Send the encoder's and Dagster's chatter (written straight to fd 2) to ``log``."""
+    sys.stderr.flush()
+    saved = os.dup(2)
+    with open(log, "a") as sink:
+        os.dup2(sink.fileno(), 2)
+        try:
+            yield
+        finally:
+            sys.stderr.flush()
+            os.dup2(saved, 2)
+            os.close(saved)
+
+
+class _Windows:
+    """Rows of the sample and of its windows, clamped to the episode, as LeRobot computes them."""
+
+    def __init__(self, episode: np.ndarray, deltas: dict[str, list[float]] | None, fps: float) -> None:
+        firsts = np.flatnonzero(np.r_[True, episode[1:] != episode[:-1]])
+        lengths = np.diff(np.r_[firsts, len(episode)])
+        self.start = np.repeat(firsts, lengths)
+        self.end = self.start + np.repeat(lengths, lengths)
+        self.offsets = delta_indices(deltas, fps) if deltas else {}
+
+    def rows(self, key: str, i: int) -> tuple[np.ndarray, torch.Tensor] | None:
+        if key not in self.offsets:
+            return None
+        wanted = i + self.offsets[key]
+        return np.clip(wanted, self.start[i], self.end[i] - 1), torch.from_numpy((wanted < self.start[i]) | (wanted >= self.end[i]))
+
+
+class InMemoryJpeg(Dataset):
+    """The decoding floor: the table's JPEG bytes already in memory, decoded as SnapshotDataset decodes them."""
+
+    def __init__(self, frames: dict[str, list[bytes]], values: dict[str, np.ndarray], windows: _Windows) -> None:
+        self.frames, self.values, self.windows = frames, values, windows
+
+    def __len__(self) -> int:
+        return len(self.values["index"])
+
+    def __getitems__(self, indices: list[int]) -> list[dict[str, Any]]:
+        images = {}
+        for cam, frames in self.frames.items():
+            rows = np.stack([self.windows.rows(cam, i)[0] if cam in self.windows.offsets else i for i in indices])
+            decoded = decode_frames([frames[r] for r in rows.ravel()])
+            images[cam] = decoded.view(*rows.shape, *decoded.shape[1:])
+        items = []
+        for b, i in enumerate(indices):
+            item: dict[str, Any] = {cam: frames[b] for cam, frames in images.items()}
+            for key, values in self.values.items():
+                window = self.windows.rows(key, i)
+                item[key] = torch.from_numpy(values[window[0]]) if window else torch.tensor(values[i])
+            items.append(item)
+        return items
+
+
+class LeRobotStyle(Dataset):
+    """LeRobotDataset's access pattern: per sample, open each camera's MP4, seek, decode to the frame.
+
+    As lerobot's PyAV path does: seek to the keyframe before the first wanted timestamp, convert
+    every decoded frame to RGB until the last wanted one, keep the closest frames.
+    """
+
+    def __init__(self, root: Path, deltas: dict[str, list[float]] | None) -> None:
+        self.meta: DatasetMeta = read_dataset(root, "bench")
+        tables = [read_episode_telemetry(self.meta, e) for e in sorted(self.meta.episodes)]
+        columns = ["observation.state", "action", "timestamp", "episode_index", "index"]
+        self.values = {c: np.concatenate([np.stack(t[c].to_numpy(zero_copy_only=False)) for t in tables]) for c in columns}
+        self.windows = _Windows(self.values["episode_index"], deltas, self.meta.fps)
+
+    def __len__(self) -> int:
+        return len(self.values["index"])
+
+    def _frames(self, camera: str, episode: int, timestamps: np.ndarray) -> torch.Tensor:
+        segment = self.meta.episode(episode).videos[camera]
+        wanted = segment.from_timestamp + timestamps
+        loaded, times = [], []
+        with av.open(str(self.meta.root / segment.path)) as container:
+            stream = container.streams.video[0]
+            container.seek(int(wanted.min() / stream.time_base), stream=stream, backward=True)
+            for frame in container.decode(stream):
+                loaded.append(torch.from_numpy(frame.to_ndarray(format="rgb24")).permute(2, 0, 1))
+                times.append(float(frame.pts * stream.time_base))
+                if times[-1] >= wanted.max() - TOLERANCE_S:
+                    break
+        closest = np.abs(wanted[:, None] - np.array(times)[None, :]).argmin(axis=1)
+        return torch.stack([loaded[k] for k in closest]).float().div_(255)
+
+    def __getitem__(self, i: int) -> dict[str, Any]:
+        episode = int(self.values["episode_index"][i])
+        item: dict[str, Any] = {}
+        for camera in self.meta.cameras:
+            window = self.windows.rows(camera, i)
+            rows = window[0] if window else np.array([i])
+            frames = self._frames(camera, episode, self.values["timestamp"][rows].astype(np.float64))
+            item[camera] = frames if window else frames[0]
+        for key, values in self.values.items():
+            window = self.windows.rows(key, i)
+            item[key] = torch.from_numpy(values[window[0]]) if window else torch.tensor(values[i])
+        return item
+
+
+def deeplake_batches(home: Path) -> Iterator[dict[str, torch.Tensor]]:
+    """Deeplake's own loader: ``batches()`` of a randomly ordered view, images decoded by Deeplake."""
+    view = open_snapshot(NAME, TAG, home).query("SELECT * ORDER BY RANDOM()")
+    cameras = [f"observation.images.{c}" for c in CAMERAS]
+    for batch in view.batches(BATCH):
+        out = {c: torch.from_numpy(np.asarray(batch[c])).permute(0, 3, 1, 2).float().div_(255) for c in cameras}
+        yield out | {k: torch.from_numpy(np.asarray(batch[k])) for k in ("observation.state", "action", "index")}
+
+
+def loader(dataset: Dataset, collate_fn: Callable[[list[Any]], Any] | None = None) -> Callable[[], Iterator[Any]]:
+    return lambda: iter(DataLoader(dataset, batch_size=BATCH, shuffle=True, num_workers=WORKERS, collate_fn=collate_fn))
+
+
+def samples_per_second(make: Callable[[], Iterator[Any]], batches: int, budget_s: float) -> float:
+    """Throughput over ``batches`` batches, or fewer if they take longer than ``budget_s``.
+
+    The first batch is a warm-up: worker start-up and the first reads are not counted.
+    """
+    iterator = make()
+    next(iterator)
+    started = time.perf_counter()
+    done = 0
+    while done < batches and (done == 0 or time.perf_counter() - started < budget_s):
+        next(iterator)
+        done += 1
+    seconds = time.perf_counter() - started
+    del iterator
+    return done * BATCH / seconds
+
+
+def build(workdir: Path, episodes: int, length: int) -> tuple[Path, Path]:
+    """Generate the v3.0 dataset (AV1, 3 cameras, 480x640), ingest it and tag a snapshot."""
+    source, home = workdir / "source", workdir / "home"
+    with quiet(workdir / "build.log"):
+        if not (source / "meta" / "info.json").is_file():
+            generate_dataset(source, version="v3.0", episode_lengths=[length] * episodes, cameras=CAMERAS,
+                             height=480, width=640, codec="libsvtav1", episodes_per_file=3)
+        ingest(str(source), name=NAME, home=home, workers=2)
+        if TAG not in info(NAME, home=home)["tags"]:
+            snapshot(NAME, tag=TAG, home=home)
+    return source, home
+
+
+def main(argv: list[str] | None = None) -> dict[str, dict[str, float]]:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--workdir", type=Path, help="keep the dataset and table here (default: a temporary dir)")
+    parser.add_argument("--episodes", type=int, default=6)
+    parser.add_argument("--length", type=int, default=80, help="frames per episode")
+    parser.add_argument("--batches", type=int, default=8, help="timed batches per measurement, at most")
+    parser.add_argument("--budget", type=float, default=6.0, help="seconds per measurement, about")
+    parser.add_argument("--rounds", type=int, default=3)
+    args = parser.parse_args(argv)
+    torch.set_num_threads(1)
+    with tempfile.TemporaryDirectory() as tmp:
+        workdir = args.workdir or Path(tmp)
+        workdir.mkdir(parents=True, exist_ok=True)
+        started = time.perf_counter()
+        source, home = build(workdir, args.episodes, args.length)
+        print(f"dataset: {args.episodes} episodes x {args.length} frames, cameras {CAMERAS} at 480x640 (AV1); "
+              f"built and ingested in {time.perf_counter() - started:.0f} s", flush=True)
+
+        plain = SnapshotDataset(NAME, TAG, home=home)
+        fps = plain.fps
+        windowed = SnapshotDataset(NAME, TAG, home=home, delta_timestamps=window_deltas(fps))
+        ds = open_snapshot(NAME, TAG, home)
+        order = np.argsort(np.asarray(ds["index"][:]))
+        cameras = [f"observation.images.{c}" for c in CAMERAS]
+        frames = {c: ds[c].get_bytes(order.tolist()) for c in cameras}
+        values = {k: np.asarray(ds[k][:])[order] for k in ("observation.state", "action", "index", "episode_index")}
+        candidates: dict[str, dict[str, Callable[[], Iterator[Any]]]] = {
+            "plain": {
+                "snapshot": loader(plain, collate),
+                "deeplake": lambda: deeplake_batches(home),
+                "lerobot": loader(LeRobotStyle(source, None)),
+                "jpeg_limit": loader(InMemoryJpeg(frames, values, _Windows(values["episode_index"], None, fps)), collate),
+            },
+            "2 obs frames + 50 actions": {
+                "snapshot": loader(windowed, collate),
+                "lerobot": loader(LeRobotStyle(source, window_deltas(fps))),
+                "jpeg_limit": loader(
+                    InMemoryJpeg(frames, values, _Windows(values["episode_index"], window_deltas(fps), fps)), collate
+                ),
+            },
+        }
+        measured: dict[str, dict[str, list[float]]] = {mode: {name: [] for name in c} for mode, c in candidates.items()}
+        for round_ in range(args.rounds):
+            for mode, loaders in candidates.items():
+                for name, make in loaders.items():
+                    measured[mode][name].append(samples_per_second(make, args.batches, args.budget))
+            print(f"round {round_ + 1}/{args.rounds} done ({time.perf_counter() - started:.0f} s)", flush=True)
+
+    results = {mode: {name: statistics.median(v) for name, v in runs.items()} for mode, runs in measured.items()}
+    goals = {"deeplake": 3.0, "lerobot": 2.0, "jpeg_limit": 0.7}
+    for mode, rates in results.items():
+        print(f"\n{mode}: samples/s (median of {args.rounds} rounds; batch {BATCH}, shuffled, {WORKERS} workers)")
+        for name, rate in rates.items():
+            line = f"  {name:11s} {rate:8.1f}"
+            if name != "snapshot":
+                ratio = rates["snapshot"] / rate
+                met = ratio >= goals[name]
+                line += f"   snapshot/{name} = {ratio:5.2f}x  (goal >= {goals[name]}x: {'met' if met else 'NOT met'})"
+            print(line)
+    print(f"\ntotal {time.perf_counter() - started:.0f} s")
+    return results
+
+
+if __name__ == "__main__":
+    main()

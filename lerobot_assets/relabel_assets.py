@@ -1,0 +1,245 @@
+"""Relabelling in Dagster: a label file, a blocking check against the table, and per-episode writes.
+
+    label_file (dataset) --[labels_fit_table, blocking]--> episode_labels (dataset x episode)
+
+``label_file`` reads the file named in its run config; ``labels_fit_table`` validates every label
+against the table (or the branch, when it exists) and, being blocking, stops the run before any
+write when they do not fit. ``episode_labels`` writes one episode's labels onto the branch, so a
+relabel shows up as materializations of exactly the affected episode partitions. The launchers at
+the bottom run that sequence through the home's persistent instance, like ``launch.ingest``.
+"""
+
+import hashlib
+import warnings
+from pathlib import Path
+from typing import Any
+
+from dagster import (
+    AssetCheckExecutionContext,
+    AssetCheckResult,
+    AssetCheckSeverity,
+    AssetDep,
+    AssetExecutionContext,
+    AssetIn,
+    Config,
+    DagsterInstance,
+    ExecuteInProcessResult,
+    Failure,
+    MaterializeResult,
+    MetadataValue,
+    MultiToSingleDimensionPartitionMapping,
+    Output,
+    PreviewWarning,
+    asset,
+    asset_check,
+    materialize,
+)
+
+from lerobot_assets.assets import GROUP
+from lerobot_assets.errors import LeRobotAssetsError
+from lerobot_assets.home import Home, default_home
+from lerobot_assets.launch import Settings, _failure_message, dagster_instance
+from lerobot_assets.partitions import dataset_partitions, episode_partition, episode_partitions
+from lerobot_assets.relabel import (
+    Label,
+    LabelError,
+    apply_labels,
+    check_branch,
+    diff_branch,
+    merge_branch,
+    read_labels,
+    validate_labels,
+)
+from lerobot_assets.resources import StorageResource
+from lerobot_assets.table import open_read_only
+
+# A partitioned asset check is in preview, but is the only way to check one dataset's labels without loading
+# every dataset's label file; the warning would only repeat at every import.
+warnings.filterwarnings("ignore", message="Specifying a partitions_def on an AssetCheckSpec", category=PreviewWarning)
+_PER_DATASET = MultiToSingleDimensionPartitionMapping(partition_dimension_name="dataset")
+_PREVIEW_LABELS = 20
+
+
+class LabelFileConfig(Config):
+    """Run config of ``label_file``."""
+
+    path: str  # CSV, parquet or JSON with episode, frame_start, frame_end, column, value
+    branch: str  # the table branch the labels go to (created from main if missing); never main
+
+
+@asset(partitions_def=dataset_partitions, group_name=GROUP)
+def label_file(context: AssetExecutionContext, config: LabelFileConfig) -> Output[dict]:
+    """The labels of one relabel request, read and typed from the file, with the branch they are for."""
+    path = Path(config.path).expanduser().resolve()
+    branch = check_branch(config.branch)
+    labels = read_labels(path)
+    digest = hashlib.sha256(path.read_bytes()).hexdigest()
+    episodes = sorted({label.episode for label in labels})
+    columns = sorted({label.column for label in labels})
+    context.log.info(f"{context.partition_key}: {len(labels)} labels for episodes {episodes}, columns {columns}")
+    preview = "\n".join(
+        f"| {l.episode} | {l.frame_start if l.frame_start is not None else ''} "
+        f"| {l.frame_end if l.frame_end is not None else ''} | {l.column} | {l.value!r} |"
+        for l in labels[:_PREVIEW_LABELS]
+    )
+    return Output(
+        {"path": str(path), "sha256": digest, "branch": branch, "labels": labels},
+        metadata={
+            "label_file": MetadataValue.path(str(path)),
+            "sha256": digest,
+            "branch": branch,
+            "labels": len(labels),
+            "episodes": MetadataValue.json(episodes),
+            "columns": MetadataValue.json(columns),
+            "preview": MetadataValue.md(
+                "| episode | frame_start | frame_end | column | value |\n|---|---|---|---|---|\n" + preview
+            ),
+        },
+    )
+
+
+@asset_check(
+    asset=label_file,
+    blocking=True,
+    partitions_def=dataset_partitions,
+    description="Every label names an existing episode, frames inside it, a column that may be relabelled, "
+    "and a value of that column's type; nothing is written otherwise.",
+)
+def labels_fit_table(
+    context: AssetCheckExecutionContext, label_file: dict, storage: StorageResource
+) -> AssetCheckResult:
+    """Validate against the branch when it exists (it may already hold new label columns), else main."""
+    dataset = context.partition_key
+    main = open_read_only(storage.table_url(dataset))
+    branch = label_file["branch"]
+    table = main.branches[branch].open() if branch in main.branches.names() else main
+    problems = validate_labels(table, label_file["labels"])
+    return AssetCheckResult(
+        passed=not problems,
+        severity=AssetCheckSeverity.ERROR,
+        description="; ".join(problems) if problems else f"{len(label_file['labels'])} labels fit the table",
+        metadata={"problems": MetadataValue.json(problems), "branch": branch, "label_file": label_file["path"]},
+    )
+
+
+@asset(
+    partitions_def=episode_partitions,
+    ins={"label_file": AssetIn(partition_mapping=_PER_DATASET)},
+    deps=[AssetDep("deeplake_table")],
+    group_name=GROUP,
+    kinds={"deeplake"},
+)
+def episode_labels(context: AssetExecutionContext, label_file: dict, storage: StorageResource) -> MaterializeResult:
+    """One episode's labels written onto the label file's branch of the table (main is untouched)."""
+    keys = context.partition_key.keys_by_dimension
+    dataset, index = keys["dataset"], int(keys["episode"])
+    labels: list[Label] = label_file["labels"]
+    if not any(label.episode == index for label in labels):
+        labelled = sorted({label.episode for label in labels})
+        raise Failure(
+            f"dataset {dataset!r}, episode {index}: label file {label_file['path']!r} has no labels for it "
+            f"(it labels episodes {labelled}); materialize only the labelled episodes"
+        )
+    branch = label_file["branch"]
+    result = apply_labels(
+        storage.table_url(dataset),
+        labels,
+        branch,
+        f"relabel {dataset} episode {index} from {Path(label_file['path']).name} ({label_file['sha256'][:12]})",
+        storage.home.lock(dataset),
+        episodes=[index],
+    )
+    context.log.info(
+        f"{dataset} episode {index}: {result.rows} rows changed in {result.columns} on branch {branch!r}, "
+        f"version {result.version}"
+    )
+    return MaterializeResult(
+        metadata={
+            "branch": branch,
+            "label_file": MetadataValue.path(label_file["path"]),
+            "label_file_sha256": label_file["sha256"],
+            "rows_changed": result.rows,
+            "columns": MetadataValue.json(result.columns),
+            "new_columns": MetadataValue.json(result.new_columns),
+            "table_version": result.version,
+        }
+    )
+
+
+RELABEL_ASSETS = [label_file, episode_labels]
+RELABEL_CHECKS = [labels_fit_table]
+
+
+def _run(
+    instance: DagsterInstance, settings: Settings, selection: list, partition_key: Any, **kwargs: Any
+) -> ExecuteInProcessResult:
+    """One in-process run of the relabel assets; a failed label check raises :class:`LabelError` with its problems."""
+    result = materialize(
+        [*RELABEL_ASSETS, *RELABEL_CHECKS],
+        selection=selection,
+        partition_key=partition_key,
+        instance=instance,
+        resources=settings.resources(),
+        raise_on_error=False,
+        **kwargs,
+    )
+    if not result.success:
+        for evaluation in result.get_asset_check_evaluations():
+            if not evaluation.passed:
+                problems = evaluation.metadata["problems"].value
+                raise LabelError(f"labels for dataset {partition_key!r} were rejected, nothing was written:", problems)
+        raise LeRobotAssetsError(_failure_message(result))
+    return result
+
+
+def _home(home: str | Path | None) -> Home:
+    return Home(Path(home) if home else default_home())
+
+
+def relabel(name: str, labels_path: str | Path, branch: str, home: str | Path | None = None) -> dict[str, Any]:
+    """Validate a label file against dataset ``name``'s table, then write it onto ``branch``, one run per episode.
+
+    Returns the JSON-able result printed by ``lerobot-assets relabel``.
+    """
+    home_ = _home(home)
+    entry = home_.dataset_source(name)
+    check_branch(branch)
+    instance, settings = dagster_instance(home_), Settings(home_.root)
+    path = Path(labels_path).expanduser().resolve()
+    run_config = {"ops": {label_file.op.name: {"config": {"path": str(path), "branch": branch}}}}
+    checked = _run(instance, settings, [label_file, labels_fit_table], name, run_config=run_config)
+    labels: list[Label] = checked.output_for_node(label_file.op.name)["labels"]
+    affected = sorted({label.episode for label in labels})
+    rows, episodes, columns, new_columns = 0, [], set(), set()
+    for index in affected:
+        run = _run(instance, settings, [episode_labels], episode_partition(name, index))
+        event = run.get_asset_materialization_events()[0].event_specific_data.materialization
+        values = {key: value.value for key, value in event.metadata.items()}
+        rows += values["rows_changed"]
+        episodes += [index] if values["rows_changed"] else []
+        columns.update(values["columns"])
+        new_columns.update(values["new_columns"])
+    main = open_read_only(entry.table)  # must outlive the branch opened from it
+    version = main.branches[branch].open().version
+    return {
+        "dataset": name,
+        "branch": branch,
+        "label_file": str(path),
+        "rows": rows,
+        "episodes": episodes,
+        "columns": sorted(columns),
+        "new_columns": sorted(new_columns),
+        "materialized": affected,
+        "version": version,
+    }
+
+
+def diff(name: str, branch: str, home: str | Path | None = None) -> dict[str, Any]:
+    """How ``branch`` of dataset ``name``'s table differs from main (``lerobot-assets diff``)."""
+    return {"dataset": name, **diff_branch(_home(home).dataset_source(name).table, branch)}
+
+
+def merge(name: str, branch: str, home: str | Path | None = None) -> dict[str, Any]:
+    """Merge ``branch`` into main of dataset ``name``'s table (``lerobot-assets merge``)."""
+    home_ = _home(home)
+    return {"dataset": name, **merge_branch(home_.dataset_source(name).table, branch, home_.lock(name))}

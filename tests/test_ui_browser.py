@@ -1,0 +1,378 @@
+"""The Dagster UI in a real (headless) browser: launch one episode partition by clicking, see its metadata.
+
+Steps (screenshots of each go to ``test-output/ui/``):
+
+1. ingest episodes 0 and 1 of the official sample into a temporary home; episode 2 is then a
+   registered partition of the ``episode`` dimension that is not materialized;
+2. start ``dagster dev`` on that home's instance on a free 127.0.0.1 port, in its own process group,
+   and wait until it serves and the code location is loaded;
+3. in Chromium: open the asset lineage, filter it to the three per-episode assets, click
+   "Materialize all…", pick dataset ``small`` and episode ``000002`` in the launch dialog, launch;
+4. follow the "View" link of the toast to the run, wait until the run succeeded;
+5. open ``deeplake_table``'s page for partition ``small|000002`` and check that the latest
+   materialization's metadata is rendered: the ``preview`` thumbnail (a decoded ``data:image/jpeg``
+   ``<img>``) and ``rows_written`` = 31 (episode 2 of the sample has 31 frames).
+
+Needs Chromium (``/usr/bin/chromium``) and Playwright for Python; ``tests/ui_setup.sh`` installs
+both. Without a browser that starts, the test is skipped with the reason; anything else fails.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+OUT = REPO / "test-output" / "ui"
+DATASET = "small"
+EPISODE_KEY = "000002"  # registered by episode_metadata, not materialized by the ingest below
+PARTITION = f"{DATASET}|{EPISODE_KEY}"
+EPISODE_ROWS = 31  # frames of episode 2 in the official sample (101 in total, 70 in episodes 0-1)
+EPISODE_ASSETS = ("telemetry_frame", "decoded_camera_frames", "deeplake_table")
+
+BROWSER_CANDIDATES = ("/usr/bin/chromium", "chromium", "chromium-browser", "google-chrome")
+BROWSER_ARGS = [
+    "--headless=new",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
+SERVER_START_TIMEOUT_S = 90
+RUN_TIMEOUT_S = 120
+UI_TIMEOUT_MS = 30_000
+
+pytestmark = pytest.mark.timeout(300)
+
+
+# --------------------------------------------------------------------------------------------- browser
+
+
+@pytest.fixture(scope="module")
+def chromium() -> str:
+    """The Chromium executable, once Playwright is importable; skips (with the reason) otherwise."""
+    try:
+        import playwright.sync_api  # noqa: F401
+    except ImportError as exc:
+        pytest.skip(f"Playwright for Python is not installed ({exc}); run tests/ui_setup.sh")
+    executable = next((p for p in map(shutil.which, BROWSER_CANDIDATES) if p), None)
+    if executable is None:
+        pytest.skip(f"no Chromium found (looked for {', '.join(BROWSER_CANDIDATES)}); run tests/ui_setup.sh")
+    return executable
+
+
+@pytest.fixture(scope="module")
+def browser(chromium: str, ui: str):
+    """Headless Chromium driven by Playwright; skips (with the reason) only if it does not start.
+
+    Started after ``ui``: Playwright's sync API keeps an asyncio loop on this thread, which the
+    in-process ``ingest`` (Dagster's executor) must not see.
+    """
+    from playwright.sync_api import sync_playwright
+
+    executable = chromium
+    manager = sync_playwright().start()
+    try:
+        instance = manager.chromium.launch(executable_path=executable, args=BROWSER_ARGS, timeout=60_000)
+    except Exception as exc:  # noqa: BLE001 - any launch failure means: no usable browser here
+        manager.stop()
+        pytest.skip(f"Chromium at {executable} does not start headless: {str(exc).splitlines()[0]}")
+    yield instance
+    instance.close()
+    manager.stop()
+
+
+@pytest.fixture
+def page(browser):
+    context = browser.new_context(viewport={"width": 1600, "height": 1000})
+    context.set_default_timeout(UI_TIMEOUT_MS)
+    page = context.new_page()
+    yield page
+    context.close()
+
+
+# --------------------------------------------------------------------------------------------- server
+
+
+def _free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def _descendants(root: int) -> list[int]:
+    """PIDs of all live descendants of ``root`` (from /proc; empty where /proc is unavailable)."""
+    children: dict[int, list[int]] = {}
+    for entry in Path("/proc").glob("[0-9]*"):
+        try:
+            stat = (entry / "stat").read_text()
+        except OSError:
+            continue
+        ppid = int(stat[stat.rindex(")") + 2 :].split()[1])
+        children.setdefault(ppid, []).append(int(entry.name))
+    found, todo = [], [root]
+    while todo:
+        for child in children.get(todo.pop(), []):
+            found.append(child)
+            todo.append(child)
+    return found
+
+
+def _stop(proc: subprocess.Popen) -> None:
+    """Stop ``dagster dev`` and everything it started: its process group, then any stray descendant."""
+    strays = _descendants(proc.pid)
+    for sig, grace in ((signal.SIGTERM, 15), (signal.SIGKILL, 10)):
+        try:
+            os.killpg(proc.pid, sig)
+        except ProcessLookupError:
+            pass
+        try:
+            proc.wait(timeout=grace)
+            break
+        except subprocess.TimeoutExpired:
+            continue
+    for pid in strays:  # e.g. a run worker that left the group; these pids were ours a moment ago
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except (ProcessLookupError, PermissionError):
+            pass
+
+
+def _reset_signals() -> None:  # runs in the child before exec
+    # A shell may start the test run with SIGINT/SIGTERM ignored; dagster dev (and Python's
+    # KeyboardInterrupt) would then ignore our SIGTERM too.
+    for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGQUIT):
+        signal.signal(sig, signal.SIG_DFL)
+
+
+def _graphql(base: str, query: str, variables: dict | None = None) -> dict:
+    request = urllib.request.Request(
+        f"{base}/graphql",
+        data=json.dumps({"query": query, "variables": variables or {}}).encode(),
+        headers={"Content-Type": "application/json"},
+    )
+    with urllib.request.urlopen(request, timeout=15) as response:
+        body = json.load(response)
+    if body.get("errors"):
+        raise AssertionError(f"GraphQL errors: {body['errors']}")
+    return body["data"]
+
+
+_LOCATIONS = """{ workspaceOrError { __typename ... on Workspace { locationEntries {
+  name loadStatus locationOrLoadError { __typename ... on PythonError { message } } } } } }"""
+
+
+def _wait_until_serving(base: str, proc: subprocess.Popen, log: Path) -> None:
+    """Wait (bounded) until the webserver answers and the code location is loaded without error."""
+    deadline = time.monotonic() + SERVER_START_TIMEOUT_S
+    state = "no answer on /server_info"
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            pytest.fail(f"dagster dev exited with {proc.returncode}; log tail:\n{_tail(log)}")
+        try:
+            with urllib.request.urlopen(f"{base}/server_info", timeout=5) as response:
+                json.load(response)
+            entries = _graphql(base, _LOCATIONS)["workspaceOrError"].get("locationEntries") or []
+        except (urllib.error.URLError, ConnectionError, TimeoutError, json.JSONDecodeError) as exc:
+            state = f"not serving yet: {exc}"
+        else:
+            loaded = [e for e in entries if e["loadStatus"] == "LOADED"]
+            errors = [e for e in loaded if e["locationOrLoadError"]["__typename"] == "PythonError"]
+            if errors:
+                pytest.fail(f"code location failed to load: {errors[0]['locationOrLoadError']['message']}")
+            if entries and len(loaded) == len(entries):
+                return
+            state = f"code locations: {[(e['name'], e['loadStatus']) for e in entries]}"
+        time.sleep(1)
+    pytest.fail(f"dagster dev not ready after {SERVER_START_TIMEOUT_S} s ({state}); log tail:\n{_tail(log)}")
+
+
+def _tail(path: Path, lines: int = 40) -> str:
+    try:
+        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+    except OSError:
+        return "(no log)"
+
+
+@pytest.fixture(scope="module")
+def ui(chromium: str, official_dataset: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A home with episodes 0-1 of ``small`` ingested and ``dagster dev`` serving it; yields the base URL."""
+    from lerobot_assets.launch import ingest
+
+    shutil.rmtree(OUT, ignore_errors=True)
+    OUT.mkdir(parents=True)
+    home = tmp_path_factory.mktemp("ui") / "home"
+    result = ingest(str(official_dataset), name=DATASET, home=home, workers=1, episodes=[0, 1])
+    assert result["episodes"] == [0, 1], result
+
+    port = _free_port()
+    base = f"http://127.0.0.1:{port}"
+    dagster = Path(sys.executable).with_name("dagster")
+    command = [str(dagster)] if dagster.is_file() else [sys.executable, "-m", "dagster"]
+    command += ["dev", "-m", "lerobot_assets.definitions", "-d", str(REPO), "-h", "127.0.0.1", "-p", str(port)]
+    env = {
+        **os.environ,
+        "DAGSTER_HOME": str(home / "dagster"),
+        "LEROBOT_ASSETS_HOME": str(home),
+        "DAGSTER_DISABLE_TELEMETRY": "1",
+        "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")])),
+    }
+    log = OUT / "dagster-dev.log"
+    with open(log, "wb") as log_file:
+        proc = subprocess.Popen(
+            command,
+            cwd=home,
+            env=env,
+            stdin=subprocess.DEVNULL,
+            stdout=log_file,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,  # own process group: the finalizer kills all of it
+            preexec_fn=_reset_signals,
+        )
+    try:
+        _wait_until_serving(base, proc, log)
+        yield base
+    finally:
+        _stop(proc)
+
+
+# --------------------------------------------------------------------------------------------- test
+
+
+def _shot(page, name: str) -> None:
+    page.screenshot(path=str(OUT / f"{name}.png"))
+
+
+_RUN = """query($runId: ID!) { runOrError(runId: $runId) { __typename ... on Run { status } } }"""
+_RUN_ERRORS = """query($runId: ID!) { logsForRun(runId: $runId) { ... on EventConnection { events {
+  __typename ... on MessageEvent { message stepKey }
+  ... on ExecutionStepFailureEvent { error { message causes { message } } }
+  ... on EngineEvent { error { message } }
+  ... on RunFailureEvent { error { message } } } } } }"""
+
+
+def _wait_for_run(base: str, run_id: str) -> str:
+    deadline = time.monotonic() + RUN_TIMEOUT_S
+    status = "unknown"
+    while time.monotonic() < deadline:
+        run = _graphql(base, _RUN, {"runId": run_id})["runOrError"]
+        assert run["__typename"] == "Run", run
+        status = run["status"]
+        if status in ("SUCCESS", "FAILURE", "CANCELED"):
+            return status
+        time.sleep(1)
+    return f"{status} (still, after {RUN_TIMEOUT_S} s)"
+
+
+def _run_errors(base: str, run_id: str) -> str:
+    events = _graphql(base, _RUN_ERRORS, {"runId": run_id})["logsForRun"].get("events", [])
+    lines = []
+    for event in events:
+        error = event.get("error")
+        if error:
+            causes = " / ".join(c["message"].strip() for c in error.get("causes") or [])
+            lines.append(f"{event['__typename']} {event.get('stepKey') or ''}: {error['message'].strip()} {causes}")
+    return "\n".join(lines) or "(no error events)"
+
+
+def _pick_partition(page, dialog, key: str) -> None:
+    """Choose ``key`` in the first still-empty partition selector of the launch dialog."""
+    dialog.get_by_text("Select a partition or create one").first.click()
+    page.get_by_placeholder("Filter partitions").fill(key)
+    page.get_by_role("menuitem").filter(has=page.get_by_text(key, exact=True)).first.click()
+    dialog.get_by_text("Launch runs to materialize").click()  # closes the selector's popover
+
+
+def test_materialize_one_episode_partition_from_the_ui(ui: str, page) -> None:
+    from playwright.sync_api import expect
+
+    expect.set_options(timeout=UI_TIMEOUT_MS)
+    # The first visit to a fresh instance shows a "Join the Dagster community" dialog over everything.
+    community = page.get_by_role("dialog").filter(has_text="Join the Dagster community")
+    page.add_locator_handler(community, lambda *_: community.get_by_role("button", name="Skip").click())
+    try:
+        _drive(ui, page, expect)
+    except BaseException:
+        _shot(page, "failure")
+        (OUT / "failure.html").write_text(page.content())
+        raise
+
+
+def _drive(base: str, page, expect) -> None:
+    # 1. the asset graph ---------------------------------------------------------------------------
+    page.goto(f"{base}/asset-groups", wait_until="domcontentloaded")
+    for key in EPISODE_ASSETS + ("training_snapshot",):
+        expect(page.get_by_text(key, exact=True).first).to_be_visible()
+    _shot(page, "01_asset_graph")
+
+    # 2. filter it to the three per-episode assets (the search box is a CodeMirror editor) -----------
+    page.locator(".CodeMirror", has=page.get_by_label("Search and filter assets")).click()
+    page.keyboard.type(" or ".join(f"key:{key}" for key in EPISODE_ASSETS))
+    page.keyboard.press("Enter")
+    expect(page.get_by_text("training_snapshot", exact=True)).to_have_count(0)
+    _shot(page, "02_selection")
+
+    # 3. "Materialize all…" -> launch dialog: dataset small, episode 000002 -------------------------
+    page.get_by_role("button", name=re.compile(r"Materialize (all|selected)")).first.click()
+    dialog = page.get_by_role("dialog").filter(has_text="Launch runs to materialize").first
+    expect(dialog).to_contain_text(f"Launch runs to materialize {len(EPISODE_ASSETS)} assets")
+    _pick_partition(page, dialog, DATASET)
+    _pick_partition(page, dialog, EPISODE_KEY)
+    expect(dialog).to_contain_text("1 partition")
+    launch = dialog.get_by_role("button", name="Launch 1 run")
+    expect(launch).to_be_enabled()
+    _shot(page, "03_launch_dialog")
+    launch.click()
+
+    # 4. the toast's "View" opens the run; wait (bounded) until it finished ---------------------------
+    toast = page.get_by_text(re.compile(r"Launched run [0-9a-f]{8}"))
+    expect(toast).to_be_visible()
+    _shot(page, "04_run_launched")
+    page.get_by_role("button", name="View").or_(page.get_by_role("link", name="View")).first.click()
+    page.wait_for_url(re.compile(r"/runs/[0-9a-f-]{36}"))
+    run_id = re.search(r"/runs/([0-9a-f-]{36})", page.url).group(1)
+    status = _wait_for_run(base, run_id)
+    _shot(page, "05_run")
+    assert status == "SUCCESS", f"run {run_id} ended {status}:\n{_run_errors(base, run_id)}"
+    expect(page.get_by_text("Success", exact=True).first).to_be_visible()
+    _shot(page, "05_run")
+
+    # 5. deeplake_table's page for the partition: the materialization's metadata ---------------------
+    page.goto(
+        f"{base}/assets/deeplake_table?view=partitions&partition={urllib.request.quote(PARTITION, safe='')}",
+        wait_until="domcontentloaded",
+    )
+    metadata = page.locator("table", has=page.get_by_text("rows_written", exact=True)).first
+    expect(metadata).to_be_visible()
+    rows_written = metadata.locator("tr", has=page.get_by_text("rows_written", exact=True))
+    expect(rows_written.locator("td").nth(1)).to_have_text(str(EPISODE_ROWS))
+    _shot(page, "06_partition_metadata")
+    page.screenshot(path=str(OUT / "06_partition_metadata_full.png"), full_page=True)
+
+    # Markdown metadata is behind "[Show Markdown]", which opens a dialog rendering it.
+    preview = metadata.locator("tr", has=page.get_by_text("preview", exact=True))
+    preview.get_by_text("Show Markdown").click()
+    markdown = page.get_by_role("dialog").filter(has=page.locator("img")).last
+    thumbnail = markdown.locator('img[src^="data:image/jpeg;base64,"]').first
+    expect(thumbnail).to_be_visible()
+    page.wait_for_function("img => img.complete && img.naturalWidth > 0", arg=thumbnail.element_handle())
+    width, height = thumbnail.evaluate("img => [img.naturalWidth, img.naturalHeight]")
+    assert width == 160 and height > 0, (width, height)  # preview.THUMBNAIL_WIDTH, decoded by the browser
+    _shot(page, "07_preview_markdown")
+    thumbnail.screenshot(path=str(OUT / "08_preview_thumbnail.png"))
