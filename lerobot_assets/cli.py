@@ -56,6 +56,24 @@ def cmd_info(args: argparse.Namespace) -> dict[str, Any]:
     return info(args.name, home=_home(args))
 
 
+def cmd_relabel(args: argparse.Namespace) -> dict[str, Any]:
+    from lerobot_assets.relabel_assets import relabel
+
+    return relabel(args.name, args.labels, args.branch, home=_home(args))
+
+
+def cmd_diff(args: argparse.Namespace) -> dict[str, Any]:
+    from lerobot_assets.relabel_assets import diff
+
+    return diff(args.name, args.branch, home=_home(args))
+
+
+def cmd_merge(args: argparse.Namespace) -> dict[str, Any]:
+    from lerobot_assets.relabel_assets import merge
+
+    return merge(args.name, args.branch, home=_home(args))
+
+
 def cmd_demo(args: argparse.Namespace) -> dict[str, Any]:
     from lerobot_assets.demo import run_demo
 
@@ -107,6 +125,26 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("info", parents=[common], help="show a table's version, tags, rows and episodes")
     p.add_argument("name")
     p.set_defaults(func=cmd_info)
+
+    p = sub.add_parser("relabel", parents=[common], help="write labels from a file onto a review branch of the table")
+    p.add_argument("name")
+    p.add_argument(
+        "--labels",
+        required=True,
+        help="CSV, parquet or JSON with episode, frame_start, frame_end (exclusive; both optional), column, value",
+    )
+    p.add_argument("--branch", required=True, help="branch to write onto, created from main if missing (never main)")
+    p.set_defaults(func=cmd_relabel)
+
+    p = sub.add_parser("diff", parents=[common], help="show how a branch's labels differ from main")
+    p.add_argument("name")
+    p.add_argument("--branch", required=True)
+    p.set_defaults(func=cmd_diff)
+
+    p = sub.add_parser("merge", parents=[common], help="merge a reviewed label branch into main")
+    p.add_argument("name")
+    p.add_argument("--branch", required=True)
+    p.set_defaults(func=cmd_merge)
 
     p = sub.add_parser("ui", parents=[common], help="run `dagster dev` on this home's Dagster instance")
     p.add_argument("--host", default="127.0.0.1")

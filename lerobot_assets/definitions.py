@@ -3,9 +3,10 @@
 from dagster import Definitions
 
 from lerobot_assets.assets import ALL_ASSETS
+from lerobot_assets.relabel_assets import RELABEL_ASSETS
 from lerobot_assets.resources import HubResource, ImageEncodingResource, StorageResource
 from lerobot_assets.sensors import upstream_revision_sensor
 
 RESOURCES = {"storage": StorageResource(), "hub": HubResource(), "encoding": ImageEncodingResource()}
 
-defs = Definitions(assets=ALL_ASSETS, resources=RESOURCES, sensors=[upstream_revision_sensor])
+defs = Definitions(assets=[*ALL_ASSETS, *RELABEL_ASSETS], resources=RESOURCES, sensors=[upstream_revision_sensor])

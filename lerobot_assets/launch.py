@@ -65,7 +65,7 @@ def dagster_instance(home: Home) -> DagsterInstance:
     return DagsterInstance.from_config(str(home.dagster_home))
 
 
-def _failure_message(result: ExecuteInProcessResult) -> str:
+def failure_message(result: ExecuteInProcessResult) -> str:
     """The user-facing message of the first failed step (our own exception text, not Dagster's wrapper)."""
     for event in result.all_events:
         if event.is_step_failure:
@@ -87,7 +87,7 @@ def _run(instance: DagsterInstance, settings: Settings, selection: list, partiti
         **kwargs,
     )
     if not result.success:
-        raise LeRobotAssetsError(_failure_message(result))
+        raise LeRobotAssetsError(failure_message(result))
     return result
 
 

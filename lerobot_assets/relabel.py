@@ -33,7 +33,7 @@ from lerobot_assets.table import INDEX_DTYPES, METADATA_KEY, open_read_only, ope
 LabelValue = bool | int | float | str
 
 MAIN = "main"
-#: Columns that identify rows or hold source measurements: relabelling them would break the table.
+#: Index columns: rows are found and ordered by them, and ``task_index`` points into the source's task table.
 PROTECTED = frozenset(INDEX_DTYPES)
 CAMERA_PREFIX = "observation.images."
 #: Deeplake types and fill values of new label columns, by the type inferred from their values.
@@ -69,15 +69,6 @@ class Label:
     frame_start: int | None = None
     frame_end: int | None = None
 
-    def to_json(self) -> dict[str, Any]:
-        return {
-            "episode": self.episode,
-            "frame_start": self.frame_start,
-            "frame_end": self.frame_end,
-            "column": self.column,
-            "value": self.value,
-        }
-
 
 @dataclass(frozen=True)
 class RelabelResult:
@@ -90,17 +81,6 @@ class RelabelResult:
     columns: list[str]  # columns with changed rows
     new_columns: list[str] = field(default_factory=list)  # columns added on the branch
     created_branch: bool = False
-
-    def to_json(self) -> dict[str, Any]:
-        return {
-            "branch": self.branch,
-            "version": self.version,
-            "rows": self.rows,
-            "episodes": self.episodes,
-            "columns": self.columns,
-            "new_columns": self.new_columns,
-            "created_branch": self.created_branch,
-        }
 
 
 def check_branch(branch: str) -> str:
@@ -299,7 +279,7 @@ def _shape(ds: deeplake.Dataset | deeplake.ReadOnlyDataset) -> _TableShape:
         values, counts = np.unique(np.asarray(ds["episode_index"][:]), return_counts=True)
         lengths = {int(v): int(c) for v, c in zip(values, counts)}
     columns = {column.name: column.dtype for column in ds.schema.columns}
-    return _TableShape(metadata.get("dataset", "?"), lengths, columns)
+    return _TableShape(metadata.get("dataset", "unnamed"), lengths, columns)
 
 
 def _episode_list(episodes: Sequence[int]) -> str:
@@ -312,6 +292,7 @@ def _episode_list(episodes: Sequence[int]) -> str:
 
 def _prepare(table: _TableShape, labels: Sequence[Label]) -> tuple[list[Label], dict[str, str], list[str]]:
     """Labels with values typed for their columns, each label column's type, and every problem found."""
+    labels = [replace(label, value=_plain(label.value)) for label in labels]  # numpy scalars from Python callers
     problems: list[str] = []
     types: dict[str, str] = {}
     by_column: dict[str, list[LabelValue]] = defaultdict(list)
@@ -497,7 +478,7 @@ def _write(ds: deeplake.Dataset, labels: Sequence[Label], types: dict[str, str])
 def _open_branch(main: deeplake.ReadOnlyDataset | deeplake.Dataset, url: str, branch: str) -> Any:
     if branch == MAIN or branch not in main.branches.names():
         others = sorted(set(main.branches.names()) - {MAIN})
-        raise TableError(f"table {url} has no branch {branch!r} to compare with main; branches: {others}")
+        raise TableError(f"table {url} has no branch {branch!r}; its branches besides main: {others}")
     return main.branches[branch]
 
 

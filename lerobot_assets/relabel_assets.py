@@ -2,22 +2,21 @@
 
     label_file (dataset) --[labels_fit_table, blocking]--> episode_labels (dataset x episode)
 
-``label_file`` reads the file named in its run config; ``labels_fit_table`` validates every label
-against the table (or the branch, when it exists) and, being blocking, stops the run before any
-write when they do not fit. ``episode_labels`` writes one episode's labels onto the branch, so a
-relabel shows up as materializations of exactly the affected episode partitions. The launchers at
-the bottom run that sequence through the home's persistent instance, like ``launch.ingest``.
+``label_file`` reads the file named in its run config, and its check ``labels_fit_table`` validates
+every label against the table (or the branch, when it exists); being blocking, it stops the run
+before any write when they do not fit. ``episode_labels`` writes one episode's labels onto the
+branch, so a relabel shows up as materializations of exactly the affected episode partitions. The
+launchers at the bottom run that sequence through the home's persistent instance, like ``ingest``.
 """
 
 import hashlib
-import warnings
 from pathlib import Path
 from typing import Any
 
 from dagster import (
-    AssetCheckExecutionContext,
     AssetCheckResult,
     AssetCheckSeverity,
+    AssetCheckSpec,
     AssetDep,
     AssetExecutionContext,
     AssetIn,
@@ -29,16 +28,14 @@ from dagster import (
     MetadataValue,
     MultiToSingleDimensionPartitionMapping,
     Output,
-    PreviewWarning,
     asset,
-    asset_check,
     materialize,
 )
 
 from lerobot_assets.assets import GROUP
 from lerobot_assets.errors import LeRobotAssetsError
 from lerobot_assets.home import Home, default_home
-from lerobot_assets.launch import Settings, _failure_message, dagster_instance
+from lerobot_assets.launch import Settings, failure_message, dagster_instance
 from lerobot_assets.partitions import dataset_partitions, episode_partition, episode_partitions
 from lerobot_assets.relabel import (
     Label,
@@ -53,9 +50,6 @@ from lerobot_assets.relabel import (
 from lerobot_assets.resources import StorageResource
 from lerobot_assets.table import open_read_only
 
-# A partitioned asset check is in preview, but is the only way to check one dataset's labels without loading
-# every dataset's label file; the warning would only repeat at every import.
-warnings.filterwarnings("ignore", message="Specifying a partitions_def on an AssetCheckSpec", category=PreviewWarning)
 _PER_DATASET = MultiToSingleDimensionPartitionMapping(partition_dimension_name="dataset")
 _PREVIEW_LABELS = 20
 
@@ -67,22 +61,33 @@ class LabelFileConfig(Config):
     branch: str  # the table branch the labels go to (created from main if missing); never main
 
 
-@asset(partitions_def=dataset_partitions, group_name=GROUP)
-def label_file(context: AssetExecutionContext, config: LabelFileConfig) -> Output[dict]:
-    """The labels of one relabel request, read and typed from the file, with the branch they are for."""
+@asset(
+    partitions_def=dataset_partitions,
+    group_name=GROUP,
+    check_specs=[
+        AssetCheckSpec(
+            "labels_fit_table",
+            asset="label_file",
+            blocking=True,
+            description="Every label names an existing episode, frames inside it, a column that may be relabelled, "
+            "and a value of that column's type; nothing is written otherwise.",
+        )
+    ],
+)
+def label_file(context: AssetExecutionContext, config: LabelFileConfig, storage: StorageResource):
+    """The labels of one relabel request, read from the file, with the branch they are for; checked against the table.
+
+    The check reads the branch when it exists (it may already hold new label columns), else main.
+    """
+    dataset = context.partition_key
     path = Path(config.path).expanduser().resolve()
     branch = check_branch(config.branch)
     labels = read_labels(path)
     digest = hashlib.sha256(path.read_bytes()).hexdigest()
     episodes = sorted({label.episode for label in labels})
     columns = sorted({label.column for label in labels})
-    context.log.info(f"{context.partition_key}: {len(labels)} labels for episodes {episodes}, columns {columns}")
-    preview = "\n".join(
-        f"| {l.episode} | {l.frame_start if l.frame_start is not None else ''} "
-        f"| {l.frame_end if l.frame_end is not None else ''} | {l.column} | {l.value!r} |"
-        for l in labels[:_PREVIEW_LABELS]
-    )
-    return Output(
+    context.log.info(f"{dataset}: {len(labels)} labels for episodes {episodes}, columns {columns}")
+    yield Output(
         {"path": str(path), "sha256": digest, "branch": branch, "labels": labels},
         metadata={
             "label_file": MetadataValue.path(str(path)),
@@ -91,35 +96,27 @@ def label_file(context: AssetExecutionContext, config: LabelFileConfig) -> Outpu
             "labels": len(labels),
             "episodes": MetadataValue.json(episodes),
             "columns": MetadataValue.json(columns),
-            "preview": MetadataValue.md(
-                "| episode | frame_start | frame_end | column | value |\n|---|---|---|---|---|\n" + preview
-            ),
+            "preview": MetadataValue.md(_preview(labels)),
         },
     )
-
-
-@asset_check(
-    asset=label_file,
-    blocking=True,
-    partitions_def=dataset_partitions,
-    description="Every label names an existing episode, frames inside it, a column that may be relabelled, "
-    "and a value of that column's type; nothing is written otherwise.",
-)
-def labels_fit_table(
-    context: AssetCheckExecutionContext, label_file: dict, storage: StorageResource
-) -> AssetCheckResult:
-    """Validate against the branch when it exists (it may already hold new label columns), else main."""
-    dataset = context.partition_key
-    main = open_read_only(storage.table_url(dataset))
-    branch = label_file["branch"]
-    table = main.branches[branch].open() if branch in main.branches.names() else main
-    problems = validate_labels(table, label_file["labels"])
-    return AssetCheckResult(
+    main = open_read_only(storage.table_url(dataset))  # must outlive the branch opened from it
+    problems = validate_labels(main.branches[branch].open() if branch in main.branches.names() else main, labels)
+    yield AssetCheckResult(
+        check_name="labels_fit_table",
         passed=not problems,
         severity=AssetCheckSeverity.ERROR,
-        description="; ".join(problems) if problems else f"{len(label_file['labels'])} labels fit the table",
-        metadata={"problems": MetadataValue.json(problems), "branch": branch, "label_file": label_file["path"]},
+        description="; ".join(problems) if problems else f"{len(labels)} labels fit the table",
+        metadata={"problems": MetadataValue.json(problems), "branch": branch, "label_file": str(path)},
     )
+
+
+def _preview(labels: list[Label]) -> str:
+    """The first labels as a Markdown table, for the asset's page in the UI."""
+    lines = ["| episode | frame_start | frame_end | column | value |", "|---|---|---|---|---|"]
+    for label in labels[:_PREVIEW_LABELS]:
+        cells = [label.episode, label.frame_start, label.frame_end, label.column, repr(label.value)]
+        lines.append("| " + " | ".join("" if c is None else str(c).replace("|", "\\|") for c in cells) + " |")
+    return "\n".join(lines)
 
 
 @asset(
@@ -167,7 +164,6 @@ def episode_labels(context: AssetExecutionContext, label_file: dict, storage: St
 
 
 RELABEL_ASSETS = [label_file, episode_labels]
-RELABEL_CHECKS = [labels_fit_table]
 
 
 def _run(
@@ -175,7 +171,7 @@ def _run(
 ) -> ExecuteInProcessResult:
     """One in-process run of the relabel assets; a failed label check raises :class:`LabelError` with its problems."""
     result = materialize(
-        [*RELABEL_ASSETS, *RELABEL_CHECKS],
+        RELABEL_ASSETS,
         selection=selection,
         partition_key=partition_key,
         instance=instance,
@@ -188,7 +184,7 @@ def _run(
             if not evaluation.passed:
                 problems = evaluation.metadata["problems"].value
                 raise LabelError(f"labels for dataset {partition_key!r} were rejected, nothing was written:", problems)
-        raise LeRobotAssetsError(_failure_message(result))
+        raise LeRobotAssetsError(failure_message(result))
     return result
 
 
@@ -207,16 +203,17 @@ def relabel(name: str, labels_path: str | Path, branch: str, home: str | Path | 
     instance, settings = dagster_instance(home_), Settings(home_.root)
     path = Path(labels_path).expanduser().resolve()
     run_config = {"ops": {label_file.op.name: {"config": {"path": str(path), "branch": branch}}}}
-    checked = _run(instance, settings, [label_file, labels_fit_table], name, run_config=run_config)
+    checked = _run(instance, settings, [label_file], name, run_config=run_config)
     labels: list[Label] = checked.output_for_node(label_file.op.name)["labels"]
     affected = sorted({label.episode for label in labels})
-    rows, episodes, columns, new_columns = 0, [], set(), set()
+    rows, episodes, columns, new_columns = 0, [], set[str](), set[str]()
     for index in affected:
         run = _run(instance, settings, [episode_labels], episode_partition(name, index))
         event = run.get_asset_materialization_events()[0].event_specific_data.materialization
         values = {key: value.value for key, value in event.metadata.items()}
         rows += values["rows_changed"]
-        episodes += [index] if values["rows_changed"] else []
+        if values["rows_changed"]:
+            episodes.append(index)
         columns.update(values["columns"])
         new_columns.update(values["new_columns"])
     main = open_read_only(entry.table)  # must outlive the branch opened from it

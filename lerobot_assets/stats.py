@@ -29,6 +29,7 @@ LeRobot's by the compression error, typically by less than 0.01.
 from __future__ import annotations
 
 import io
+import json
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
@@ -37,10 +38,8 @@ from PIL import Image
 
 Stats = dict[str, dict[str, np.ndarray]]  # feature -> statistic -> value
 
-#: Field of the table's ``lerobot_assets`` JSON metadata holding every episode's stats, keyed by
-#: ``str(episode_index)``. Stats are kept per episode, not per dataset, so that replacing or removing
-#: one episode (in the same commit as its rows) keeps them exact without recomputing the others.
-EPISODE_STATS_FIELD = "episode_stats"
+#: The column whose metadata holds every episode's stats, one key per episode (see :func:`store_episode_stats`).
+STATS_COLUMN = "episode_index"
 #: LeRobot's DEFAULT_QUANTILES, by the key it stores them under.
 QUANTILES = {"q01": 0.01, "q10": 0.10, "q50": 0.50, "q90": 0.90, "q99": 0.99}
 _BINS = 5000
@@ -179,22 +178,29 @@ def stats_from_json(data: Mapping[str, Mapping[str, Any]]) -> Stats:
     return {key: {name: np.array(value) for name, value in feature.items()} for key, feature in data.items()}
 
 
-def with_episode_stats(metadata: Mapping[str, Any], index: int, stats: Stats | None) -> dict[str, Any]:
-    """The :data:`EPISODE_STATS_FIELD` of ``metadata`` with episode ``index``'s stats set (removed if ``stats`` is None)."""
-    per_episode = dict(metadata.get(EPISODE_STATS_FIELD) or {})
-    per_episode.pop(str(index), None)
-    if stats is not None:
-        per_episode[str(index)] = stats_to_json(stats)
-    return per_episode
+def _stats_key(index: int) -> str:
+    return f"episode_stats/{int(index)}"
 
 
-def dataset_stats(metadata: Mapping[str, Any], episodes: Iterable[int]) -> Stats | None:
-    """The aggregated stats of ``episodes`` from a table's metadata; None unless every one of them has stats.
+def store_episode_stats(ds: Any, index: int, stats: Stats | None) -> None:
+    """Record episode ``index``'s stats in Deeplake dataset ``ds``, or with None that it has none; commit with its rows.
+
+    They go to the metadata of the ``episode_index`` column, as JSON under one key per episode:
+    Deeplake 4 versions column metadata together with the rows (the dataset's own metadata is
+    not versioned, so a tag would show the newest stats), and a write stores one episode's stats
+    rather than the whole dataset's again.
+    """
+    ds[STATS_COLUMN].metadata[_stats_key(index)] = "" if stats is None else json.dumps(stats_to_json(stats))
+
+
+def load_stats(ds: Any, episodes: Iterable[int]) -> Stats | None:
+    """The aggregated stats of ``episodes`` of Deeplake dataset ``ds`` (at its version); None unless all have stats.
 
     Partial stats would silently normalize with numbers that do not describe the data.
     """
-    per_episode = metadata.get(EPISODE_STATS_FIELD) or {}
-    keys = [str(int(index)) for index in episodes]
-    if not keys or any(key not in per_episode for key in keys):
+    metadata = ds[STATS_COLUMN].metadata
+    stored = set(metadata.keys())
+    keys = [_stats_key(index) for index in episodes]
+    if not keys or any(key not in stored or not metadata[key] for key in keys):
         return None
-    return aggregate_stats([stats_from_json(per_episode[key]) for key in keys])
+    return aggregate_stats([stats_from_json(json.loads(metadata[key])) for key in keys])

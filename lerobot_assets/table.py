@@ -122,13 +122,20 @@ def open_table(url: str, meta: DatasetMeta, image_format: str) -> deeplake.Datas
         log.info("created table %s", url)
         return ds
     ds = deeplake.open(url, creds=creds)
-    present = {column.name for column in ds.schema.columns}
-    if present != set(expected):
+    present = {column.name: column.dtype for column in ds.schema.columns}
+    extra = {name for name in set(present) - set(expected) if not _is_label_column(present[name])}
+    if set(expected) - set(present) or extra:
         raise TableError(
             f"{where(meta.name)}: table {url} has columns {sorted(present)}, but the dataset now has "
             f"{sorted(expected)}; ingest it under a new --name"
         )
     return ds
+
+
+def _is_label_column(dtype: Any) -> bool:
+    """Text or scalar columns added by relabelling (``lerobot-assets relabel``); ingest leaves them at their default."""
+    kinds = deeplake.types.TypeKind
+    return dtype.kind == kinds.Text or (dtype.kind == kinds.Generic and not dtype.shape)
 
 
 @contextmanager

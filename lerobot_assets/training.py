@@ -71,7 +71,7 @@ def decode_frames(encoded: Sequence[bytes]) -> torch.Tensor:
             out[k].copy_(out[decoded[id(blob)]])
             continue
         rgb = first if k == 0 else decode_rgb(blob)
-        torch.div(torch.from_numpy(rgb).permute(2, 0, 1), 255, out=out[k])
+        out[k].copy_(torch.from_numpy(rgb).permute(2, 0, 1)).div_(255)  # as LeRobot: float32(x) / 255
         decoded[id(blob)] = k
     return out
 
@@ -201,7 +201,7 @@ class SnapshotDataset(torch.utils.data.Dataset):
             selected &= np.isin(sorted_index, np.asarray(view["index"][:], dtype=np.int64))
         self._samples = np.flatnonzero(selected)
         self.episodes: list[int] = np.unique(sorted_episode[self._samples]).tolist()
-        self.stats: stats.Stats | None = stats.dataset_stats(metadata, sorted_episode[firsts].tolist())
+        self.stats: stats.Stats | None = stats.load_stats(ds, sorted_episode[firsts].tolist())
         self._ds: Any = None
         self._ds_pid = -1
 

@@ -14,7 +14,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-from dagster import AssetKey, DagsterInstance
+from dagster import AssetCheckKey, AssetKey, DagsterInstance
 
 from lerobot_assets.errors import TableError
 from lerobot_assets.home import Home
@@ -30,7 +30,6 @@ LABELS = [
     {"episode": 1, "frame_start": None, "frame_end": None, "column": "task", "value": NEW_TASK},
     {"episode": 2, "frame_start": 0, "frame_end": 10, "column": "next.reward", "value": 1.5},
 ]
-LENGTHS = {0: 37, 1: 33, 2: 31}
 
 
 def _write_csv(path: Path, labels: list[dict]) -> Path:
@@ -43,6 +42,14 @@ def _write_csv(path: Path, labels: list[dict]) -> Path:
 
 def _columns(ds, *names: str) -> dict[str, np.ndarray]:
     return {name: np.asarray(ds[name][:]) for name in names}
+
+
+def _check_outcomes(home: Path) -> list[bool]:
+    """Outcomes of the ``labels_fit_table`` check, oldest first."""
+    instance = DagsterInstance.from_config(str(home / "dagster"))
+    key = AssetCheckKey(AssetKey("label_file"), "labels_fit_table")
+    records = instance.event_log_storage.get_asset_check_execution_history(key, limit=100)
+    return [r.event.dagster_event.event_specific_data.passed for r in reversed(records)]
 
 
 def _materializations(home: Path) -> dict[str, dict]:
@@ -58,7 +65,7 @@ def _materializations(home: Path) -> dict[str, dict]:
 
 @pytest.fixture(scope="module")
 def state(official_dataset: Path, tmp_path_factory: pytest.TempPathFactory) -> dict:
-    """The sample ingested, tagged, then relabelled onto branch ``fix`` from a CSV file."""
+    """The sample ingested, then relabelled onto branch ``fix`` from a CSV file (episodes 1 and 2)."""
     home = tmp_path_factory.mktemp("relabel-home")
     ingest(str(official_dataset), name="small", home=home, workers=1)
     table = Home(home).dataset_source("small").table
@@ -119,6 +126,7 @@ def test_dagster_records_only_the_affected_episode_partitions(state: dict) -> No
         assert (metadata["rows_changed"], metadata["columns"]) == (rows, columns)
         assert metadata["table_version"]
     assert records[str(episode_partition("small", 2))]["table_version"] == state["result"]["version"]
+    assert _check_outcomes(state["home"]) == [True]
 
 
 def test_applying_the_same_labels_again_changes_nothing(state: dict) -> None:
@@ -175,6 +183,7 @@ def test_invalid_labels_are_rejected_by_the_blocking_check_before_any_write(stat
     assert after.branches.names() == before.branches.names()  # "other" was never created
     assert after.branches["fix"].open().version == fix_version
     assert _materializations(home) == materialized
+    assert _check_outcomes(home)[-2:] == [False, False]
     with pytest.raises(LabelError, match="never written onto main"):
         relabel("small", state["labels"], "main", home)
 

@@ -36,6 +36,7 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
+_STARTED = time.monotonic()
 OUT = REPO / "test-output" / "ui"
 DATASET = "small"
 EPISODE_KEY = "000002"  # registered by episode_metadata, not materialized by the ingest below
@@ -86,15 +87,14 @@ def browser(chromium: str, ui: str):
     """
     from playwright.sync_api import sync_playwright
 
-    executable = chromium
     manager = sync_playwright().start()
     try:
-        instance = manager.chromium.launch(executable_path=executable, args=BROWSER_ARGS, timeout=60_000)
+        chrome = manager.chromium.launch(executable_path=chromium, args=BROWSER_ARGS, timeout=60_000)
     except Exception as exc:  # noqa: BLE001 - any launch failure means: no usable browser here
         manager.stop()
-        pytest.skip(f"Chromium at {executable} does not start headless: {str(exc).splitlines()[0]}")
-    yield instance
-    instance.close()
+        pytest.skip(f"Chromium at {chromium} does not start headless: {str(exc).splitlines()[0]}")
+    yield chrome
+    chrome.close()
     manager.stop()
 
 
@@ -220,6 +220,7 @@ def ui(chromium: str, official_dataset: Path, tmp_path_factory: pytest.TempPathF
     home = tmp_path_factory.mktemp("ui") / "home"
     result = ingest(str(official_dataset), name=DATASET, home=home, workers=1, episodes=[0, 1])
     assert result["episodes"] == [0, 1], result
+    print(f"{time.monotonic() - _STARTED:6.1f} s  ingested episodes 0-1")
 
     port = _free_port()
     base = f"http://127.0.0.1:{port}"
@@ -247,6 +248,7 @@ def ui(chromium: str, official_dataset: Path, tmp_path_factory: pytest.TempPathF
         )
     try:
         _wait_until_serving(base, proc, log)
+        print(f"{time.monotonic() - _STARTED:6.1f} s  dagster dev serving at {base}")
         yield base
     finally:
         _stop(proc)
@@ -256,7 +258,9 @@ def ui(chromium: str, official_dataset: Path, tmp_path_factory: pytest.TempPathF
 
 
 def _shot(page, name: str) -> None:
+    """Screenshot ``test-output/ui/<name>.png``; prints the elapsed time (shown by pytest on failure)."""
     page.screenshot(path=str(OUT / f"{name}.png"))
+    print(f"{time.monotonic() - _STARTED:6.1f} s  {name}.png")
 
 
 _RUN = """query($runId: ID!) { runOrError(runId: $runId) { __typename ... on Run { status } } }"""
@@ -291,12 +295,23 @@ def _run_errors(base: str, run_id: str) -> str:
     return "\n".join(lines) or "(no error events)"
 
 
+def _settle(page) -> None:
+    """Let the page's pending GraphQL requests finish (only for nicer screenshots; bounded)."""
+    try:
+        page.wait_for_load_state("networkidle", timeout=5_000)
+    except Exception:  # noqa: BLE001 - the UI polls; a busy network only means a less settled screenshot
+        pass
+
+
 def _pick_partition(page, dialog, key: str) -> None:
     """Choose ``key`` in the first still-empty partition selector of the launch dialog."""
+    from playwright.sync_api import expect
+
     dialog.get_by_text("Select a partition or create one").first.click()
     page.get_by_placeholder("Filter partitions").fill(key)
     page.get_by_role("menuitem").filter(has=page.get_by_text(key, exact=True)).first.click()
     dialog.get_by_text("Launch runs to materialize").click()  # closes the selector's popover
+    expect(page.get_by_placeholder("Filter partitions")).to_have_count(0)
 
 
 def test_materialize_one_episode_partition_from_the_ui(ui: str, page) -> None:
@@ -305,7 +320,12 @@ def test_materialize_one_episode_partition_from_the_ui(ui: str, page) -> None:
     expect.set_options(timeout=UI_TIMEOUT_MS)
     # The first visit to a fresh instance shows a "Join the Dagster community" dialog over everything.
     community = page.get_by_role("dialog").filter(has_text="Join the Dagster community")
-    page.add_locator_handler(community, lambda *_: community.get_by_role("button", name="Skip").click())
+
+    def skip_community(*_) -> None:
+        print(f"{time.monotonic() - _STARTED:6.1f} s  dismissed the 'Join the Dagster community' dialog")
+        community.get_by_role("button", name="Skip").click()
+
+    page.add_locator_handler(community, skip_community)
     try:
         _drive(ui, page, expect)
     except BaseException:
@@ -319,6 +339,9 @@ def _drive(base: str, page, expect) -> None:
     page.goto(f"{base}/asset-groups", wait_until="domcontentloaded")
     for key in EPISODE_ASSETS + ("training_snapshot",):
         expect(page.get_by_text(key, exact=True).first).to_be_visible()
+    # the live status arrived: hf_snapshot and episode_metadata were materialized by the ingest
+    expect(page.get_by_role("img", name="run_success", exact=True).first).to_be_visible()
+    _settle(page)
     _shot(page, "01_asset_graph")
 
     # 2. filter it to the three per-episode assets (the search box is a CodeMirror editor) -----------
@@ -326,6 +349,8 @@ def _drive(base: str, page, expect) -> None:
     page.keyboard.type(" or ".join(f"key:{key}" for key in EPISODE_ASSETS))
     page.keyboard.press("Enter")
     expect(page.get_by_text("training_snapshot", exact=True)).to_have_count(0)
+    expect(page.get_by_text("3 partitions").first).to_be_visible()  # the nodes' live data arrived
+    _settle(page)
     _shot(page, "02_selection")
 
     # 3. "Materialize all…" -> launch dialog: dataset small, episode 000002 -------------------------
@@ -348,7 +373,7 @@ def _drive(base: str, page, expect) -> None:
     page.wait_for_url(re.compile(r"/runs/[0-9a-f-]{36}"))
     run_id = re.search(r"/runs/([0-9a-f-]{36})", page.url).group(1)
     status = _wait_for_run(base, run_id)
-    _shot(page, "05_run")
+    print(f"{time.monotonic() - _STARTED:6.1f} s  run {run_id}: {status}")
     assert status == "SUCCESS", f"run {run_id} ended {status}:\n{_run_errors(base, run_id)}"
     expect(page.get_by_text("Success", exact=True).first).to_be_visible()
     _shot(page, "05_run")
@@ -368,7 +393,7 @@ def _drive(base: str, page, expect) -> None:
     # Markdown metadata is behind "[Show Markdown]", which opens a dialog rendering it.
     preview = metadata.locator("tr", has=page.get_by_text("preview", exact=True))
     preview.get_by_text("Show Markdown").click()
-    markdown = page.get_by_role("dialog").filter(has=page.locator("img")).last
+    markdown = page.get_by_role("dialog").filter(has_text="preview")
     thumbnail = markdown.locator('img[src^="data:image/jpeg;base64,"]').first
     expect(thumbnail).to_be_visible()
     page.wait_for_function("img => img.complete && img.naturalWidth > 0", arg=thumbnail.element_handle())

@@ -1,0 +1,130 @@
+"""Faults: a writer killed mid-write, and many writers of one table at once."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from lerobot_assets.launch import info, ingest, snapshot
+from lerobot_assets.synthetic import generate_dataset, shift_actions
+from lerobot_assets.table import open_read_only
+
+# Runs a real ingest in a child process, through the real Deeplake table, but pauses at the commit that
+# follows an episode's delete + append, so the test can SIGKILL it at the worst moment.
+_KILLABLE_INGEST = textwrap.dedent(
+    """
+    import sys, time
+    import lerobot_assets.assets as assets
+    from lerobot_assets.launch import ingest
+
+    real_replace = assets.replace_episode
+
+    class PausingAtCommit:
+        def __init__(self, ds):
+            self._ds = ds
+        def __getattr__(self, name):
+            return getattr(self._ds, name)
+        def __getitem__(self, key):
+            return self._ds[key]
+        def __len__(self):
+            return len(self._ds)
+        def commit(self, message=None):
+            with open(sys.argv[3], "w") as marker:
+                marker.write(str(len(self._ds)))
+            time.sleep(600)
+
+    assets.replace_episode = lambda ds, *a, **k: real_replace(PausingAtCommit(ds), *a, **k)
+    ingest(sys.argv[1], name="robot", home=sys.argv[2], workers=1)
+    """
+)
+
+
+def _wait_for(path: Path, process: subprocess.Popen, seconds: float = 180) -> None:
+    deadline = time.monotonic() + seconds
+    while not path.exists():
+        if process.poll() is not None:
+            raise AssertionError(f"child exited early: {process.stderr.read().decode()[-2000:]}")
+        if time.monotonic() > deadline:
+            raise AssertionError("child never reached the commit")
+        time.sleep(0.05)
+
+
+def _rows(url: str) -> dict[str, np.ndarray]:
+    ds = open_read_only(url)
+    order = np.argsort(np.asarray(ds["index"][:]))
+    columns = {c.name: c for c in ds.schema.columns}
+    out = {name: np.asarray(ds[name][:])[order] for name in columns if not name.startswith("observation.images.")}
+    for name in columns:
+        if name.startswith("observation.images."):
+            out[name] = np.array([ds[name].get_bytes(int(i)) for i in order], dtype=object)
+    return out
+
+
+def test_sigkill_during_episode_write_keeps_last_commit(tmp_path: Path) -> None:
+    source = generate_dataset(tmp_path / "src", episode_lengths=(20, 25, 15), cameras=("front",), codec="libx264",
+                              episodes_per_file=1)
+    home = tmp_path / "home"
+    ingest(str(source), name="robot", home=home, workers=1)
+    snapshot("robot", tag="before", home=home)
+    before = info("robot", home=home)
+    old_actions = _rows(before["table"])["action"]
+
+    shift_actions(source, [1])  # upstream change: episode 1 must be replaced (delete + append + commit)
+    marker = tmp_path / "at-commit"
+    child = subprocess.Popen(
+        [sys.executable, "-c", _KILLABLE_INGEST, str(source), str(home), str(marker)],
+        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True,
+    )
+    try:
+        _wait_for(marker, child)
+        assert int(marker.read_text()) == sum((20, 25, 15))  # deleted 25 rows and appended 25, uncommitted
+    finally:
+        os.killpg(child.pid, signal.SIGKILL)
+        child.wait(timeout=30)
+
+    after = info("robot", home=home)
+    assert (after["version"], after["rows"], after["tags"]) == (before["version"], before["rows"], before["tags"])
+    assert np.array_equal(_rows(after["table"])["action"], old_actions)  # no partial episode visible
+
+    rerun = ingest(str(source), name="robot", home=home, workers=1)  # the dead writer's lock is gone
+    assert rerun["materialized"] == [1] and rerun["rows"] == before["rows"]
+    new_actions = _rows(rerun["table"])["action"]
+    episode = _rows(rerun["table"])["episode_index"]
+    assert np.allclose(new_actions[episode == 1], old_actions[episode == 1] + 1.0)
+    assert np.array_equal(new_actions[episode != 1], old_actions[episode != 1])
+
+
+@pytest.mark.parametrize("mode", ["4 worker processes", "two runs at once"])
+def test_concurrent_writers_equal_a_serial_ingest(mode: str, tmp_path: Path) -> None:
+    lengths = (9, 12, 8, 11, 10, 7, 13, 9)
+    source = generate_dataset(tmp_path / "src", episode_lengths=lengths, cameras=("front", "wrist"),
+                              codec="libx264", episodes_per_file=2)
+    serial = ingest(str(source), name="robot", home=tmp_path / "serial", workers=1)
+    home = tmp_path / "concurrent"
+    if mode == "4 worker processes":
+        result = ingest(str(source), name="robot", home=home, workers=4)
+        assert result["added"] == list(range(8))
+    else:
+        script = "import sys; from lerobot_assets.launch import ingest, parse_episodes; " \
+                 "ingest(sys.argv[1], name='robot', home=sys.argv[2], episodes=parse_episodes(sys.argv[3]), workers=1)"
+        children = [
+            subprocess.Popen([sys.executable, "-c", script, str(source), str(home), episodes],
+                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+            for episodes in ("0-4", "3-7")  # episodes 3 and 4 are written by both runs
+        ]
+        for child in children:
+            assert child.wait(timeout=600) == 0, child.stderr.read().decode()[-3000:]
+        result = info("robot", home=home)
+    assert result["rows"] == sum(lengths)
+    expected, actual = _rows(serial["table"]), _rows(result["table"])
+    assert expected.keys() == actual.keys()
+    for name in expected:
+        assert np.array_equal(expected[name], actual[name]), name

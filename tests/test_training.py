@@ -1,0 +1,211 @@
+"""SnapshotDataset on a real table built by ``ingest``, through real DataLoader workers (fork and spawn)."""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from torch.utils.data import DataLoader, get_worker_info
+
+from lerobot_assets.errors import TableError
+from lerobot_assets.launch import ingest, snapshot
+from lerobot_assets.stats import aggregate_stats, episode_stats, with_episode_stats
+from lerobot_assets.synthetic import block_x, generate_dataset
+from lerobot_assets.table import INDEX_DTYPES, create_tag, open_writable, set_table_metadata
+from lerobot_assets.training import SnapshotDataset, collate
+
+from .conftest import white_block_x
+
+LENGTHS = (14, 9, 12)
+TASKS = ("Pick up the shrimp", "Wipe the table", "Open the drawer")  # the generator's, one per episode
+WIDTH = 128
+FPS = 30
+CAM_HIGH, CAM_WRIST = "observation.images.cam_high", "observation.images.cam_left_wrist"
+HISTORY_AND_CHUNK = {
+    CAM_HIGH: [-1 / FPS, 0.0],
+    "observation.state": [-1 / FPS, 0.0],
+    "action": [i / FPS for i in range(100)],  # ACT: longer than every episode, so the tail is padding
+}
+
+
+@pytest.fixture(scope="module")
+def snap(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    """A generated dataset ingested episode 2 first, so the table does not hold episodes in order.
+
+    Tag ``t1`` is the plain snapshot; tag ``with-stats`` adds per-episode stats to the metadata the
+    way the ingest stores them.
+    """
+    root = tmp_path_factory.mktemp("training")
+    source = generate_dataset(root / "src", episode_lengths=LENGTHS, tasks=TASKS, codec="libx264")
+    home = root / "home"
+    ingest(str(source), name="gen", home=home, episodes=[2], workers=1)
+    ingest(str(source), name="gen", home=home, workers=1)
+    tagged = snapshot("gen", tag="t1", home=home)
+    ds = open_writable(tagged["table"])
+    assert np.asarray(ds["episode_index"][:])[0] == 2
+    episode = np.asarray(ds["episode_index"][:])
+    per_episode, field = [], {}
+    for index in np.unique(episode).tolist():
+        rows = np.flatnonzero(episode == index).tolist()
+        values = {key: np.asarray(ds[key][rows]) for key in ("observation.state", "action", *INDEX_DTYPES)}
+        per_episode.append(episode_stats(values, {cam: ds[cam].get_bytes(rows) for cam in (CAM_HIGH, CAM_WRIST)}))
+        field = with_episode_stats({"episode_stats": field}, index, per_episode[-1])
+    set_table_metadata(ds, episode_stats=field)
+    ds.commit("add episode stats")
+    create_tag(ds, "with-stats", tagged["table"])
+    frames = [pd.read_parquet(p) for p in sorted((source / "data").rglob("*.parquet"))]
+    rows = pd.concat(frames).sort_values("index").reset_index(drop=True)
+    return {"home": home, "tagged": tagged, "rows": rows, "stats": aggregate_stats(per_episode)}
+
+
+def _source(snap: dict, column: str) -> np.ndarray:
+    return np.stack(snap["rows"][column].to_numpy())
+
+
+def _episode_bounds(snap: dict, index: int) -> tuple[int, int]:
+    """[start, end) of the global ``index`` values of the episode holding frame ``index``."""
+    rows = snap["rows"]
+    episode = rows.loc[rows["index"] == index, "episode_index"].item()
+    members = rows.loc[rows["episode_index"] == episode, "index"]
+    return int(members.min()), int(members.max()) + 1
+
+
+def test_items_have_lerobot_layout_and_the_table_values(snap: dict) -> None:
+    dataset = SnapshotDataset("gen", "t1", home=snap["home"])
+    assert len(dataset) == sum(LENGTHS) and dataset.episodes == [0, 1, 2] and dataset.fps == FPS
+    state, action = _source(snap, "observation.state"), _source(snap, "action")
+    for i in range(len(dataset)):
+        item = dataset[i]
+        index = int(item["index"])
+        assert index == i  # samples follow LeRobot's order, whatever the table's row order
+        for camera in (CAM_HIGH, CAM_WRIST):
+            image = item[camera]
+            assert image.dtype == torch.float32 and image.shape == (3, 96, WIDTH)
+            assert 0.0 <= float(image.min()) and float(image.max()) <= 1.0
+            pixels = (image.permute(1, 2, 0) * 255).round().to(torch.uint8).numpy()
+            assert abs(white_block_x(pixels) - block_x(int(item["frame_index"]), WIDTH)) <= 1, (camera, i)
+        assert torch.equal(item["observation.state"], torch.from_numpy(state[index]))
+        assert torch.equal(item["action"], torch.from_numpy(action[index]))
+        for key, dtype in (("timestamp", torch.float32), ("frame_index", torch.int64), ("episode_index", torch.int64),
+                           ("index", torch.int64), ("task_index", torch.int64)):
+            assert item[key].shape == () and item[key].dtype == dtype, key
+            assert item[key].item() == pytest.approx(snap["rows"][key][index]), key
+        assert item["task"] == TASKS[int(item["episode_index"])]
+
+
+def test_delta_timestamps_read_the_right_frames_and_pad_at_episode_edges(snap: dict) -> None:
+    dataset = SnapshotDataset("gen", "t1", home=snap["home"], delta_timestamps=HISTORY_AND_CHUNK)
+    state, action = _source(snap, "observation.state"), _source(snap, "action")
+    frame_index = snap["rows"]["frame_index"].to_numpy()
+    for i in range(len(dataset)):
+        item = dataset[i]
+        index = int(item["index"])
+        start, end = _episode_bounds(snap, index)
+        for key, source, deltas in (("observation.state", state, [-1, 0]), ("action", action, range(100))):
+            wanted = index + np.array(deltas)
+            expected = source[np.clip(wanted, start, end - 1)]
+            assert item[key].shape == expected.shape and torch.equal(item[key], torch.from_numpy(expected)), (key, i)
+            assert item[f"{key}_is_pad"].tolist() == ((wanted < start) | (wanted >= end)).tolist(), (key, i)
+        frames = item[CAM_HIGH]
+        assert frames.shape == (2, 3, 96, WIDTH)
+        assert item[f"{CAM_HIGH}_is_pad"].tolist() == [index == start, False]
+        for frame, source_index in zip(frames, np.clip([index - 1, index], start, end - 1)):
+            pixels = (frame.permute(1, 2, 0) * 255).round().to(torch.uint8).numpy()
+            assert abs(white_block_x(pixels) - block_x(int(frame_index[source_index]), WIDTH)) <= 1, i
+        assert item[CAM_WRIST].shape == (3, 96, WIDTH)  # no window asked for this camera
+    last = dataset[LENGTHS[0] - 1]  # last frame of episode 0: one real action, 99 repeats of it
+    assert last["action_is_pad"].tolist() == [False] + [True] * 99
+    assert torch.equal(last["action"][-1], last["action"][0])
+
+
+def test_episodes_and_query_restrict_samples_but_not_windows(snap: dict) -> None:
+    home = snap["home"]
+    by_episode = SnapshotDataset("gen", "t1", home=home, episodes=[0, 2])
+    assert len(by_episode) == LENGTHS[0] + LENGTHS[2] and by_episode.episodes == [0, 2]
+    assert {int(by_episode[i]["episode_index"]) for i in range(len(by_episode))} == {0, 2}
+
+    wipe = SnapshotDataset("gen", "t1", home=home, query="SELECT * WHERE task == 'Wipe the table'")
+    assert len(wipe) == LENGTHS[1] and wipe.episodes == [1]
+    assert {wipe[i]["task"] for i in range(len(wipe))} == {"Wipe the table"}
+    assert len(SnapshotDataset("gen", "t1", home=home, episodes=[0], query="SELECT * WHERE episode_index == 1")) == 0
+
+    one = SnapshotDataset("gen", "t1", home=home, query="SELECT * WHERE episode_index == 1 AND frame_index == 4",
+                          delta_timestamps={"observation.state": [k / FPS for k in range(-3, 4)]})
+    assert len(one) == 1
+    index = LENGTHS[0] + 4
+    expected = _source(snap, "observation.state")[index - 3 : index + 4]  # neighbours that are not samples
+    assert torch.equal(one[0]["observation.state"], torch.from_numpy(expected))
+    assert not one[0]["observation.state_is_pad"].any()
+
+
+def _collate_with_worker(items: list[dict[str, Any]]) -> tuple[dict[str, Any], int]:
+    """Runs in the worker: the batch, and which worker made it."""
+    return collate(items), get_worker_info().id
+
+
+@pytest.mark.parametrize("context", ["fork", "spawn"])
+def test_dataloader_workers_return_identical_items(snap: dict, context: str) -> None:
+    dataset = SnapshotDataset("gen", "t1", home=snap["home"], delta_timestamps=HISTORY_AND_CHUNK)
+    reference = {int(dataset[i]["index"]): dataset[i] for i in range(len(dataset))}  # opens Deeplake before forking
+    loader = DataLoader(dataset, batch_size=5, shuffle=True, num_workers=2, multiprocessing_context=context,
+                        collate_fn=_collate_with_worker, persistent_workers=True)
+    served: dict[int, set[int]] = {}
+    for _epoch in range(2):  # each epoch deals the samples out to the workers in another order
+        seen = []
+        for batch, worker in loader:
+            for b, index in enumerate(batch["index"].tolist()):
+                seen.append(index)
+                served.setdefault(index, set()).add(worker)
+                for key, expected in reference[index].items():
+                    got = batch[key][b]
+                    assert got == expected if key == "task" else torch.equal(got, expected), (context, key, index)
+        assert sorted(seen) == sorted(reference)
+    assert any(len(workers) == 2 for workers in served.values())
+
+
+def test_snapshot_info_and_stats(snap: dict) -> None:
+    plain = SnapshotDataset("gen", "t1", home=snap["home"], columns=["observation.state"])
+    tagged = snap["tagged"]
+    assert (plain.snapshot.tag, plain.snapshot.version, plain.snapshot.table) == (
+        "t1", tagged["version"], tagged["table"])
+    assert plain.stats is None  # no stats stored at that tag: nothing is computed
+    assert set(plain[0]) == {"observation.state", *INDEX_DTYPES, "task"} and plain.camera_keys == []
+
+    with_stats = SnapshotDataset("gen", "with-stats", home=snap["home"])
+    assert with_stats.snapshot.version != tagged["version"]
+    assert with_stats.stats is not None and set(with_stats.stats) == set(snap["stats"])
+    for key, stats in snap["stats"].items():
+        for name, value in stats.items():
+            assert np.array_equal(with_stats.stats[key][name], value), (key, name)
+
+
+def test_invalid_requests_fail_with_what_to_fix(snap: dict) -> None:
+    home = snap["home"]
+    with pytest.raises(ValueError, match="not in"):
+        SnapshotDataset("gen", "t1", home=home, columns=["observation.nope"])
+    with pytest.raises(ValueError, match="multiples of 1/30"):
+        SnapshotDataset("gen", "t1", home=home, delta_timestamps={"action": [0.01]})
+    with pytest.raises(ValueError, match="not returned"):
+        SnapshotDataset("gen", "t1", home=home, columns=[CAM_HIGH], delta_timestamps={"action": [0.0]})
+    with pytest.raises(ValueError, match=r"episodes \[7\]"):
+        SnapshotDataset("gen", "t1", home=home, episodes=[7])
+    with pytest.raises(ValueError, match="'index' column"):
+        SnapshotDataset("gen", "t1", home=home, query="SELECT frame_index WHERE episode_index == 1")
+    with pytest.raises(TableError, match="no tag"):
+        SnapshotDataset("gen", "nope", home=home)
+
+
+def test_train_bc_example_loss_goes_down(snap: dict) -> None:
+    path = Path(__file__).resolve().parents[1] / "examples" / "train_bc.py"
+    spec = importlib.util.spec_from_file_location("train_bc", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    losses = module.main(["--home", str(snap["home"]), "--dataset", "gen", "--steps", "40", "--batch-size", "8",
+                          "--workers", "0"])
+    assert len(losses) == 40
+    assert np.mean(losses[-5:]) < 0.5 * np.mean(losses[:5])
