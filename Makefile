@@ -20,4 +20,5 @@ demo: install
 	$(BIN)/lerobot-assets demo
 
 test: install
+	sh tests/ui_setup.sh $(BIN)/python
 	$(BIN)/python -m pytest -q

@@ -48,6 +48,8 @@ WORKERS = 2
 NAME = "stream_bench"
 GOALS = {"deeplake": 3.0, "lerobot": 2.0, "jpeg_limit": 0.7}
 TAG = "bench"
+VALUES = ("observation.state", "action", "observation.effort", "timestamp", "frame_index", "episode_index", "index",
+          "task_index")
 
 
 def window_deltas(fps: float) -> dict[str, list[float]]:
@@ -72,7 +74,7 @@ def quiet(log: Path) -> Iterator[None]:
 
 
 class _Windows:
-    """Rows of the sample and of its windows, clamped to the episode, as LeRobot computes them."""
+    """Rows of a sample's windows, clamped to its episode, and their padding masks, as LeRobot computes them."""
 
     def __init__(self, episode: np.ndarray, deltas: dict[str, list[float]] | None, fps: float) -> None:
         firsts = np.flatnonzero(np.r_[True, episode[1:] != episode[:-1]])
@@ -81,36 +83,39 @@ class _Windows:
         self.end = self.start + np.repeat(lengths, lengths)
         self.offsets = delta_indices(deltas, fps) if deltas else {}
 
-    def rows(self, key: str, i: int) -> tuple[np.ndarray, torch.Tensor] | None:
-        if key not in self.offsets:
-            return None
-        wanted = i + self.offsets[key]
-        return np.clip(wanted, self.start[i], self.end[i] - 1), torch.from_numpy((wanted < self.start[i]) | (wanted >= self.end[i]))
+    def rows(self, key: str, i: int) -> np.ndarray:
+        """The rows ``key`` reads for sample ``i``: one, or its window."""
+        return np.clip(i + self.offsets[key], self.start[i], self.end[i] - 1) if key in self.offsets else np.array(i)
+
+    def values(self, values: dict[str, np.ndarray], tasks: list[str], i: int) -> dict[str, Any]:
+        """The telemetry part of an item, with the padding masks."""
+        item: dict[str, Any] = {key: torch.from_numpy(np.array(v[self.rows(key, i)])) for key, v in values.items()}
+        for key, offsets in self.offsets.items():
+            wanted = i + offsets
+            item[f"{key}_is_pad"] = torch.from_numpy((wanted < self.start[i]) | (wanted >= self.end[i]))
+        return item | {"task": tasks[i]}
 
 
 class InMemoryJpeg(Dataset):
     """The decoding floor: the table's JPEG bytes already in memory, decoded as SnapshotDataset decodes them."""
 
-    def __init__(self, frames: dict[str, list[bytes]], values: dict[str, np.ndarray], windows: _Windows) -> None:
-        self.frames, self.values, self.windows = frames, values, windows
+    def __init__(self, frames: dict[str, list[bytes]], values: dict[str, np.ndarray], tasks: list[str],
+                 windows: _Windows) -> None:
+        self.frames, self.values, self.tasks, self.windows = frames, values, tasks, windows
 
     def __len__(self) -> int:
-        return len(self.values["index"])
+        return len(self.tasks)
 
     def __getitems__(self, indices: list[int]) -> list[dict[str, Any]]:
         images = {}
-        for cam, frames in self.frames.items():
-            rows = np.stack([self.windows.rows(cam, i)[0] if cam in self.windows.offsets else i for i in indices])
+        for camera, frames in self.frames.items():
+            rows = np.stack([self.windows.rows(camera, i) for i in indices])
             decoded = decode_frames([frames[r] for r in rows.ravel()])
-            images[cam] = decoded.view(*rows.shape, *decoded.shape[1:])
-        items = []
-        for b, i in enumerate(indices):
-            item: dict[str, Any] = {cam: frames[b] for cam, frames in images.items()}
-            for key, values in self.values.items():
-                window = self.windows.rows(key, i)
-                item[key] = torch.from_numpy(values[window[0]]) if window else torch.tensor(values[i])
-            items.append(item)
-        return items
+            images[camera] = decoded.view(*rows.shape, *decoded.shape[1:])
+        return [
+            {camera: frames[b] for camera, frames in images.items()} | self.windows.values(self.values, self.tasks, i)
+            for b, i in enumerate(indices)
+        ]
 
 
 class LeRobotStyle(Dataset):
@@ -123,16 +128,18 @@ class LeRobotStyle(Dataset):
     def __init__(self, root: Path, deltas: dict[str, list[float]] | None) -> None:
         self.meta: DatasetMeta = read_dataset(root, "bench")
         tables = [read_episode_telemetry(self.meta, e) for e in sorted(self.meta.episodes)]
-        columns = ["observation.state", "action", "timestamp", "episode_index", "index"]
-        self.values = {c: np.concatenate([np.stack(t[c].to_numpy(zero_copy_only=False)) for t in tables]) for c in columns}
+        self.values = {
+            key: np.concatenate([np.stack(t[key].to_numpy(zero_copy_only=False)) for t in tables]) for key in VALUES
+        }
+        self.tasks = [self.meta.tasks[int(t)] for t in self.values["task_index"]]
         self.windows = _Windows(self.values["episode_index"], deltas, self.meta.fps)
 
     def __len__(self) -> int:
-        return len(self.values["index"])
+        return len(self.tasks)
 
     def _frames(self, camera: str, episode: int, timestamps: np.ndarray) -> torch.Tensor:
         segment = self.meta.episode(episode).videos[camera]
-        wanted = segment.from_timestamp + timestamps
+        wanted = segment.from_timestamp + np.atleast_1d(timestamps)
         loaded, times = [], []
         with av.open(str(self.meta.root / segment.path)) as container:
             stream = container.streams.video[0]
@@ -143,20 +150,15 @@ class LeRobotStyle(Dataset):
                 if times[-1] >= wanted.max() - TOLERANCE_S:
                     break
         closest = np.abs(wanted[:, None] - np.array(times)[None, :]).argmin(axis=1)
-        return torch.stack([loaded[k] for k in closest]).float().div_(255)
+        frames = torch.stack([loaded[k] for k in closest]).float().div_(255)
+        return frames if np.ndim(timestamps) else frames[0]
 
     def __getitem__(self, i: int) -> dict[str, Any]:
         episode = int(self.values["episode_index"][i])
-        item: dict[str, Any] = {}
-        for camera in self.meta.cameras:
-            window = self.windows.rows(camera, i)
-            rows = window[0] if window else np.array([i])
-            frames = self._frames(camera, episode, self.values["timestamp"][rows].astype(np.float64))
-            item[camera] = frames if window else frames[0]
-        for key, values in self.values.items():
-            window = self.windows.rows(key, i)
-            item[key] = torch.from_numpy(values[window[0]]) if window else torch.tensor(values[i])
-        return item
+        timestamps = self.values["timestamp"].astype(np.float64)
+        item = {camera: self._frames(camera, episode, timestamps[self.windows.rows(camera, i)])
+                for camera in self.meta.cameras}
+        return item | self.windows.values(self.values, self.tasks, i)
 
 
 def deeplake_batches(home: Path) -> Iterator[dict[str, torch.Tensor]]:
@@ -164,12 +166,13 @@ def deeplake_batches(home: Path) -> Iterator[dict[str, torch.Tensor]]:
     view = open_snapshot(NAME, TAG, home).query("SELECT * ORDER BY RANDOM()")
     cameras = [f"observation.images.{c}" for c in CAMERAS]
     for batch in view.batches(BATCH):
-        out = {c: torch.from_numpy(np.asarray(batch[c])).permute(0, 3, 1, 2).float().div_(255) for c in cameras}
-        yield out | {k: torch.from_numpy(np.asarray(batch[k])) for k in ("observation.state", "action", "index")}
+        images = {c: torch.from_numpy(np.asarray(batch[c])).permute(0, 3, 1, 2).float().div_(255) for c in cameras}
+        yield images | {k: torch.from_numpy(np.asarray(batch[k])) for k in VALUES} | {"task": batch["task"]}
 
 
 def loader(dataset: Dataset, collate_fn: Callable[[list[Any]], Any] | None = None) -> Callable[[], Iterator[Any]]:
-    return lambda: iter(DataLoader(dataset, batch_size=BATCH, shuffle=True, num_workers=WORKERS, collate_fn=collate_fn))
+    """A new shuffled DataLoader iterator over ``dataset`` on each call."""
+    return lambda: iter(DataLoader(dataset, BATCH, shuffle=True, num_workers=WORKERS, collate_fn=collate_fn))
 
 
 @dataclass(frozen=True)
@@ -218,65 +221,37 @@ def build(workdir: Path, episodes: int, length: int) -> tuple[Path, Path]:
     return source, home
 
 
-def main(argv: list[str] | None = None) -> dict[str, dict[str, Measurement]]:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--workdir", type=Path, help="keep the dataset and table here (default: a temporary dir)")
-    parser.add_argument("--episodes", type=int, default=6)
-    parser.add_argument("--length", type=int, default=80, help="frames per episode")
-    parser.add_argument("--batches", type=int, default=8, help="timed batches per measurement, at most")
-    parser.add_argument("--budget", type=float, default=4.0, help="seconds per measurement, about")
-    parser.add_argument("--rounds", type=int, default=3)
-    args = parser.parse_args(argv)
-    torch.set_num_threads(1)
-    warnings.filterwarnings("ignore", message="The given NumPy array is not writable")  # Deeplake's batches
-    with tempfile.TemporaryDirectory() as tmp:
-        workdir = args.workdir or Path(tmp)
-        workdir.mkdir(parents=True, exist_ok=True)
-        started = time.perf_counter()
-        source, home = build(workdir, args.episodes, args.length)
-        print(f"dataset: {args.episodes} episodes x {args.length} frames, cameras {CAMERAS} at 480x640 (AV1); "
-              f"built and ingested in {time.perf_counter() - started:.0f} s", flush=True)
-
-        plain = SnapshotDataset(NAME, TAG, home=home)
-        fps = plain.fps
-        windowed = SnapshotDataset(NAME, TAG, home=home, delta_timestamps=window_deltas(fps))
-        ds = open_snapshot(NAME, TAG, home)
-        order = np.argsort(np.asarray(ds["index"][:]))
-        cameras = [f"observation.images.{c}" for c in CAMERAS]
-        frames = {c: ds[c].get_bytes(order.tolist()) for c in cameras}
-        values = {k: np.asarray(ds[k][:])[order] for k in ("observation.state", "action", "index", "episode_index")}
-        candidates: dict[str, dict[str, Callable[[], Iterator[Any]]]] = {
-            "plain": {
-                "snapshot": loader(plain, collate),
-                "snapshot_default_collate": loader(plain),
-                "deeplake": lambda: deeplake_batches(home),
-                "lerobot": loader(LeRobotStyle(source, None)),
-                "jpeg_limit": loader(InMemoryJpeg(frames, values, _Windows(values["episode_index"], None, fps)), collate),
-            },
-            "2 obs frames + 50 actions": {
-                "snapshot": loader(windowed, collate),
-                "lerobot": loader(LeRobotStyle(source, window_deltas(fps))),
-                "jpeg_limit": loader(
-                    InMemoryJpeg(frames, values, _Windows(values["episode_index"], window_deltas(fps), fps)), collate
-                ),
-            },
-        }
-        runs: dict[str, dict[str, list[Measurement]]] = {mode: {name: [] for name in c} for mode, c in candidates.items()}
-        for round_ in range(args.rounds):
-            for mode, loaders in candidates.items():
-                for name, make in loaders.items():
-                    runs[mode][name].append(measure(make, args.batches, args.budget))
-            print(f"round {round_ + 1}/{args.rounds} done ({time.perf_counter() - started:.0f} s, "
-                  f"load average {os.getloadavg()[0]:.1f})", flush=True)
-
-    results = {
-        mode: {
-            name: Measurement(statistics.median(m.samples_per_s for m in ms), statistics.median(m.cpu_ms_per_sample for m in ms))
-            for name, ms in by_name.items()
-        }
-        for mode, by_name in runs.items()
+def loaders(source: Path, home: Path) -> dict[str, dict[str, Callable[[], Iterator[Any]]]]:
+    """Every loader to compare, without and with windows, over the same snapshot."""
+    plain = SnapshotDataset(NAME, TAG, home=home)
+    fps, deltas = plain.fps, window_deltas(plain.fps)
+    ds = open_snapshot(NAME, TAG, home)
+    order = np.argsort(np.asarray(ds["index"][:]))
+    frames = {camera: ds[camera].get_bytes(order.tolist()) for camera in plain.camera_keys}
+    values = {key: np.asarray(ds[key][:])[order] for key in VALUES}
+    tasks = [ds["task"][int(row)] for row in order]
+    in_memory = {
+        name: InMemoryJpeg(frames, values, tasks, _Windows(values["episode_index"], d, fps))
+        for name, d in (("plain", None), ("windows", deltas))
     }
-    print(f"\nmedians of {args.rounds} rounds; batch {BATCH}, shuffled, {WORKERS} workers, all cameras decoded to float32")
+    return {
+        "plain": {
+            "snapshot": loader(plain, collate),
+            "snapshot_default_collate": loader(plain),
+            "deeplake": lambda: deeplake_batches(home),
+            "lerobot": loader(LeRobotStyle(source, None)),
+            "jpeg_limit": loader(in_memory["plain"], collate),
+        },
+        "2 obs frames + 50 actions": {
+            "snapshot": loader(SnapshotDataset(NAME, TAG, home=home, delta_timestamps=deltas), collate),
+            "lerobot": loader(LeRobotStyle(source, deltas)),
+            "jpeg_limit": loader(in_memory["windows"], collate),
+        },
+    }
+
+
+def report(results: dict[str, dict[str, Measurement]], rounds: int) -> None:
+    print(f"\nmedians of {rounds} rounds; batch {BATCH}, shuffled, {WORKERS} workers, cameras decoded to float32")
     for mode, by_name in results.items():
         print(f"\n{mode}:\n  {'loader':26s} {'samples/s':>9s} {'CPU ms/sample':>13s}   snapshot is ... x faster")
         ours = by_name["snapshot"]
@@ -288,6 +263,43 @@ def main(argv: list[str] | None = None) -> dict[str, dict[str, Measurement]]:
                 if name in GOALS:
                     line += f"  goal >= {GOALS[name]}x: {'met' if ratio >= GOALS[name] else 'NOT met'}"
             print(line)
+
+
+def main(argv: list[str] | None = None) -> dict[str, dict[str, Measurement]]:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--workdir", type=Path, help="keep the dataset and table here (default: a temporary dir)")
+    parser.add_argument("--episodes", type=int, default=6)
+    parser.add_argument("--length", type=int, default=80, help="frames per episode")
+    parser.add_argument("--batches", type=int, default=8, help="timed batches per measurement, at most")
+    parser.add_argument("--budget", type=float, default=4.0, help="seconds per measurement, about")
+    parser.add_argument("--rounds", type=int, default=3)
+    args = parser.parse_args(argv)
+    torch.set_num_threads(1)
+    warnings.filterwarnings("ignore", message="The given NumPy array is not writable")  # Deeplake's batches
+    started = time.perf_counter()
+    with tempfile.TemporaryDirectory() as tmp:
+        workdir = args.workdir or Path(tmp)
+        workdir.mkdir(parents=True, exist_ok=True)
+        source, home = build(workdir, args.episodes, args.length)
+        print(f"dataset: {args.episodes} episodes x {args.length} frames, cameras {CAMERAS} at 480x640 (AV1); "
+              f"built and ingested in {time.perf_counter() - started:.0f} s", flush=True)
+        candidates = loaders(source, home)
+        runs: dict[str, dict[str, list[Measurement]]] = {mode: {n: [] for n in c} for mode, c in candidates.items()}
+        for round_ in range(args.rounds):
+            for mode, by_name in candidates.items():
+                for name, make in by_name.items():
+                    runs[mode][name].append(measure(make, args.batches, args.budget))
+            print(f"round {round_ + 1}/{args.rounds} done ({time.perf_counter() - started:.0f} s, "
+                  f"load average {os.getloadavg()[0]:.1f})", flush=True)
+    results = {
+        mode: {
+            name: Measurement(statistics.median(m.samples_per_s for m in ms),
+                              statistics.median(m.cpu_ms_per_sample for m in ms))
+            for name, ms in by_name.items()
+        }
+        for mode, by_name in runs.items()
+    }
+    report(results, args.rounds)
     print(f"\ntotal {time.perf_counter() - started:.0f} s")
     return results
 

@@ -43,13 +43,13 @@ class Policy(nn.Module):
 
     def __init__(self, cameras: int, state_dim: int, action_dim: int, hidden: int = 256) -> None:
         super().__init__()
-        inputs = cameras * 3 * IMAGE_SIZE[0] * IMAGE_SIZE[1] + state_dim
-        self.net = nn.Sequential(nn.Linear(inputs, hidden), nn.ReLU(), nn.Linear(hidden, hidden), nn.ReLU(),
-                                 nn.Linear(hidden, action_dim))
+        pixels = cameras * 3 * IMAGE_SIZE[0] * IMAGE_SIZE[1]
+        self.vision = nn.Sequential(nn.Linear(pixels, 64), nn.ReLU())
+        self.head = nn.Sequential(nn.Linear(64 + state_dim, hidden), nn.ReLU(), nn.Linear(hidden, action_dim))
 
     def forward(self, images: list[torch.Tensor], state: torch.Tensor) -> torch.Tensor:
-        small = [F.interpolate(image, size=IMAGE_SIZE, mode="area").flatten(1) for image in images]
-        return self.net(torch.cat([*small, state], dim=1))
+        small = [F.interpolate(image, size=IMAGE_SIZE, mode="area").flatten(1) - 0.5 for image in images]
+        return self.head(torch.cat([self.vision(torch.cat(small, dim=1)), state], dim=1))
 
 
 class Normalizer:
@@ -69,7 +69,7 @@ class Normalizer:
 def main(argv: list[str] | None = None) -> list[float]:
     """Train, print the loss, and return the loss of every step."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--home", type=Path, help="lerobot-assets home (default: $LEROBOT_ASSETS_HOME or ./.lerobot_assets)")
+    parser.add_argument("--home", type=Path, help="default: $LEROBOT_ASSETS_HOME, else ./.lerobot_assets")
     parser.add_argument("--dataset", default="demo")
     parser.add_argument("--tag", help="snapshot tag (default: the latest one)")
     parser.add_argument("--steps", type=int, default=300)

@@ -86,11 +86,11 @@ def cmd_ui(args: argparse.Namespace) -> dict[str, Any]:
     from lerobot_assets.launch import dagster_instance
 
     dagster_instance(home)  # makes sure DAGSTER_HOME and its dagster.yaml exist
-    workspace = Path(__file__).with_name("workspace.yaml")
     env = {**os.environ, "DAGSTER_HOME": str(home.dagster_home), HOME_ENV: str(home.root)}
-    command = ["dagster", "dev", "-w", str(workspace), "--host", args.host, "--port", str(args.port)]
+    dagster = str(Path(sys.executable).with_name("dagster"))
+    command = [dagster, "dev", "-m", "lerobot_assets.definitions", "--host", args.host, "--port", str(args.port)]
     log.info("DAGSTER_HOME=%s %s", home.dagster_home, " ".join(command))
-    os.execvpe(command[0], command, env)
+    os.execve(dagster, command, env)
 
 
 def build_parser() -> argparse.ArgumentParser:

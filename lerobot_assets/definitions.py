@@ -1,6 +1,6 @@
 """The Dagster code location: ``dagster dev -w workspace.yaml`` loads ``defs`` from here."""
 
-from dagster import Definitions
+from dagster import Definitions, in_process_executor
 
 from lerobot_assets.assets import ALL_ASSETS
 from lerobot_assets.relabel_assets import RELABEL_ASSETS
@@ -9,4 +9,10 @@ from lerobot_assets.sensors import upstream_revision_sensor
 
 RESOURCES = {"storage": StorageResource(), "hub": HubResource(), "encoding": ImageEncodingResource()}
 
-defs = Definitions(assets=[*ALL_ASSETS, *RELABEL_ASSETS], resources=RESOURCES, sensors=[upstream_revision_sensor])
+defs = Definitions(
+    assets=[*ALL_ASSETS, *RELABEL_ASSETS],
+    resources=RESOURCES,
+    sensors=[upstream_revision_sensor],
+    # A run is one partition's few steps; separate step processes would only add start-up time.
+    executor=in_process_executor,
+)

@@ -6,8 +6,10 @@ Why it is fast: the small numeric columns of the snapshot are read once, column 
 numpy at construction, so building an item's telemetry, windows and padding masks is array
 indexing. Only camera frames are read per batch: their encoded JPEG bytes, fetched in one
 Deeplake call per camera for the whole batch (``__getitems__``, which the DataLoader uses), then
-decoded in the worker. The Deeplake dataset is opened lazily in each process, so the object
-pickles cheaply for ``spawn`` workers and is never shared across a ``fork``.
+decoded in the worker straight into one float32 tensor per camera, in shared memory, which
+:func:`collate` hands to the main process without another copy. The Deeplake dataset is opened
+lazily in each process, so the object pickles cheaply for ``spawn`` workers and no handle is
+shared across a ``fork``.
 """
 
 from __future__ import annotations
@@ -121,7 +123,7 @@ def delta_indices(delta_timestamps: dict[str, list[float]], fps: float) -> dict[
     for key, deltas in delta_timestamps.items():
         bad = [d for d in deltas if abs(d * fps - round(d * fps)) / fps > TOLERANCE_S]
         if bad or not deltas:
-            raise ValueError(f"delta_timestamps[{key!r}] must be a non-empty list of multiples of 1/{fps:g} s; got {bad}")
+            raise ValueError(f"delta_timestamps[{key!r}] must be a non-empty list of multiples of 1/{fps:g} s: {bad}")
         out[key] = np.array([round(d * fps) for d in deltas], dtype=np.int64)
     return out
 
@@ -137,6 +139,11 @@ class SnapshotDataset(torch.utils.data.Dataset):
     episode, and ``<key>_is_pad`` marks the clamped ones. ``episodes`` and ``query`` (TQL whose
     result includes the ``index`` column, e.g. ``SELECT * WHERE ...``) restrict which frames are
     samples; windows still read their neighbours in the same episode.
+
+    Give the DataLoader ``collate_fn=collate``: a batch's frames are decoded straight into one
+    tensor per camera, which :func:`collate` passes on instead of copying. ``stats`` holds the
+    LeRobot-style normalization stats stored with the rows at this tag (None if the ingest
+    stored none); ``snapshot`` names the exact table version.
     """
 
     def __init__(
@@ -169,7 +176,9 @@ class SnapshotDataset(torch.utils.data.Dataset):
         self.fps = float(metadata["fps"])
         self.image_transforms = image_transforms
 
-        # Rows sorted by (episode, index): episode e occupies positions [start, end) of that order.
+        if len(ds) == 0:
+            raise TableError(f"{url} has no rows at tag {tag!r}")
+        # Rows sorted by (episode, index): an episode occupies positions [start, end) of that order.
         index = np.asarray(ds["index"][:], dtype=np.int64)
         episode = np.asarray(ds["episode_index"][:], dtype=np.int64)
         self._order = np.lexsort((index, episode))

@@ -8,18 +8,19 @@ import sys
 from pathlib import Path
 
 import av
+import deeplake
 import numpy as np
 import pandas as pd
 import pytest
 
 from lerobot_assets.stats import (
     aggregate_stats,
-    dataset_stats,
     episode_stats,
+    load_stats,
     sample_indices,
     stats_from_json,
     stats_to_json,
-    with_episode_stats,
+    store_episode_stats,
 )
 from lerobot_assets.synthetic import render_frame
 from lerobot_assets.video import encode_image
@@ -112,7 +113,8 @@ def camera_frames(official_dataset: Path) -> dict[str, list[bytes]]:
     out = {}
     for camera in CAMERAS:
         with av.open(str(official_dataset / "videos" / camera / "chunk-000" / "file-000.mp4")) as container:
-            out[camera] = [encode_image(f.to_ndarray(format="rgb24")) for f in container.decode(container.streams.video[0])]
+            decoded = container.decode(container.streams.video[0])
+            out[camera] = [encode_image(frame.to_ndarray(format="rgb24")) for frame in decoded]
     return out
 
 
@@ -160,21 +162,28 @@ def test_single_frame_episode_and_text_values() -> None:
     assert stats["x"]["count"].tolist() == [1]
 
 
-def test_metadata_round_trip_and_dataset_stats() -> None:
+def test_stored_stats_follow_the_table_versions(tmp_path: Path) -> None:
     first = episode_stats({"x": np.arange(10.0)}, {})
     second = episode_stats({"x": np.arange(5.0) + 3}, {})
-    field = with_episode_stats({}, 0, first)
-    field = with_episode_stats({"episode_stats": field}, 4, second)
-    metadata = json.loads(json.dumps({"episode_stats": field}))  # as stored in the table's JSON metadata
-    assert sorted(metadata["episode_stats"]) == ["0", "4"]
-    combined = dataset_stats(metadata, [0, 4])
-    expected = aggregate_stats([first, second])
+    ds = deeplake.create(str(tmp_path / "table"))
+    ds.add_column("episode_index", deeplake.types.Int64())
+    store_episode_stats(ds, 0, first)
+    ds.append({"episode_index": [0] * 10})
+    ds.commit("episode 0")
+    ds.tag("one")
+    store_episode_stats(ds, 4, second)
+    ds.append({"episode_index": [4] * 5})
+    ds.commit("episode 4")
+    combined = load_stats(ds, [0, 4])
     assert combined is not None
-    for name, value in expected["x"].items():
+    for name, value in aggregate_stats([first, second])["x"].items():
         assert np.array_equal(combined["x"][name], value), name
-    assert dataset_stats(metadata, [0, 4, 5]) is None  # an episode without stats: no partial numbers
-    assert dataset_stats({}, [0]) is None
-    assert sorted(with_episode_stats(metadata, 4, None)) == ["0"]
+    assert load_stats(ds, [0, 4, 5]) is None  # an episode without stats: no partial numbers
+    at_tag = ds.tags["one"].open()
+    assert load_stats(at_tag, [0]) is not None and load_stats(at_tag, [0, 4]) is None  # versioned with the rows
+    store_episode_stats(ds, 4, None)
+    ds.commit("episode 4 removed")
+    assert load_stats(ds, [4]) is None
     assert stats_from_json(stats_to_json(first))["x"]["q99"].tolist() == first["x"]["q99"].tolist()
 
 

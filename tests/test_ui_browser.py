@@ -27,6 +27,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.error
 import urllib.request
@@ -75,6 +76,21 @@ def chromium() -> str:
     executable = next((p for p in map(shutil.which, BROWSER_CANDIDATES) if p), None)
     if executable is None:
         pytest.skip(f"no Chromium found (looked for {', '.join(BROWSER_CANDIDATES)}); run tests/ui_setup.sh")
+    # Cheap preflight before the ingest and the server: does it render a blank page headless?
+    with tempfile.TemporaryDirectory() as profile:
+        try:
+            probe = subprocess.run(
+                [executable, *BROWSER_ARGS, f"--user-data-dir={profile}", "--dump-dom", "about:blank"],
+                capture_output=True,
+                text=True,
+                timeout=60,
+                stdin=subprocess.DEVNULL,
+            )
+        except (OSError, subprocess.TimeoutExpired) as exc:
+            pytest.skip(f"Chromium at {executable} does not start headless: {exc}")
+    if probe.returncode != 0 or "<body" not in probe.stdout:
+        last = (probe.stderr.strip().splitlines() or ["no output"])[-1]
+        pytest.skip(f"Chromium at {executable} does not start headless (exit {probe.returncode}): {last}")
     return executable
 
 
