@@ -11,8 +11,9 @@ loader has workers. The loaders:
   alone, which SnapshotDataset can approach but not beat.
 
 Each is measured again with two observation frames and 50 future actions per sample
-(``delta_timestamps``; Deeplake has no windows, so it is skipped there). Rounds alternate the
-loaders so that a busy machine slows all of them alike; the median round is reported.
+(``delta_timestamps``; Deeplake has no windows, so it is skipped there). Rounds interleave the
+loaders, in a rotated order, so that a busy machine slows all of them alike; the median round is
+reported, with the CPU time the loader's processes used per sample (less sensitive to other load).
 
     python benchmarks/stream.py            # ~3-4 minutes on 2 cores
 """
@@ -287,8 +288,9 @@ def main(argv: list[str] | None = None) -> dict[str, dict[str, Measurement]]:
         runs: dict[str, dict[str, list[Measurement]]] = {mode: {n: [] for n in c} for mode, c in candidates.items()}
         for round_ in range(args.rounds):
             for mode, by_name in candidates.items():
-                for name, make in by_name.items():
-                    runs[mode][name].append(measure(make, args.batches, args.budget))
+                names = list(by_name)
+                for name in names[round_ % len(names):] + names[: round_ % len(names)]:  # each goes first once
+                    runs[mode][name].append(measure(by_name[name], args.batches, args.budget))
             print(f"round {round_ + 1}/{args.rounds} done ({time.perf_counter() - started:.0f} s, "
                   f"load average {os.getloadavg()[0]:.1f})", flush=True)
     results = {

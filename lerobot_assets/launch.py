@@ -76,7 +76,13 @@ def failure_message(result: ExecuteInProcessResult) -> str:
     return "run failed"
 
 
-def _run(instance: DagsterInstance, settings: Settings, selection: list, partition_key: Any, **kwargs: Any):
+#: Dagster's console logger at INFO: progress and results, without the per-event DEBUG lines.
+_LOGGING = {"loggers": {"console": {"config": {"log_level": "INFO"}}}}
+
+
+def _run(
+    instance: DagsterInstance, settings: Settings, selection: list, partition_key: Any, run_config: dict | None = None
+):
     result = materialize(
         ALL_ASSETS,
         selection=selection,
@@ -84,7 +90,7 @@ def _run(instance: DagsterInstance, settings: Settings, selection: list, partiti
         instance=instance,
         resources=settings.resources(),
         raise_on_error=False,
-        **kwargs,
+        run_config={**_LOGGING, **(run_config or {})},
     )
     if not result.success:
         raise LeRobotAssetsError(failure_message(result))

@@ -51,7 +51,7 @@ def _wait_for(path: Path, process: subprocess.Popen, seconds: float = 180) -> No
     deadline = time.monotonic() + seconds
     while not path.exists():
         if process.poll() is not None:
-            raise AssertionError(f"child exited early: {process.stderr.read().decode()[-2000:]}")
+            raise AssertionError(f"child exited early with code {process.returncode}")
         if time.monotonic() > deadline:
             raise AssertionError("child never reached the commit")
         time.sleep(0.05)
@@ -79,9 +79,10 @@ def test_sigkill_during_episode_write_keeps_last_commit(tmp_path: Path) -> None:
 
     shift_actions(source, [1])  # upstream change: episode 1 must be replaced (delete + append + commit)
     marker = tmp_path / "at-commit"
+    log = (tmp_path / "child.log").open("w")  # a file, not a pipe: a full pipe would block the child
     child = subprocess.Popen(
         [sys.executable, "-c", _KILLABLE_INGEST, str(source), str(home), str(marker)],
-        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True,
+        stdout=subprocess.DEVNULL, stderr=log, start_new_session=True,
     )
     try:
         _wait_for(marker, child)
@@ -115,13 +116,14 @@ def test_concurrent_writers_equal_a_serial_ingest(mode: str, tmp_path: Path) -> 
     else:
         script = "import sys; from lerobot_assets.launch import ingest, parse_episodes; " \
                  "ingest(sys.argv[1], name='robot', home=sys.argv[2], episodes=parse_episodes(sys.argv[3]), workers=1)"
+        logs = [tmp_path / f"run{i}.log" for i in range(2)]
         children = [
             subprocess.Popen([sys.executable, "-c", script, str(source), str(home), episodes],
-                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-            for episodes in ("0-4", "3-7")  # episodes 3 and 4 are written by both runs
+                             stdout=subprocess.DEVNULL, stderr=log.open("w"))
+            for episodes, log in zip(("0-4", "3-7"), logs)  # episodes 3 and 4 are written by both runs
         ]
-        for child in children:
-            assert child.wait(timeout=600) == 0, child.stderr.read().decode()[-3000:]
+        for child, log in zip(children, logs):
+            assert child.wait(timeout=300) == 0, log.read_text()[-3000:]
         result = info("robot", home=home)
     assert result["rows"] == sum(lengths)
     expected, actual = _rows(serial["table"]), _rows(result["table"])

@@ -13,11 +13,12 @@ import torch
 from torch.utils.data import DataLoader, get_worker_info
 
 from lerobot_assets.errors import TableError
-from lerobot_assets.launch import ingest, snapshot
+from lerobot_assets.launch import ingest, open_snapshot, snapshot
+from lerobot_assets import stats
 from lerobot_assets.stats import aggregate_stats, episode_stats, store_episode_stats
 from lerobot_assets.synthetic import block_x, generate_dataset
 from lerobot_assets.table import INDEX_DTYPES, create_tag, open_writable
-from lerobot_assets.training import SnapshotDataset, collate
+from lerobot_assets.training import SnapshotDataset, collate, decode_rgb
 
 from .conftest import white_block_x
 
@@ -178,8 +179,8 @@ def test_snapshot_info_and_stats(snap: dict) -> None:
     with_stats = SnapshotDataset("gen", "with-stats", home=snap["home"])
     assert with_stats.snapshot.version != tagged["version"]
     assert with_stats.stats is not None and set(with_stats.stats) == set(snap["stats"])
-    for key, stats in snap["stats"].items():  # float32 stats come back as float64 from their JSON
-        for name, value in stats.items():
+    for key, expected in snap["stats"].items():  # float32 stats come back as float64 from their JSON
+        for name, value in expected.items():
             np.testing.assert_allclose(with_stats.stats[key][name], value, rtol=1e-6, err_msg=f"{key} {name}")
 
 
@@ -197,6 +198,11 @@ def test_invalid_requests_fail_with_what_to_fix(snap: dict) -> None:
         SnapshotDataset("gen", "t1", home=home, query="SELECT frame_index WHERE episode_index == 1")
     with pytest.raises(TableError, match="no tag"):
         SnapshotDataset("gen", "nope", home=home)
+
+
+def test_fast_jpeg_path_decodes_pillows_pixels(snap: dict) -> None:
+    for encoded in open_snapshot("gen", "t1", snap["home"])[CAM_HIGH].get_bytes([0, 5, 20]):
+        assert np.array_equal(decode_rgb(encoded), stats.decode_rgb(encoded))
 
 
 def test_train_bc_example_loss_goes_down(snap: dict) -> None:
