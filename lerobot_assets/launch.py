@@ -21,6 +21,7 @@ from dagster import (
     ExecuteInProcessResult,
     materialize,
 )
+from filelock import FileLock
 
 from lerobot_assets.assets import ALL_ASSETS, DATASET_ASSETS, EPISODE_ASSETS, training_snapshot
 from lerobot_assets.errors import LeRobotAssetsError
@@ -60,9 +61,11 @@ def dagster_instance(home: Home) -> DagsterInstance:
     """The persistent Dagster instance of ``home`` (created on first use)."""
     home.dagster_home.mkdir(parents=True, exist_ok=True)
     config = home.dagster_home / "dagster.yaml"
-    if not config.exists():
-        config.write_text(_INSTANCE_YAML)
-    return DagsterInstance.from_config(str(home.dagster_home))
+    # Two processes creating the SQLite storage at once would both stamp its schema version.
+    with FileLock(str(home.dagster_home / ".init.lock")):
+        if not config.exists():
+            config.write_text(_INSTANCE_YAML)
+        return DagsterInstance.from_config(str(home.dagster_home))
 
 
 def failure_message(result: ExecuteInProcessResult) -> str:

@@ -140,3 +140,25 @@ def test_sensor_skips_unreachable_source(tmp_path: Path) -> None:
     result = upstream_revision_sensor(build_sensor_context(instance=instance, resources=_resources(home)))
     assert result.run_requests == []
     assert "unreachable" in result.skip_reason.skip_message and "gen" in result.skip_reason.skip_message
+
+
+def test_interrupted_backfill_resumes_with_only_unfinished_episodes(tmp_path: Path) -> None:
+    source = generate_dataset(tmp_path / "src", episode_lengths=LENGTHS, cameras=("front",), codec="libx264",
+                              episodes_per_file=1, files_per_chunk=10)
+    video = source / "videos/observation.images.front/chunk-000/file-003.mp4"
+    intact = video.read_bytes()
+    video.write_bytes(intact[: len(intact) // 3])  # episode 3 cannot finish: the backfill stops short of it
+    home = tmp_path / "home"
+    try:
+        ingest(str(source), name="gen", home=home, episodes=[1, 2, 3, 4], workers=1)
+    except Exception as exc:  # noqa: BLE001 - the failure is the point
+        assert "episode 3" in str(exc)
+    else:
+        raise AssertionError("the backfill should have failed on episode 3")
+    partial = open_read_only(str(home / "tables" / "gen"))
+    assert sorted(set(np.asarray(partial["episode_index"][:]).tolist())) == [1, 2, 4]
+
+    video.write_bytes(intact)
+    resumed = ingest(str(source), name="gen", home=home, episodes=[1, 2, 3, 4], workers=1)
+    assert resumed["materialized"] == [3] and resumed["unchanged"] == [1, 2, 4]
+    assert resumed["episodes"] == [1, 2, 3, 4] and resumed["rows"] == sum(LENGTHS[1:])

@@ -201,7 +201,8 @@ def test_invalid_requests_fail_with_what_to_fix(snap: dict) -> None:
 
 
 def test_fast_jpeg_path_decodes_pillows_pixels(snap: dict) -> None:
-    for encoded in open_snapshot("gen", "t1", snap["home"])[CAM_HIGH].get_bytes([0, 5, 20]):
+    table = open_snapshot("gen", "t1", snap["home"])
+    for encoded in table[CAM_HIGH].get_bytes([0, 5, 20]):
         assert np.array_equal(decode_rgb(encoded), stats.decode_rgb(encoded))
 
 
