@@ -1,0 +1,132 @@
+"""Camera-frames per second of a full ingest, against a naive decoder and against the decode+encode limit.
+
+    .venv/bin/python benchmarks/ingest.py [--episodes 10] [--frames 300] [--cameras 3] [--size 480x640]
+
+On one generated v3.0 dataset (AV1, several episodes per video file), measured side by side:
+
+- ours:  `lerobot_assets.ingest` end to end (Dagster runs, seek-and-decode per segment, JPEG, Deeplake writes);
+- naive: for each episode and camera, decode the file from its start, skip earlier episodes' frames,
+         JPEG-encode the episode's frames (decode + encode only: no table, so a lower bound for a naive ingest);
+- limit: one process decodes every frame of every file once and JPEG-encodes it, on both cores.
+
+Then peak RSS of a full ingest (in a fresh process) for --episodes and for 3x as many episodes.
+Goals: ours >= 3x naive, ours >= 0.7x limit, peak RSS flat in the number of episodes.
+"""
+
+import argparse
+import json
+import logging
+import os
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import av
+
+from lerobot_assets.launch import ingest
+from lerobot_assets.lerobot_format import read_dataset
+from lerobot_assets.synthetic import generate_dataset
+from lerobot_assets.video import encode_image
+
+
+def _generate(root: Path, episodes: int, frames: int, cameras: int, height: int, width: int) -> Path:
+    return generate_dataset(root, episode_lengths=[frames] * episodes, cameras=[f"cam{i}" for i in range(cameras)],
+                            height=height, width=width, episodes_per_file=5, files_per_chunk=10)
+
+
+def _jpeg(frame: av.VideoFrame) -> bytes:
+    return encode_image(frame.to_ndarray(format="rgb24"), "jpeg", 95)
+
+
+def naive(root: Path) -> int:
+    """Per episode and camera: decode from the start of the file, skip to the episode, encode its frames."""
+    meta = read_dataset(root)
+    done = 0
+    for episode in meta.episodes.values():
+        for camera in meta.cameras:
+            segment = episode.videos[camera]
+            with av.open(str(root / segment.path)) as container:
+                stream = container.streams.video[0]
+                stream.thread_type = "AUTO"
+                for frame in container.decode(stream):
+                    t = frame.pts * float(stream.time_base)
+                    if t >= segment.to_timestamp - 1e-4:
+                        break
+                    if t >= segment.from_timestamp - 1e-4:
+                        _jpeg(frame)
+                        done += 1
+    return done
+
+
+def limit(root: Path) -> int:
+    """Decode every video file once (codec threads) and JPEG-encode its frames in a pool of 2 threads."""
+    files = sorted((root / "videos").rglob("*.mp4"))
+    done = 0
+    with ThreadPoolExecutor(max_workers=os.cpu_count() or 2) as pool:
+        for path in files:
+            with av.open(str(path)) as container:
+                stream = container.streams.video[0]
+                stream.thread_type = "AUTO"
+                done += sum(1 for _ in pool.map(_jpeg, container.decode(stream)))
+    return done
+
+
+def _timed(fn, *args) -> tuple[float, object]:
+    started = time.perf_counter()
+    value = fn(*args)
+    return time.perf_counter() - started, value
+
+
+def _peak_rss_mb(root: Path, home: Path) -> float:
+    """Peak RSS (MB) over the ingest process and its worker processes, run fresh."""
+    code = ("import resource, sys; from lerobot_assets.launch import ingest; "
+            "ingest(sys.argv[1], name='rss', home=sys.argv[2]); "
+            "print(max(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, "
+            "resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss))")
+    out = subprocess.run([sys.executable, "-c", code, str(root), str(home)], capture_output=True, text=True, check=True)
+    return int(out.stdout.strip().splitlines()[-1]) / 1024
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--episodes", type=int, default=10)
+    parser.add_argument("--frames", type=int, default=300)
+    parser.add_argument("--cameras", type=int, default=3)
+    parser.add_argument("--size", default="480x640")
+    parser.add_argument("--skip-rss", action="store_true")
+    args = parser.parse_args()
+    logging.basicConfig(level=logging.WARNING)
+    height, width = (int(x) for x in args.size.split("x"))
+    with tempfile.TemporaryDirectory(prefix="la-ingest-bench-") as tmp:
+        root = _generate(Path(tmp) / "ds", args.episodes, args.frames, args.cameras, height, width)
+        total = args.episodes * args.frames * args.cameras
+        ours_s, result = _timed(lambda: ingest(str(root), name="bench", home=Path(tmp) / "home"))
+        assert result["rows"] == args.episodes * args.frames
+        naive_s, naive_frames = _timed(naive, root)
+        limit_s, limit_frames = _timed(limit, root)
+        assert naive_frames == limit_frames == total, (naive_frames, limit_frames, total)
+        figures = {
+            "camera_frames": total,
+            "ours_fps": round(total / ours_s, 1),
+            "naive_fps": round(total / naive_s, 1),
+            "limit_fps": round(total / limit_s, 1),
+            "ours_over_naive": round(naive_s / ours_s, 2),
+            "ours_over_limit": round(limit_s / ours_s, 2),
+        }
+        print(f"ours   {ours_s:7.1f} s  {figures['ours_fps']:7.1f} camera-frames/s")
+        print(f"naive  {naive_s:7.1f} s  {figures['naive_fps']:7.1f} camera-frames/s   ours/naive {figures['ours_over_naive']:.2f}x (goal >= 3)")
+        print(f"limit  {limit_s:7.1f} s  {figures['limit_fps']:7.1f} camera-frames/s   ours/limit {figures['ours_over_limit']:.2f}x (goal >= 0.7)")
+        if not args.skip_rss:
+            for episodes in (args.episodes, 3 * args.episodes):
+                small = _generate(Path(tmp) / f"rss{episodes}", episodes, args.frames, args.cameras, height, width)
+                figures[f"peak_rss_mb_{episodes}_episodes"] = round(_peak_rss_mb(small, Path(tmp) / f"h{episodes}"), 1)
+                print(f"peak RSS, {episodes} episodes: {figures[f'peak_rss_mb_{episodes}_episodes']} MB")
+        print(json.dumps(figures))
+
+
+if __name__ == "__main__":
+    main()
