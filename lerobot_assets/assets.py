@@ -80,6 +80,23 @@ def _episode_meta(episode_metadata: dict[str, Any], dataset: str, index: int) ->
     return read_dataset(episode_metadata["path"], dataset)
 
 
+def _episode_asset(check: str, description: str, *, blocking: bool = False, **kwargs: Any):
+    """Decorator of a per-episode asset: (dataset, episode) partitions, ``episode_metadata`` in, one check."""
+
+    def decorate(fn):
+        spec = AssetCheckSpec(check, asset=fn.__name__, blocking=blocking, description=description)
+        return asset(
+            partitions_def=episode_partitions,
+            ins=_METADATA_IN,
+            code_version=CODE_VERSION,
+            group_name=GROUP,
+            check_specs=[spec],
+            **kwargs,
+        )(fn)
+
+    return decorate
+
+
 def _data_version(episode_metadata: dict[str, Any], index: int) -> DataVersion:
     return DataVersion(episode_data_version(episode_metadata["episodes"][index]["fingerprint"]))
 
@@ -162,19 +179,7 @@ def episode_metadata(context: AssetExecutionContext, hf_snapshot: dict) -> Outpu
     )
 
 
-@asset(
-    partitions_def=episode_partitions,
-    ins=_METADATA_IN,
-    code_version=CODE_VERSION,
-    group_name=GROUP,
-    check_specs=[
-        AssetCheckSpec(
-            "finite_values",
-            asset="telemetry_frame",
-            description="No NaN or infinite values in the numeric features (stored anyway, but flagged).",
-        )
-    ],
-)
+@_episode_asset("finite_values", "No NaN or infinite values in the numeric features (stored anyway, but flagged).")
 def telemetry_frame(context: AssetExecutionContext, episode_metadata: dict):
     """One episode's telemetry rows (state, action, effort, index columns), checked for gaps and order."""
     dataset, index = _episode_of(context)
@@ -201,19 +206,8 @@ def telemetry_frame(context: AssetExecutionContext, episode_metadata: dict):
     )
 
 
-@asset(
-    partitions_def=episode_partitions,
-    ins=_METADATA_IN,
-    code_version=CODE_VERSION,
-    group_name=GROUP,
-    check_specs=[
-        AssetCheckSpec(
-            "frames_aligned",
-            asset="decoded_camera_frames",
-            blocking=True,
-            description="Every row has a frame per camera within the tolerance of its timestamp.",
-        )
-    ],
+@_episode_asset(
+    "frames_aligned", "Every row has a frame per camera within the tolerance of its timestamp.", blocking=True
 )
 def decoded_camera_frames(
     context: AssetExecutionContext,
@@ -265,20 +259,11 @@ def decoded_camera_frames(
     )
 
 
-@asset(
-    partitions_def=episode_partitions,
-    ins=_METADATA_IN,
-    code_version=CODE_VERSION,
-    group_name=GROUP,
+@_episode_asset(
+    "episode_rows_match",
+    "The table holds exactly one row per frame of the episode, frame_index 0..length-1.",
+    blocking=True,
     kinds={"deeplake"},
-    check_specs=[
-        AssetCheckSpec(
-            "episode_rows_match",
-            asset="deeplake_table",
-            blocking=True,
-            description="The table holds exactly one row per frame of the episode, frame_index 0..length-1.",
-        )
-    ],
 )
 def deeplake_table(
     context: AssetExecutionContext,

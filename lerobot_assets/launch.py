@@ -83,11 +83,17 @@ def failure_message(result: ExecuteInProcessResult) -> str:
 _LOGGING = {"loggers": {"console": {"config": {"log_level": "INFO"}}}}
 
 
-def _run(
-    instance: DagsterInstance, settings: Settings, selection: list, partition_key: Any, run_config: dict | None = None
-):
-    result = materialize(
-        ALL_ASSETS,
+def run_assets(
+    instance: DagsterInstance,
+    settings: Settings,
+    selection: list,
+    partition_key: Any,
+    run_config: dict | None = None,
+    assets: Sequence = ALL_ASSETS,
+) -> ExecuteInProcessResult:
+    """One in-process run of ``selection`` for one partition, recorded in ``instance``; success or not."""
+    return materialize(
+        assets,
         selection=selection,
         partition_key=partition_key,
         instance=instance,
@@ -95,6 +101,10 @@ def _run(
         raise_on_error=False,
         run_config={**_LOGGING, **(run_config or {})},
     )
+
+
+def _run(instance: DagsterInstance, settings: Settings, selection: list, partition_key: Any, **kwargs: Any):
+    result = run_assets(instance, settings, selection, partition_key, **kwargs)
     if not result.success:
         raise LeRobotAssetsError(failure_message(result))
     return result

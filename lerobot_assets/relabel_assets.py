@@ -29,13 +29,12 @@ from dagster import (
     MultiToSingleDimensionPartitionMapping,
     Output,
     asset,
-    materialize,
 )
 
 from lerobot_assets.assets import GROUP
 from lerobot_assets.errors import LeRobotAssetsError
 from lerobot_assets.home import Home, default_home
-from lerobot_assets.launch import Settings, failure_message, dagster_instance
+from lerobot_assets.launch import Settings, dagster_instance, failure_message, run_assets
 from lerobot_assets.partitions import dataset_partitions, episode_partition, episode_partitions
 from lerobot_assets.relabel import (
     Label,
@@ -170,15 +169,7 @@ def _run(
     instance: DagsterInstance, settings: Settings, selection: list, partition_key: Any, **kwargs: Any
 ) -> ExecuteInProcessResult:
     """One in-process run of the relabel assets; a failed label check raises :class:`LabelError` with its problems."""
-    result = materialize(
-        RELABEL_ASSETS,
-        selection=selection,
-        partition_key=partition_key,
-        instance=instance,
-        resources=settings.resources(),
-        raise_on_error=False,
-        **kwargs,
-    )
+    result = run_assets(instance, settings, selection, partition_key, assets=RELABEL_ASSETS, **kwargs)
     if not result.success:
         for evaluation in result.get_asset_check_evaluations():
             if not evaluation.passed:

@@ -12,9 +12,9 @@ import pytest
 import torch
 from torch.utils.data import DataLoader, get_worker_info
 
+from lerobot_assets import stats
 from lerobot_assets.errors import TableError
 from lerobot_assets.launch import ingest, open_snapshot, snapshot
-from lerobot_assets import stats
 from lerobot_assets.stats import aggregate_stats, episode_stats, store_episode_stats
 from lerobot_assets.synthetic import block_x, generate_dataset
 from lerobot_assets.table import INDEX_DTYPES, create_tag, open_writable
@@ -27,6 +27,7 @@ TASKS = ("Pick up the shrimp", "Wipe the table", "Open the drawer")  # the gener
 WIDTH = 128
 FPS = 30
 CAM_HIGH, CAM_WRIST = "observation.images.cam_high", "observation.images.cam_left_wrist"
+VECTORS = ("observation.state", "action", "observation.effort")
 HISTORY_AND_CHUNK = {
     CAM_HIGH: [-1 / FPS, 0.0],
     "observation.state": [-1 / FPS, 0.0],
@@ -38,8 +39,8 @@ HISTORY_AND_CHUNK = {
 def snap(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     """A generated dataset ingested episode 2 first, so the table does not hold episodes in order.
 
-    Tag ``t1`` is the plain snapshot; tag ``with-stats`` adds per-episode stats to the metadata the
-    way the ingest stores them.
+    Tag ``t1`` is the plain snapshot; tag ``with-stats`` adds each episode's stats the way the
+    ingest is to store them (:func:`store_episode_stats`).
     """
     root = tmp_path_factory.mktemp("training")
     source = generate_dataset(root / "src", episode_lengths=LENGTHS, tasks=TASKS, codec="libx264")
@@ -53,7 +54,7 @@ def snap(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     per_episode = []
     for index in np.unique(episode).tolist():  # what the ingest stores, in the commit of each episode's rows
         rows = np.flatnonzero(episode == index).tolist()
-        values = {key: np.asarray(ds[key][rows]) for key in ("observation.state", "action", *INDEX_DTYPES)}
+        values = {key: np.asarray(ds[key][rows]) for key in (*VECTORS, *INDEX_DTYPES)}
         per_episode.append(episode_stats(values, {cam: ds[cam].get_bytes(rows) for cam in (CAM_HIGH, CAM_WRIST)}))
         store_episode_stats(ds, index, per_episode[-1])
     ds.commit("add episode stats")
