@@ -2,7 +2,7 @@
 
     .venv/bin/python benchmarks/ingest.py [--episodes 10] [--frames 300] [--cameras 3] [--size 480x640]
 
-On one generated v3.0 dataset (AV1, several episodes per video file), measured side by side:
+On one generated v3.0 dataset (AV1, --episodes-per-file episodes per video file), measured side by side:
 
 - ours:  `lerobot_assets.ingest` end to end (Dagster runs, seek-and-decode per segment, JPEG, Deeplake writes);
 - naive: for each episode and camera, decode the file from its start, skip earlier episodes' frames,
@@ -33,9 +33,9 @@ from lerobot_assets.synthetic import generate_dataset
 from lerobot_assets.video import encode_image
 
 
-def _generate(root: Path, episodes: int, frames: int, cameras: int, height: int, width: int) -> Path:
+def _generate(root: Path, episodes: int, frames: int, cameras: int, height: int, width: int, per_file: int) -> Path:
     return generate_dataset(root, episode_lengths=[frames] * episodes, cameras=[f"cam{i}" for i in range(cameras)],
-                            height=height, width=width, episodes_per_file=5, files_per_chunk=10)
+                            height=height, width=width, episodes_per_file=per_file, files_per_chunk=10)
 
 
 def _jpeg(frame: av.VideoFrame) -> bytes:
@@ -97,12 +97,15 @@ def main() -> None:
     parser.add_argument("--frames", type=int, default=300)
     parser.add_argument("--cameras", type=int, default=3)
     parser.add_argument("--size", default="480x640")
+    parser.add_argument("--episodes-per-file", type=int, default=10,
+                        help="episodes concatenated in one MP4 per camera (real v3.0 files hold up to ~200 MB)")
     parser.add_argument("--skip-rss", action="store_true")
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
     height, width = (int(x) for x in args.size.split("x"))
     with tempfile.TemporaryDirectory(prefix="la-ingest-bench-") as tmp:
-        root = _generate(Path(tmp) / "ds", args.episodes, args.frames, args.cameras, height, width)
+        root = _generate(Path(tmp) / "ds", args.episodes, args.frames, args.cameras, height, width,
+                         args.episodes_per_file)
         total = args.episodes * args.frames * args.cameras
         ours_s, result = _timed(lambda: ingest(str(root), name="bench", home=Path(tmp) / "home"))
         assert result["rows"] == args.episodes * args.frames
@@ -122,7 +125,8 @@ def main() -> None:
         print(f"limit  {limit_s:7.1f} s  {figures['limit_fps']:7.1f} camera-frames/s   ours/limit {figures['ours_over_limit']:.2f}x (goal >= 0.7)")
         if not args.skip_rss:
             for episodes in (args.episodes, 3 * args.episodes):
-                small = _generate(Path(tmp) / f"rss{episodes}", episodes, args.frames, args.cameras, height, width)
+                small = _generate(Path(tmp) / f"rss{episodes}", episodes, args.frames, args.cameras, height, width,
+                                  args.episodes_per_file)
                 figures[f"peak_rss_mb_{episodes}_episodes"] = round(_peak_rss_mb(small, Path(tmp) / f"h{episodes}"), 1)
                 print(f"peak RSS, {episodes} episodes: {figures[f'peak_rss_mb_{episodes}_episodes']} MB")
         print(json.dumps(figures))
