@@ -178,6 +178,8 @@ def loader(dataset: Dataset, collate_fn: Callable[[list[Any]], Any] | None = Non
 
 @dataclass(frozen=True)
 class Measurement:
+    """One loader's rate over one round (or the medians over all rounds)."""
+
     samples_per_s: float
     cpu_ms_per_sample: float  # main process and workers: what the loader costs, whatever else runs
 

@@ -17,7 +17,7 @@ lets a table stand in for the original dataset. What LeRobot does, and so what t
   into ``(3, 1, 1)`` arrays.
 - Episodes are aggregated with count-weighted means and the parallel variance formula, so the
   dataset image ``std`` is only the spread *between* episode means (0.004 to 0.04 in the official
-  fixture, where the pixels' real spread is about 0.25): mean/std normalization of images with
+  fixture, where the pixels' real spread is about 0.22): mean/std normalization of images with
   these stats would blow them up, which is why image features are usually normalized otherwise
   (or with ImageNet stats). Quantiles
   are aggregated as count-weighted means of the episodes' quantiles: a constant feature such as
