@@ -38,6 +38,7 @@ from lerobot_assets.preview import plot_series, png_markdown, thumbnails_markdow
 from lerobot_assets.resources import HubResource, ImageEncodingResource, StorageResource
 from lerobot_assets.source import pin
 from lerobot_assets.staging import read_frames, staging_path, write_frames
+from lerobot_assets.stats import episode_stats, store_episode_stats
 from lerobot_assets.table import (
     create_tag,
     episode_frames,
@@ -289,11 +290,13 @@ def deeplake_table(
             f"{frame_index[:3]}... but the telemetry has {telemetry_frame.num_rows} rows; re-materialize both"
         )
     rows = episode_rows(meta, telemetry_frame, images)
+    stats = episode_stats({k: v for k, v in rows.items() if k not in meta.cameras}, images)
     url = storage.table_url(dataset)
     revision = episode_metadata["revision"]
     with write_lock(storage.home.lock(dataset)):
         ds = open_table(url, meta, encoding.image_format)
         set_table_metadata(ds, source=episode_metadata["source"], revision=revision)
+        store_episode_stats(ds, index, stats)  # committed with the rows
         deleted, written = replace_episode(ds, index, rows, f"ingest {dataset} episode {index} at revision {revision}")
         version = ds.version
         stored = episode_frames(ds, index)

@@ -29,6 +29,7 @@ from lerobot_assets.home import DatasetSource, Home, check_name, default_home, n
 from lerobot_assets.partitions import dataset_partitions, episode_partition
 from lerobot_assets.resources import HubResource, ImageEncodingResource, StorageResource
 from lerobot_assets.source import classify_source
+from lerobot_assets.stats import store_episode_stats
 from lerobot_assets.versions import DATA_VERSION_TAG, REMOVED, plan_changes
 from lerobot_assets.table import open_read_only, open_tag, open_writable, replace_episode, summarize, table_url, write_lock
 
@@ -276,6 +277,7 @@ def _remove_episodes(
     with write_lock(home.lock(entry.name)):
         ds = open_writable(entry.table)
         for index in indices:
+            store_episode_stats(ds, index, None)
             deleted, _ = replace_episode(ds, index, None, f"remove {entry.name} episode {index}: gone at revision {revision}")
             instance.report_runless_asset_event(
                 AssetMaterialization(

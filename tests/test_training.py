@@ -15,9 +15,9 @@ from torch.utils.data import DataLoader, get_worker_info
 from lerobot_assets import stats
 from lerobot_assets.errors import TableError
 from lerobot_assets.launch import ingest, open_snapshot, snapshot
-from lerobot_assets.stats import aggregate_stats, episode_stats, store_episode_stats
+from lerobot_assets.stats import aggregate_stats, episode_stats
 from lerobot_assets.synthetic import block_x, generate_dataset
-from lerobot_assets.table import INDEX_DTYPES, create_tag, open_writable
+from lerobot_assets.table import INDEX_DTYPES, open_tag
 from lerobot_assets.training import SnapshotDataset, collate, decode_rgb
 
 from .conftest import white_block_x
@@ -39,8 +39,8 @@ HISTORY_AND_CHUNK = {
 def snap(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     """A generated dataset ingested episode 2 first, so the table does not hold episodes in order.
 
-    Tag ``t1`` is the plain snapshot; tag ``with-stats`` adds each episode's stats the way the
-    ingest is to store them (:func:`store_episode_stats`).
+    Tag ``t1`` is the snapshot; ``stats`` are computed here independently from the table's rows,
+    to compare with what the ingest stored.
     """
     root = tmp_path_factory.mktemp("training")
     source = generate_dataset(root / "src", episode_lengths=LENGTHS, tasks=TASKS, codec="libx264")
@@ -48,17 +48,14 @@ def snap(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     ingest(str(source), name="gen", home=home, episodes=[2], workers=1)
     ingest(str(source), name="gen", home=home, workers=1)
     tagged = snapshot("gen", tag="t1", home=home)
-    ds = open_writable(tagged["table"])
+    ds = open_tag(tagged["table"], "t1")
     episode = np.asarray(ds["episode_index"][:])
     assert episode[0] == 2
     per_episode = []
-    for index in np.unique(episode).tolist():  # what the ingest stores, in the commit of each episode's rows
+    for index in np.unique(episode).tolist():
         rows = np.flatnonzero(episode == index).tolist()
         values = {key: np.asarray(ds[key][rows]) for key in (*VECTORS, *INDEX_DTYPES)}
         per_episode.append(episode_stats(values, {cam: ds[cam].get_bytes(rows) for cam in (CAM_HIGH, CAM_WRIST)}))
-        store_episode_stats(ds, index, per_episode[-1])
-    ds.commit("add episode stats")
-    create_tag(ds, "with-stats", tagged["table"])
     frames = [pd.read_parquet(p) for p in sorted((source / "data").rglob("*.parquet"))]
     rows = pd.concat(frames).sort_values("index").reset_index(drop=True)
     return {"home": home, "tagged": tagged, "rows": rows, "stats": aggregate_stats(per_episode)}
@@ -174,15 +171,11 @@ def test_snapshot_info_and_stats(snap: dict) -> None:
     tagged = snap["tagged"]
     assert (plain.snapshot.tag, plain.snapshot.version, plain.snapshot.table) == (
         "t1", tagged["version"], tagged["table"])
-    assert plain.stats is None  # no stats stored at that tag: nothing is computed
     assert set(plain[0]) == {"observation.state", *INDEX_DTYPES, "task"} and plain.camera_keys == []
-
-    with_stats = SnapshotDataset("gen", "with-stats", home=snap["home"])
-    assert with_stats.snapshot.version != tagged["version"]
-    assert with_stats.stats is not None and set(with_stats.stats) == set(snap["stats"])
+    assert plain.stats is not None and set(plain.stats) == set(snap["stats"])  # stored by the ingest
     for key, expected in snap["stats"].items():  # float32 stats come back as float64 from their JSON
         for name, value in expected.items():
-            np.testing.assert_allclose(with_stats.stats[key][name], value, rtol=1e-6, err_msg=f"{key} {name}")
+            np.testing.assert_allclose(plain.stats[key][name], value, rtol=1e-6, err_msg=f"{key} {name}")
 
 
 def test_invalid_requests_fail_with_what_to_fix(snap: dict) -> None:
