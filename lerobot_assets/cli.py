@@ -74,6 +74,20 @@ def cmd_merge(args: argparse.Namespace) -> dict[str, Any]:
     return merge(args.name, args.branch, home=_home(args))
 
 
+def cmd_query(args: argparse.Namespace) -> dict[str, Any]:
+    """Run TQL on a table (head or ``--tag``); print a text table unless ``--json``."""
+    from lerobot_assets.query import open_view, run_query
+
+    table = Home(_home(args)).dataset_source(args.name).table
+    rows = run_query(open_view(table, args.tag), args.tql, limit=args.limit)
+    if not args.json:
+        columns = list(rows[0]) if rows else []
+        print("\t".join(columns))
+        for row in rows:
+            print("\t".join(str(row[c]) for c in columns))
+    return {"dataset": args.name, "tag": args.tag, "rows": len(rows), "results": rows if args.json else None}
+
+
 def cmd_demo(args: argparse.Namespace) -> dict[str, Any]:
     from lerobot_assets.demo import run_demo
 
@@ -125,6 +139,14 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("info", parents=[common], help="show a table's version, tags, rows and episodes")
     p.add_argument("name")
     p.set_defaults(func=cmd_info)
+
+    p = sub.add_parser("query", parents=[common], help="run a TQL query on a table (head or a tag)")
+    p.add_argument("name")
+    p.add_argument("tql", help='e.g. "SELECT * WHERE episode_index == 1 AND \\"timestamp\\" < 0.5"')
+    p.add_argument("--tag", help="query this snapshot instead of the head")
+    p.add_argument("--limit", type=int, default=100, help="rows to print (default 100)")
+    p.add_argument("--json", action="store_true", help="results in the JSON line instead of a text table")
+    p.set_defaults(func=cmd_query)
 
     p = sub.add_parser("relabel", parents=[common], help="write labels from a file onto a review branch of the table")
     p.add_argument("name")

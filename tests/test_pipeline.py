@@ -145,3 +145,17 @@ def test_cli_commands_print_json(official_dataset: Path, home: Path, capsys: pyt
     assert err.startswith("error: ") and "no episodes [7]" in err
     assert cli_main(["snapshot", "missing-name"]) == 1
     assert "not registered" in capsys.readouterr().err
+
+
+def test_query_command(ingested: dict, capsys: pytest.CaptureFixture) -> None:
+    home = str(ingested["home"])
+    tql = "SELECT task[0] AS task, SHAPE(episode_index)[0] AS frames GROUP BY task"
+    assert cli_main(["query", "small", tql, "--json", "--home", home]) == 0
+    result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert {r["task"]: r["frames"] for r in result["results"]} == {
+        "Pick up the shrimp": 37, "Wipe the table": 33, "Open the drawer": 31}
+    window = 'SELECT episode_index, frame_index WHERE episode_index == 1 AND "timestamp" < 0.1'
+    assert cli_main(["query", "small", window, "--home", home]) == 0
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert lines[0] == "episode_index\tframe_index" and lines[1:4] == ["1\t0", "1\t1", "1\t2"]
+    assert json.loads(lines[-1])["rows"] == 3
