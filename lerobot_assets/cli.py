@@ -189,6 +189,14 @@ def main(argv: list[str] | None = None) -> int:
     except LeRobotAssetsError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
+    except Exception as exc:  # noqa: BLE001 - storage and library failures (disk full, I/O): one line, exit 1
+        log.debug("unexpected failure", exc_info=True)
+        first_line = (str(exc).strip().splitlines() or [""])[0]
+        print(f"error: {type(exc).__name__}: {first_line} (run with LEROBOT_ASSETS_DEBUG=1 for a traceback)",
+              file=sys.stderr)
+        if os.environ.get("LEROBOT_ASSETS_DEBUG"):
+            raise
+        return 1
     _print_result(result)
     return 0
 

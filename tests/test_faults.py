@@ -130,3 +130,54 @@ def test_concurrent_writers_equal_a_serial_ingest(mode: str, tmp_path: Path) -> 
     assert expected.keys() == actual.keys()
     for name in expected:
         assert np.array_equal(expected[name], actual[name]), name
+
+
+_DISK_FULL = textwrap.dedent(
+    """
+    import resource, signal, sys
+    from lerobot_assets.cli import main
+    signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # writes past the limit fail with EFBIG, like a full disk
+    resource.setrlimit(resource.RLIMIT_FSIZE, (20_000, 20_000))
+    sys.exit(main(["ingest", sys.argv[1], "--name", "robot", "--home", sys.argv[2], "--workers", "1"]))
+    """
+)
+
+
+def test_failing_writes_give_a_clear_error_and_keep_the_table(tmp_path: Path) -> None:
+    source = generate_dataset(tmp_path / "src", episode_lengths=(10, 12), cameras=("front",), codec="libx264",
+                              episodes_per_file=1)
+    home = tmp_path / "home"
+    ingest(str(source), name="robot", home=home, episodes=[0], workers=1)
+    before = info("robot", home=home)
+    child = subprocess.run([sys.executable, "-c", _DISK_FULL, str(source), str(home)], capture_output=True,
+                           text=True, timeout=300)
+    assert child.returncode == 1
+    last = child.stderr.strip().splitlines()[-1]
+    assert last.startswith("error: ") and "I/O error" in last, last
+    after = info("robot", home=home)
+    assert (after["version"], after["rows"], after["episodes"]) == (before["version"], before["rows"], [0])
+    assert ingest(str(source), name="robot", home=home, workers=1)["rows"] == 22  # space back: it completes
+
+
+def test_failed_first_download_leaves_nothing_registered(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from dagster import DagsterInstance
+
+    from lerobot_assets.errors import LeRobotAssetsError
+    from lerobot_assets.home import Home
+
+    from .hub_server import HubServer
+
+    repo = generate_dataset(tmp_path / "repo", episode_lengths=(5,), cameras=("front",), codec="libx264")
+    subprocess.run(["git", "-C", str(repo), "init", "-q"], check=True)
+    subprocess.run(["git", "-C", str(repo), "add", "-A"], check=True)
+    subprocess.run(["git", "-C", str(repo), "-c", "user.email=t@e.com", "-c", "user.name=t", "commit", "-qm", "d"],
+                   check=True)
+    home = tmp_path / "home"
+    with HubServer({"lerobot/tiny": repo}) as hub:
+        hub.fail_status = 500
+        monkeypatch.setattr("huggingface_hub.constants.ENDPOINT", hub.url)  # what HF_ENDPOINT sets at import
+        with pytest.raises(LeRobotAssetsError, match="cannot resolve Hub repo 'lerobot/tiny'"):
+            ingest("lerobot/tiny", name="tiny", home=home, workers=1)
+    assert Home(home).registered() == []
+    assert DagsterInstance.from_config(str(home / "dagster")).get_dynamic_partitions("dataset") == []
+    assert not (home / "tables" / "tiny").exists()
