@@ -140,8 +140,14 @@ def _git(path: Path, *args: str, binary: bool = False) -> str | bytes | None:
 
 
 def _git_head(path: Path) -> str | None:
-    """HEAD's sha when ``path`` is inside a git work tree with at least one commit."""
-    return _git(path, "rev-parse", "--verify", "HEAD") if _git(path, "rev-parse", "--is-inside-work-tree") == "true" else None
+    """HEAD's sha when ``path``'s files are committed in a git repository, else None.
+
+    A directory inside a work tree but not tracked (e.g. ignored, like the demo's sample under
+    ``.lerobot_assets/``) is pinned by content instead.
+    """
+    if _git(path, "rev-parse", "--is-inside-work-tree") != "true" or not _git(path, "ls-files", "--", "."):
+        return None
+    return _git(path, "rev-parse", "--verify", "HEAD")
 
 
 def _git_export(path: Path, sha: str, target: Path) -> None:

@@ -374,3 +374,16 @@ def test_endpoint_and_token_from_environment(hub: HubServer, repo: Path, tmp_pat
     assert revision == head and Path(path).name == head
     assert tree(Path(path)) == committed_files(repo, head)
     assert hub.requests and all(r.headers.get("authorization") == f"Bearer {TOKEN}" for r in hub.requests)
+
+
+def test_untracked_directory_inside_a_git_work_tree_is_pinned_by_content(tmp_path: Path) -> None:
+    """Like the demo's sample under an ignored .lerobot_assets/ in this repository's own checkout."""
+    subprocess.run(["git", "init", "-q", str(tmp_path)], check=True)
+    (tmp_path / ".gitignore").write_text("samples/\n")
+    dataset = tmp_path / "samples" / "ds"
+    (dataset / "meta").mkdir(parents=True)
+    (dataset / "meta" / "info.json").write_text("{}")
+    source = DatasetSource(name="ds", source=str(dataset), kind="local", table="unused")
+    snapshot = pin(source, tmp_path / "cache", HubSettings())
+    assert (snapshot.path / "meta" / "info.json").read_text() == "{}"
+    assert snapshot.revision == latest_revision(source, HubSettings()) and len(snapshot.revision) == 64
