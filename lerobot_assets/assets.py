@@ -40,6 +40,7 @@ from lerobot_assets.source import pin
 from lerobot_assets.staging import read_frames, staging_path, write_frames
 from lerobot_assets.stats import episode_stats, store_episode_stats
 from lerobot_assets.table import (
+    build_indexes,
     create_tag,
     episode_frames,
     episode_rows,
@@ -343,6 +344,9 @@ def training_snapshot(
     dataset = context.partition_key
     url = storage.table_url(dataset)
     with write_lock(storage.home.lock(dataset)):
+        started = time.perf_counter()
+        build_indexes(url)
+        context.log.info(f"{dataset}: indexes up to date ({time.perf_counter() - started:.1f} s)")
         ds = open_writable(url)
         revision = summarize(ds, url).metadata.get("revision", "unknown")
         tag = config.tag or f"{dataset}-{time.strftime('%Y%m%dT%H%M%SZ', time.gmtime())}-{revision[:8]}"

@@ -51,6 +51,16 @@ INDEX_DTYPES = {
 }
 _COMPRESSION = {"jpeg": "jpg", "png": "png"}
 METADATA_KEY = "lerobot_assets"
+#: The feature "nearest state" queries rank rows by: stored as a Deeplake ``Embedding`` (a float32
+#: vector of fixed size) so that it carries a vector index.
+EMBEDDING_KEY = "observation.state"
+#: Indexes every new table gets: episode lookups, task filters (``==``, ``CONTAINS``), and the
+#: embedding column's vector index (added by its type). Deeplake keeps the first two current at each commit;
+#: the vector index is rebuilt by :func:`build_indexes`.
+_INDEXES = {
+    "episode_index": deeplake.types.NumericIndex(deeplake.types.Inverted),
+    "task": deeplake.types.TextIndex(deeplake.types.Inverted),
+}
 
 
 def table_url(tables_root: str | Path, name: str) -> str:
@@ -93,6 +103,8 @@ def table_columns(meta: DatasetMeta, image_format: str) -> dict[str, Any]:
 
 
 def _value_type(feature: Feature) -> Any:
+    if feature.key == EMBEDDING_KEY and feature.dtype == "float32" and len(feature.shape) == 1:
+        return deeplake.types.Embedding(feature.shape[0])
     scalar = _SCALAR_TYPES[feature.dtype]()
     return deeplake.types.Array(scalar, shape=list(feature.shape)) if feature.is_vector else scalar
 
@@ -108,6 +120,8 @@ def open_table(url: str, meta: DatasetMeta, image_format: str) -> deeplake.Datas
         ds = deeplake.create(url, creds=creds)
         for name, dtype in expected.items():
             ds.add_column(name, dtype)
+        for name, index in _INDEXES.items():
+            ds[name].create_index(index)
         ds.metadata[METADATA_KEY] = json.dumps(
             {
                 "dataset": meta.name,
@@ -255,6 +269,19 @@ def open_writable(url: str) -> deeplake.Dataset:
     if not deeplake.exists(url, creds=creds):
         raise TableError(f"no table at {url}; ingest the dataset first")
     return deeplake.open(url, creds=creds)
+
+
+def build_indexes(url: str) -> None:
+    """Bring every index of the table at ``url`` up to date with its committed rows.
+
+    Deeplake builds a vector index lazily, and rebuilding it costs seconds per 100k rows, so it is
+    done once per snapshot rather than at every episode's commit. Queries stay exact without it,
+    only slower. Building commits a version of its own ("Build indexes") when there was anything to
+    build, which open handles do not see: reopen the table afterwards. The caller holds the write lock.
+    """
+    ds = open_writable(url)
+    ds.indexing_mode = deeplake.IndexingMode.Always
+    ds.build_indexes()
 
 
 def create_tag(ds: deeplake.Dataset, tag: str, url: str) -> str:

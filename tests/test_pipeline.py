@@ -16,6 +16,7 @@ from PIL import Image
 from lerobot_assets.partitions import episode_partition
 from lerobot_assets.cli import main as cli_main
 from lerobot_assets.launch import ingest, open_snapshot, snapshot
+from lerobot_assets.query import run_query
 from lerobot_assets.table import open_read_only
 
 from .conftest import white_block_x
@@ -159,3 +160,23 @@ def test_query_command(ingested: dict, capsys: pytest.CaptureFixture) -> None:
     lines = capsys.readouterr().out.strip().splitlines()
     assert lines[0] == "episode_index\tframe_index" and lines[1:4] == ["1\t0", "1\t1", "1\t2"]
     assert json.loads(lines[-1])["rows"] == 3
+
+
+def test_indexes_created_at_ingest_and_used_by_snapshot_queries(ingested: dict) -> None:
+    home, table = ingested["home"], ingested["result"]["table"]
+    ds = open_read_only(table)
+    indexes = {column: [str(i) for i in ds[column].indexes] for column in ("episode_index", "task", "observation.state")}
+    assert indexes["episode_index"] == ["inverted_index"] and "inverted_index" in indexes["task"]
+    assert indexes["observation.state"] == ["clustered"]
+    snapshot("small", tag="indexed", home=home)
+    pinned = open_snapshot("small", "indexed", home=home)
+    states = np.asarray(pinned["observation.state"][:])
+    target = states[40]
+    vector = ", ".join(f"{v:.6f}" for v in target)
+    rows = run_query(pinned, f'SELECT * ORDER BY COSINE_SIMILARITY("observation.state", ARRAY[{vector}]) DESC LIMIT 3')
+    best = np.asarray(rows[0]["observation.state"], dtype=np.float32)
+    assert len(rows) == 3
+    assert float(best @ target / (np.linalg.norm(best) * np.linalg.norm(target))) > 0.9999
+    episode = run_query(pinned, "SELECT frame_index WHERE episode_index == 2")
+    assert [r["frame_index"] for r in episode] == list(range(31))
+    assert len(run_query(pinned, "SELECT * WHERE CONTAINS(task, 'drawer')")) == 31
