@@ -37,6 +37,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
+import simplejpeg
 from PIL import Image
 
 Stats = dict[str, dict[str, np.ndarray]]  # feature -> statistic -> value
@@ -46,6 +47,7 @@ STATS_COLUMN = "episode_index"
 #: LeRobot's DEFAULT_QUANTILES, by the key it stores them under.
 QUANTILES = {"q01": 0.01, "q10": 0.10, "q50": 0.50, "q90": 0.90, "q99": 0.99}
 _BINS = 5000
+_JPEG_MAGIC = b"\xff\xd8"
 
 
 def estimate_num_samples(length: int, min_samples: int = 100, max_samples: int = 10_000, power: float = 0.75) -> int:
@@ -85,6 +87,18 @@ def _quantile(hist: np.ndarray, edges: np.ndarray, target: float) -> Any:
     return edges[idx] + (target - before) / in_bin * (edges[idx + 1] - edges[idx])
 
 
+def _quantiles(values: np.ndarray, low: Any, high: Any, total: int, weights: np.ndarray | None = None) -> dict[str, Any]:
+    """The ``QUANTILES`` of one column from its ``_BINS``-bin histogram over ``[low - 1e-10, high + 1e-10]``."""
+    edges = np.linspace(low - 1e-10, high + 1e-10, _BINS + 1)
+    # Equal-width bins take numpy's arithmetic path: the same counts as passing ``edges``, 2-3x faster.
+    hist = np.histogram(values, bins=_BINS, range=(edges[0], edges[-1]), weights=weights)[0].astype(np.float64)
+    return {name: _quantile(hist, edges, q * total) for name, q in QUANTILES.items()}
+
+
+def _with_quantiles(stats: dict[str, np.ndarray], per_column: list[dict[str, Any]]) -> dict[str, np.ndarray]:
+    return stats | {name: np.array([column[name] for column in per_column]) for name in QUANTILES}
+
+
 def _columns_stats(columns: np.ndarray, count: int) -> dict[str, np.ndarray]:
     """Stats of each column of a 2-D array, as LeRobot's ``RunningQuantileStats`` after one update.
 
@@ -100,13 +114,26 @@ def _columns_stats(columns: np.ndarray, count: int) -> dict[str, np.ndarray]:
     variance = np.mean(columns**2, axis=0) - mean**2
     low, high = np.min(columns, axis=0), np.max(columns, axis=0)
     stats = {"min": low, "max": high, "mean": mean, "std": np.sqrt(np.maximum(0, variance)), "count": np.array([count])}
-    quantiles: dict[str, list[Any]] = {name: [] for name in QUANTILES}
-    for j in range(columns.shape[1]):
-        edges = np.linspace(low[j] - 1e-10, high[j] + 1e-10, _BINS + 1)
-        hist = np.histogram(columns[:, j], bins=edges)[0].astype(np.float64)
-        for name, q in QUANTILES.items():
-            quantiles[name].append(_quantile(hist, edges, q * len(columns)))
-    return stats | {name: np.array(values) for name, values in quantiles.items()}
+    return _with_quantiles(stats, [_quantiles(columns[:, j], low[j], high[j], len(columns)) for j in range(columns.shape[1])])
+
+
+def _uint8_channel_stats(channels: np.ndarray, count: int) -> dict[str, np.ndarray]:
+    """:func:`_columns_stats` of uint8 ``channels.T``, computed from per-value counts: the same numbers, far faster.
+
+    Sums of integers are exact in float64 either way, and ``x**2`` wraps modulo 256 as uint8 does.
+    """
+    values = np.arange(256)
+    counts = np.stack([np.bincount(channel, minlength=256) for channel in channels])  # (channels, 256)
+    total = int(counts[0].sum())
+    mean = counts @ values / total
+    variance = counts @ (values**2 % 256) / total - mean**2
+    low = np.argmax(counts > 0, axis=1).astype(np.uint8)
+    high = (255 - np.argmax(counts[:, ::-1] > 0, axis=1)).astype(np.uint8)
+    stats = {"min": low, "max": high, "mean": mean, "std": np.sqrt(np.maximum(0, variance)), "count": np.array([count])}
+    present = [np.flatnonzero(c) for c in counts]
+    return _with_quantiles(
+        stats, [_quantiles(v, low[j], high[j], total, counts[j, v].astype(np.float64)) for j, v in enumerate(present)]
+    )
 
 
 def feature_stats(values: np.ndarray) -> dict[str, np.ndarray]:
@@ -119,7 +146,9 @@ def feature_stats(values: np.ndarray) -> dict[str, np.ndarray]:
 
 
 def decode_rgb(encoded: bytes) -> np.ndarray:
-    """An encoded image (JPEG, PNG...) as HWC uint8 RGB."""
+    """An encoded image (JPEG, PNG...) as HWC uint8 RGB; JPEG through simplejpeg (libjpeg-turbo, Pillow's pixels, faster)."""
+    if encoded[:2] == _JPEG_MAGIC:
+        return simplejpeg.decode_jpeg(encoded, colorspace="RGB")
     with Image.open(io.BytesIO(encoded)) as image:
         return np.array(image.convert("RGB"))
 
@@ -129,8 +158,8 @@ def image_stats(frames: Sequence[bytes]) -> dict[str, np.ndarray]:
     sampled = np.stack(
         [auto_downsample_height_width(decode_rgb(frames[i]).transpose(2, 0, 1)) for i in sample_indices(len(frames))]
     )
-    pixels = sampled.transpose(0, 2, 3, 1).reshape(-1, sampled.shape[1])
-    stats = _columns_stats(pixels, len(sampled))
+    channels = sampled.transpose(1, 0, 2, 3).reshape(sampled.shape[1], -1)
+    stats = _uint8_channel_stats(channels, len(sampled))
     return {name: value if name == "count" else value.reshape(-1, 1, 1) / 255.0 for name, value in stats.items()}
 
 

@@ -31,14 +31,8 @@ from lerobot_assets.errors import TableError
 from lerobot_assets.home import Home, default_home
 from lerobot_assets.table import INDEX_DTYPES, METADATA_KEY, open_tag
 
-try:  # libjpeg-turbo without Pillow's overhead: 1.5-3x faster on 640x480 frames, same pixels
-    import simplejpeg
-except ImportError:  # pragma: no cover - optional speed-up
-    simplejpeg = None
-
 #: LeRobot's default tolerance for delta_timestamps that are not multiples of 1/fps.
 TOLERANCE_S = 1e-4
-_JPEG_MAGIC = b"\xff\xd8"
 
 
 @dataclass(frozen=True)
@@ -51,13 +45,6 @@ class SnapshotInfo:
     table: str
 
 
-def decode_rgb(encoded: bytes) -> np.ndarray:
-    """An encoded frame (JPEG, PNG...) as HWC uint8 RGB."""
-    if simplejpeg is not None and encoded[:2] == _JPEG_MAGIC:
-        return simplejpeg.decode_jpeg(encoded, colorspace="RGB")
-    return stats.decode_rgb(encoded)
-
-
 def decode_frames(encoded: Sequence[bytes]) -> torch.Tensor:
     """Frames as one float32 ``(N, C, H, W)`` tensor in [0, 1], like LeRobot's decoded video frames.
 
@@ -65,14 +52,14 @@ def decode_frames(encoded: Sequence[bytes]) -> torch.Tensor:
     can hand it to the main process without stacking (copying) the largest part of a batch again.
     An object repeated in ``encoded`` (a frame clamped at an episode edge) is decoded once.
     """
-    first = decode_rgb(encoded[0])
+    first = stats.decode_rgb(encoded[0])
     out = _batch_tensor((len(encoded), 3, *first.shape[:2]))
     decoded: dict[int, int] = {}
     for k, blob in enumerate(encoded):
         if id(blob) in decoded:
             out[k].copy_(out[decoded[id(blob)]])
             continue
-        rgb = first if k == 0 else decode_rgb(blob)
+        rgb = first if k == 0 else stats.decode_rgb(blob)
         out[k].copy_(torch.from_numpy(rgb).permute(2, 0, 1)).div_(255)  # as LeRobot: float32(x) / 255
         decoded[id(blob)] = k
     return out
