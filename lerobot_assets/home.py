@@ -71,6 +71,11 @@ class Home:
 
     root: Path
 
+    @classmethod
+    def at(cls, home: str | Path | None) -> "Home":
+        """The home at ``home``, or the default one (:func:`default_home`) when it is None or empty."""
+        return cls(Path(home) if home else default_home())
+
     @property
     def dagster_home(self) -> Path:
         return self.root / "dagster"

@@ -25,7 +25,7 @@ from filelock import FileLock
 
 from lerobot_assets.assets import ALL_ASSETS, DATASET_ASSETS, EPISODE_ASSETS, training_snapshot
 from lerobot_assets.errors import LeRobotAssetsError
-from lerobot_assets.home import DatasetSource, Home, check_name, default_home, name_from_source
+from lerobot_assets.home import DatasetSource, Home, check_name, name_from_source
 from lerobot_assets.partitions import dataset_partitions, episode_partition
 from lerobot_assets.resources import HubResource, ImageEncodingResource, StorageResource
 from lerobot_assets.source import classify_source
@@ -189,7 +189,7 @@ def ingest(
 
     Returns the JSON-able result printed by ``lerobot-assets ingest``.
     """
-    home_ = Home(Path(home) if home else default_home())
+    home_ = Home.at(home)
     settings = Settings(home_.root, image_format, quality)
     entry, new = register(home_, source, name, revision, tables)
     instance = dagster_instance(home_)
@@ -292,7 +292,7 @@ def _remove_episodes(
 
 def snapshot(name: str, *, tag: str | None = None, home: str | Path | None = None) -> dict[str, Any]:
     """Materialize ``training_snapshot`` for ``name``: tag the table's current version."""
-    home_ = Home(Path(home) if home else default_home())
+    home_ = Home.at(home)
     entry = home_.dataset_source(name)
     run_config = {"ops": {training_snapshot.op.name: {"config": {"tag": tag}}}}
     result = _run(dagster_instance(home_), Settings(home_.root), [training_snapshot], name, run_config=run_config)
@@ -310,7 +310,7 @@ def snapshot(name: str, *, tag: str | None = None, home: str | Path | None = Non
 
 def info(name: str, *, home: str | Path | None = None) -> dict[str, Any]:
     """What the table of ``name`` holds at head, with its tags and source revision."""
-    home_ = Home(Path(home) if home else default_home())
+    home_ = Home.at(home)
     entry = home_.dataset_source(name)
     summary = summarize(open_read_only(entry.table), entry.table)
     return {
@@ -327,5 +327,5 @@ def info(name: str, *, home: str | Path | None = None) -> dict[str, Any]:
 
 def open_snapshot(dataset: str, tag: str, home: str | Path | None = None):
     """The read-only Deeplake dataset of ``dataset`` at ``tag``: the exact rows a training run used."""
-    home_ = Home(Path(home) if home else default_home())
+    home_ = Home.at(home)
     return open_tag(home_.dataset_source(dataset).table, tag)

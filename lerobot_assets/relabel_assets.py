@@ -33,7 +33,7 @@ from dagster import (
 
 from lerobot_assets.assets import GROUP
 from lerobot_assets.errors import LeRobotAssetsError
-from lerobot_assets.home import Home, default_home
+from lerobot_assets.home import Home
 from lerobot_assets.launch import Settings, dagster_instance, failure_message, run_assets
 from lerobot_assets.partitions import dataset_partitions, episode_partition, episode_partitions
 from lerobot_assets.relabel import (
@@ -179,16 +179,12 @@ def _run(
     return result
 
 
-def _home(home: str | Path | None) -> Home:
-    return Home(Path(home) if home else default_home())
-
-
 def relabel(name: str, labels_path: str | Path, branch: str, home: str | Path | None = None) -> dict[str, Any]:
     """Validate a label file against dataset ``name``'s table, then write it onto ``branch``, one run per episode.
 
     Returns the JSON-able result printed by ``lerobot-assets relabel``.
     """
-    home_ = _home(home)
+    home_ = Home.at(home)
     entry = home_.dataset_source(name)
     check_branch(branch)
     instance, settings = dagster_instance(home_), Settings(home_.root)
@@ -224,10 +220,10 @@ def relabel(name: str, labels_path: str | Path, branch: str, home: str | Path | 
 
 def diff(name: str, branch: str, home: str | Path | None = None) -> dict[str, Any]:
     """How ``branch`` of dataset ``name``'s table differs from main (``lerobot-assets diff``)."""
-    return {"dataset": name, **diff_branch(_home(home).dataset_source(name).table, branch)}
+    return {"dataset": name, **diff_branch(Home.at(home).dataset_source(name).table, branch)}
 
 
 def merge(name: str, branch: str, home: str | Path | None = None) -> dict[str, Any]:
     """Merge ``branch`` into main of dataset ``name``'s table (``lerobot-assets merge``)."""
-    home_ = _home(home)
+    home_ = Home.at(home)
     return {"dataset": name, **merge_branch(home_.dataset_source(name).table, branch, home_.lock(name))}

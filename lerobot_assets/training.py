@@ -28,7 +28,7 @@ from torch.utils.data import default_collate
 
 from lerobot_assets import stats
 from lerobot_assets.errors import TableError
-from lerobot_assets.home import Home, default_home
+from lerobot_assets.home import Home
 from lerobot_assets.table import INDEX_DTYPES, METADATA_KEY, open_tag
 
 #: LeRobot's default tolerance for delta_timestamps that are not multiples of 1/fps.
@@ -144,7 +144,7 @@ class SnapshotDataset(torch.utils.data.Dataset):
         episodes: list[int] | None = None,
         query: str | None = None,
     ) -> None:
-        url = Home(Path(home) if home else default_home()).dataset_source(dataset).table
+        url = Home.at(home).dataset_source(dataset).table
         ds = open_tag(url, tag)
         self.snapshot = SnapshotInfo(dataset, tag, ds.version, url)
         metadata = json.loads(ds.metadata[METADATA_KEY]) if METADATA_KEY in ds.metadata.keys() else {}

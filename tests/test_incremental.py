@@ -12,7 +12,6 @@ from dagster import DagsterInstance, build_sensor_context, materialize
 from lerobot_assets.assets import ALL_ASSETS, DATASET_ASSETS, EPISODE_ASSETS
 from lerobot_assets.launch import Settings, ingest, snapshot
 from lerobot_assets.partitions import episode_partition
-from lerobot_assets.resources import HubResource, ImageEncodingResource, StorageResource
 from lerobot_assets.sensors import upstream_revision_sensor
 from lerobot_assets.synthetic import generate_dataset, shift_actions
 from lerobot_assets.table import open_read_only, open_tag
