@@ -1,6 +1,6 @@
 """Query latency on a large table, with the indexes ingest creates against the same table without them.
 
-    .venv/bin/python benchmarks/query.py [--episodes 500] [--frames 400]   # 200k rows, ~3 minutes
+    .venv/bin/python benchmarks/query.py [--episodes 500] [--frames 400]   # 200k rows, ~35 s
 
 The table is written through the project's own code (``open_table``, ``replace_episode``: one
 commit per episode, as ingest does) from generated telemetry with 14 joints, one small camera and
@@ -13,7 +13,6 @@ query also reports recall@10 of the (approximate) vector index against the exact
 from __future__ import annotations
 
 import argparse
-import io
 import shutil
 import statistics
 import tempfile
@@ -22,11 +21,11 @@ from pathlib import Path
 
 import deeplake
 import numpy as np
-from PIL import Image
 
 from lerobot_assets.lerobot_format import read_dataset
 from lerobot_assets.synthetic import episode_telemetry, generate_dataset, render_frame
 from lerobot_assets.table import build_indexes, open_table, replace_episode
+from lerobot_assets.video import encode_image
 
 TASKS = [
     "Pick up the shrimp", "Wipe the table", "Open the drawer", "Close the drawer",
@@ -41,9 +40,7 @@ def build_table(root: Path, episodes: int, frames: int) -> str:
     template = generate_dataset(root / "template", episode_lengths=(2,), cameras=("cam_high",),
                                 state_dim=STATE_DIM, tasks=TASKS[:1], fps=FPS, codec="libx264")
     meta = read_dataset(template, name="bench")
-    buffer = io.BytesIO()
-    Image.fromarray(render_frame(0, 0, 96, 128)).save(buffer, format="JPEG", quality=95)
-    jpeg = buffer.getvalue()
+    jpeg = encode_image(render_frame(0, 0, 96, 128))
     url = str(root / "indexed")
     ds = open_table(url, meta, "jpeg")
     frame_index = np.arange(frames, dtype=np.int64)

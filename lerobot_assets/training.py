@@ -30,6 +30,7 @@ from lerobot_assets import stats
 from lerobot_assets.errors import TableError
 from lerobot_assets.home import Home
 from lerobot_assets.table import INDEX_DTYPES, METADATA_KEY, open_tag
+from lerobot_assets.video import decode_rgb
 
 #: LeRobot's default tolerance for delta_timestamps that are not multiples of 1/fps.
 TOLERANCE_S = 1e-4
@@ -52,14 +53,14 @@ def decode_frames(encoded: Sequence[bytes]) -> torch.Tensor:
     can hand it to the main process without stacking (copying) the largest part of a batch again.
     An object repeated in ``encoded`` (a frame clamped at an episode edge) is decoded once.
     """
-    first = stats.decode_rgb(encoded[0])
+    first = decode_rgb(encoded[0])
     out = _batch_tensor((len(encoded), 3, *first.shape[:2]))
     decoded: dict[int, int] = {}
     for k, blob in enumerate(encoded):
         if id(blob) in decoded:
             out[k].copy_(out[decoded[id(blob)]])
             continue
-        rgb = first if k == 0 else stats.decode_rgb(blob)
+        rgb = first if k == 0 else decode_rgb(blob)
         out[k].copy_(torch.from_numpy(rgb).permute(2, 0, 1)).div_(255)  # as LeRobot: float32(x) / 255
         decoded[id(blob)] = k
     return out

@@ -28,6 +28,7 @@ log = logging.getLogger(__name__)
 
 DEFAULT_TOLERANCE_S = 1e-4
 IMAGE_FORMATS = ("jpeg", "png")
+_JPEG_MAGIC = b"\xff\xd8"
 
 
 @dataclass(frozen=True)
@@ -52,6 +53,14 @@ def encode_image(rgb: np.ndarray | Image.Image, image_format: str = "jpeg", qual
         image.save(buffer, format="PNG", compress_level=1)
         return buffer.getvalue()
     raise ValueError(f"image format {image_format!r} is not supported; expected one of {IMAGE_FORMATS}")
+
+
+def decode_rgb(encoded: bytes) -> np.ndarray:
+    """An encoded image (JPEG, PNG...) as HWC uint8 RGB; JPEG through simplejpeg (libjpeg-turbo: Pillow's pixels, faster)."""
+    if encoded[:2] == _JPEG_MAGIC:
+        return simplejpeg.decode_jpeg(encoded, colorspace="RGB")
+    with Image.open(io.BytesIO(encoded)) as image:
+        return np.array(image.convert("RGB"))
 
 
 def decode_segment(

@@ -14,13 +14,13 @@ import torch
 from PIL import Image
 from torch.utils.data import DataLoader, get_worker_info
 
-from lerobot_assets import stats
 from lerobot_assets.errors import TableError
 from lerobot_assets.launch import ingest, open_snapshot, snapshot
 from lerobot_assets.stats import aggregate_stats, episode_stats
 from lerobot_assets.synthetic import block_x, generate_dataset
 from lerobot_assets.table import INDEX_DTYPES, open_tag
 from lerobot_assets.training import SnapshotDataset, collate
+from lerobot_assets.video import decode_rgb
 
 from .conftest import white_block_x
 
@@ -200,7 +200,7 @@ def test_fast_jpeg_path_decodes_pillows_pixels(snap: dict) -> None:
     table = open_snapshot("gen", "t1", snap["home"])
     for encoded in table[CAM_HIGH].get_bytes([0, 5, 20]):
         with Image.open(io.BytesIO(encoded)) as image:
-            assert np.array_equal(stats.decode_rgb(encoded), np.asarray(image.convert("RGB")))
+            assert np.array_equal(decode_rgb(encoded), np.asarray(image.convert("RGB")))
 
 
 def test_train_bc_example_loss_goes_down(snap: dict) -> None:
