@@ -239,8 +239,12 @@ def decoded_camera_frames(
     rate = frames / max(seconds, 1e-9)
     context.log.info(f"{dataset} episode {index}: decoded {frames} camera-frames in {seconds:.2f} s ({rate:.0f}/s)")
     images = {camera: result.frames for camera, result in decoded.items()}
+    image_stats = {camera: result.stats for camera, result in decoded.items() if result.stats is not None}
     path = write_frames(
-        staging_path(storage.home.staging(dataset), index), telemetry_frame["frame_index"].to_pylist(), images
+        staging_path(storage.home.staging(dataset), index),
+        telemetry_frame["frame_index"].to_pylist(),
+        images,
+        image_stats,
     )
     yield Output(
         {"path": str(path), "cameras": list(images), "frames": telemetry_frame.num_rows},
@@ -284,14 +288,14 @@ def deeplake_table(
             f"dataset {dataset!r}, episode {index}: staging file {str(staged)!r} is missing; "
             "materialize decoded_camera_frames for this partition again"
         )
-    frame_index, images = read_frames(staged)
+    frame_index, images, image_stats = read_frames(staged)
     if frame_index != telemetry_frame["frame_index"].to_pylist():
         raise Failure(
             f"dataset {dataset!r}, episode {index}: staging file {str(staged)!r} holds frames "
             f"{frame_index[:3]}... but the telemetry has {telemetry_frame.num_rows} rows; re-materialize both"
         )
     rows = episode_rows(meta, telemetry_frame, images)
-    stats = episode_stats({k: v for k, v in rows.items() if k not in meta.cameras}, images)
+    stats = episode_stats({k: v for k, v in rows.items() if k not in meta.cameras}, {}) | image_stats
     url = storage.table_url(dataset)
     revision = episode_metadata["revision"]
     with write_lock(storage.home.lock(dataset)):

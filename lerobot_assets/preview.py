@@ -9,16 +9,18 @@ from collections.abc import Mapping
 import numpy as np
 from PIL import Image, ImageDraw
 
+from lerobot_assets.codec import decode_rgb, encode_image
+
 THUMBNAIL_WIDTH = 160
 
 
 def thumbnail(encoded: bytes, width: int = THUMBNAIL_WIDTH) -> bytes:
-    """A JPEG thumbnail ``width`` pixels wide of an encoded image."""
-    image = Image.open(io.BytesIO(encoded)).convert("RGB")
+    """A JPEG thumbnail ``width`` pixels wide of an encoded image (a JPEG is decoded at reduced scale)."""
+    image = Image.fromarray(decode_rgb(encoded, min_width=width))
     height = max(1, round(image.height * width / image.width))
-    out = io.BytesIO()
-    image.resize((width, height)).save(out, format="JPEG", quality=80)
-    return out.getvalue()
+    if image.size != (width, height):
+        image = image.resize((width, height))
+    return encode_image(image, "jpeg", 80)
 
 
 def thumbnails_markdown(frames: Mapping[str, list[bytes]], count: int = 1) -> str:

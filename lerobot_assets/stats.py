@@ -24,9 +24,11 @@ lets a table stand in for the original dataset. What LeRobot does, and so what t
   ``task_index`` ends up with every quantile equal to its mean (0.94 in the official fixture),
   not to a value it ever takes.
 
-LeRobot takes image statistics from the frames before video encoding; a table only has the
-frames decoded from the videos (and re-encoded as JPEG), so camera statistics differ from
-LeRobot's by the compression error, typically by less than 0.01.
+LeRobot takes image statistics from the frames before video encoding; ingest takes them from the
+frames decoded from the videos, before they are JPEG-encoded for the table (the decoder hands
+:func:`channel_counts` of the sampled frames over, so no frame is decoded twice). Camera
+statistics therefore differ from LeRobot's by the video compression error, typically by less
+than 0.01.
 """
 
 from __future__ import annotations
@@ -37,7 +39,7 @@ from typing import Any
 
 import numpy as np
 
-from lerobot_assets.video import decode_rgb
+from lerobot_assets.codec import decode_rgb
 
 Stats = dict[str, dict[str, np.ndarray]]  # feature -> statistic -> value
 
@@ -122,13 +124,12 @@ def _columns_stats(columns: np.ndarray, count: int) -> dict[str, np.ndarray]:
     return _stats(low, high, mean, variance, count, quantiles)
 
 
-def _uint8_channel_stats(channels: np.ndarray, count: int) -> dict[str, np.ndarray]:
-    """:func:`_columns_stats` of uint8 ``channels.T``, computed from per-value counts: the same numbers, far faster.
+def _counts_stats(counts: np.ndarray, count: int) -> dict[str, np.ndarray]:
+    """:func:`_columns_stats` of uint8 pixels given as per-channel value ``counts`` ``(channels, 256)``: the same numbers, far faster.
 
     Sums of integers are exact in float64 either way, and ``x**2`` wraps modulo 256 as uint8 does.
     """
     values = np.arange(256)
-    counts = np.stack([np.bincount(channel, minlength=256) for channel in channels])  # (channels, 256)
     total = int(counts[0].sum())
     mean = counts @ values / total
     variance = counts @ (values**2 % 256) / total - mean**2
@@ -148,14 +149,26 @@ def feature_stats(values: np.ndarray) -> dict[str, np.ndarray]:
     return stats
 
 
-def image_stats(frames: Sequence[bytes]) -> dict[str, np.ndarray]:
-    """Per-channel stats in [0, 1], shaped ``(3, 1, 1)``, of one camera over an episode's encoded frames."""
-    sampled = np.stack(
-        [auto_downsample_height_width(decode_rgb(frames[i]).transpose(2, 0, 1)) for i in sample_indices(len(frames))]
-    )
-    channels = sampled.transpose(1, 0, 2, 3).reshape(sampled.shape[1], -1)
-    stats = _uint8_channel_stats(channels, len(sampled))
+def channel_counts(rgb: np.ndarray) -> np.ndarray:
+    """Per-channel value counts ``(3, 256)`` of one HWC uint8 frame, thinned as LeRobot thins frames for stats.
+
+    Counts of sampled frames add up, so a decoder can take them from the frames it has in hand
+    and keep no frame: see :func:`image_stats_from_counts`.
+    """
+    thinned = auto_downsample_height_width(rgb.transpose(2, 0, 1))
+    return np.stack([np.bincount(channel.ravel(), minlength=256) for channel in thinned])
+
+
+def image_stats_from_counts(counts: np.ndarray, frames: int) -> dict[str, np.ndarray]:
+    """Per-channel stats in [0, 1], shaped ``(3, 1, 1)``, from the summed :func:`channel_counts` of ``frames`` sampled frames."""
+    stats = _counts_stats(counts, frames)
     return {name: value if name == "count" else value.reshape(-1, 1, 1) / 255.0 for name, value in stats.items()}
+
+
+def image_stats(frames: Sequence[bytes]) -> dict[str, np.ndarray]:
+    """Per-channel stats of one camera over an episode's encoded frames (the :func:`sample_indices` of them)."""
+    sampled = sample_indices(len(frames))
+    return image_stats_from_counts(sum(channel_counts(decode_rgb(frames[i])) for i in sampled), len(sampled))
 
 
 def episode_stats(values: Mapping[str, Any], images: Mapping[str, Sequence[bytes]]) -> Stats:

@@ -13,7 +13,7 @@ from dagster import AssetKey, DagsterEventType, DagsterInstance
 from lerobot_assets.partitions import episode_partition
 
 #: Bump when a stage's output changes for the same input; part of each episode's data version.
-CODE_VERSION = "1"
+CODE_VERSION = "2"
 DATA_VERSION_TAG = "dagster/data_version"
 #: Data version recorded for an episode whose rows were removed because it vanished upstream.
 REMOVED = "removed"

@@ -9,70 +9,48 @@ takes the frame whose presentation time is ``from_timestamp + timestamp`` within
 
 from __future__ import annotations
 
-import io
 import logging
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, TypeVar
 
 import av
 import numpy as np
-import simplejpeg
-from PIL import Image
 
+from lerobot_assets.codec import encode_image
 from lerobot_assets.errors import VideoDecodeError, where
 from lerobot_assets.lerobot_format import DatasetMeta
+from lerobot_assets.stats import channel_counts, image_stats_from_counts, sample_indices
 
 log = logging.getLogger(__name__)
 
 DEFAULT_TOLERANCE_S = 1e-4
-IMAGE_FORMATS = ("jpeg", "png")
-_JPEG_MAGIC = b"\xff\xd8"
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
 class DecodedCamera:
-    """One camera's encoded frames for an episode, and how well they line up with the rows."""
+    """One camera's encoded frames for an episode, how well they line up with the rows, and their stats."""
 
     frames: list[bytes]
     max_offset_s: float  # largest |frame presentation time - wanted time|
-
-
-def encode_image(rgb: np.ndarray | Image.Image, image_format: str = "jpeg", quality: int = 95) -> bytes:
-    """Encode an RGB image as JPEG (``quality`` 1-100, 4:2:0 like Pillow's default) or PNG bytes, as stored in the table.
-
-    JPEG goes through simplejpeg (libjpeg-turbo, GIL released): 1.5x faster than Pillow's encoder.
-    """
-    if image_format == "jpeg":
-        array = np.asarray(rgb.convert("RGB") if isinstance(rgb, Image.Image) else rgb)
-        return simplejpeg.encode_jpeg(np.ascontiguousarray(array), quality=quality, colorspace="RGB", colorsubsampling="420")
-    if image_format == "png":
-        image = rgb if isinstance(rgb, Image.Image) else Image.fromarray(rgb)
-        buffer = io.BytesIO()
-        image.save(buffer, format="PNG", compress_level=1)
-        return buffer.getvalue()
-    raise ValueError(f"image format {image_format!r} is not supported; expected one of {IMAGE_FORMATS}")
-
-
-def decode_rgb(encoded: bytes) -> np.ndarray:
-    """An encoded image (JPEG, PNG...) as HWC uint8 RGB; JPEG through simplejpeg (libjpeg-turbo: Pillow's pixels, faster)."""
-    if encoded[:2] == _JPEG_MAGIC:
-        return simplejpeg.decode_jpeg(encoded, colorspace="RGB")
-    with Image.open(io.BytesIO(encoded)) as image:
-        return np.array(image.convert("RGB"))
+    stats: dict[str, np.ndarray] | None  # LeRobot's image statistics of the frames before encoding (None: no frames)
 
 
 def decode_segment(
     path: Path,
     from_timestamp: float,
     timestamps: Sequence[float],
-    encode: Callable[[av.VideoFrame], bytes],
+    convert: Callable[[av.VideoFrame, int], T],
     *,
     tolerance_s: float = DEFAULT_TOLERANCE_S,
     location: str = "",
-) -> DecodedCamera:
-    """Decode the frames at ``from_timestamp + timestamps`` from ``path`` and encode each with ``encode``.
+) -> tuple[list[T], float]:
+    """``convert(frame, k)`` of the frame at ``from_timestamp + timestamps[k]`` in ``path``, for every ``k``.
+
+    Returns the converted frames and the largest |presentation time - wanted time| among them.
 
     Seeks to the keyframe before the first wanted frame and stops after the last one. Raises
     :class:`VideoDecodeError` naming ``location``, the file and the time when a frame is missing or
@@ -82,7 +60,7 @@ def decode_segment(
     at = f"{location}, file {str(path)!r}" if location else f"file {str(path)!r}"
     if not path.is_file():
         raise VideoDecodeError(f"{at}: video file is missing")
-    found: list[bytes | None] = [None] * len(targets)
+    found: list[Any] = [None] * len(targets)
     errors = np.full(len(targets), np.inf)
     try:
         with av.open(str(path)) as container:
@@ -105,7 +83,7 @@ def decode_segment(
                 while k < len(targets) and targets[k] - tolerance_s <= t:
                     error = abs(t - targets[k])
                     if error <= tolerance_s and error < errors[k]:
-                        found[k], errors[k] = encode(frame), error
+                        found[k], errors[k] = convert(frame, k), error
                     k += 1
     except av.FFmpegError as exc:
         raise VideoDecodeError(f"{at}: cannot decode the video, it may be corrupt or truncated ({exc})") from None
@@ -117,7 +95,7 @@ def decode_segment(
             f"{targets[i] - from_timestamp:.6f}) within {tolerance_s:g} s; {len(missing)} of {len(targets)} "
             "frames are missing (is the video shorter than the episode, or encoded at another frame rate?)"
         )
-    return DecodedCamera(found, float(errors.max()) if len(errors) else 0.0)  # type: ignore[arg-type]
+    return found, float(errors.max()) if len(errors) else 0.0
 
 
 def decode_episode(
@@ -129,15 +107,18 @@ def decode_episode(
     quality: int = 95,
     tolerance_s: float = DEFAULT_TOLERANCE_S,
 ) -> dict[str, DecodedCamera]:
-    """Encoded images of every camera of episode ``index``, one per telemetry timestamp.
+    """Encoded images of every camera of episode ``index``, one per telemetry timestamp, with their stats.
 
-    Cameras are decoded in parallel threads (PyAV and Pillow release the GIL while they work).
+    Cameras are decoded in parallel threads (PyAV and libjpeg-turbo release the GIL while they
+    work). The image statistics come from the decoded frames in hand, before JPEG encoding.
     """
     episode = meta.episode(index)
     tolerance_s = min(tolerance_s, 1.0 / meta.fps)
+    sampled = set(sample_indices(len(timestamps)))
 
-    def encode(frame: av.VideoFrame) -> bytes:
-        return encode_image(frame.to_ndarray(format="rgb24"), image_format, quality)
+    def convert(frame: av.VideoFrame, k: int) -> tuple[bytes, np.ndarray | None]:
+        rgb = frame.to_ndarray(format="rgb24")
+        return encode_image(rgb, image_format, quality), channel_counts(rgb) if k in sampled else None
 
     def one(camera: str) -> DecodedCamera:
         if camera not in episode.videos:
@@ -145,14 +126,17 @@ def decode_episode(
                 f"{where(meta.name, index)}: camera {camera!r} has no video segment in meta/episodes"
             )
         segment = episode.videos[camera]
-        return decode_segment(
+        converted, max_offset_s = decode_segment(
             meta.root / segment.path,
             segment.from_timestamp,
             timestamps,
-            encode,
+            convert,
             tolerance_s=tolerance_s,
             location=f"{where(meta.name, index)}, camera {camera!r}",
         )
+        counts = [c for _, c in converted if c is not None]
+        stats = image_stats_from_counts(sum(counts), len(counts)) if counts else None
+        return DecodedCamera([frame for frame, _ in converted], max_offset_s, stats)
 
     cameras = meta.cameras
     if not cameras:

@@ -23,7 +23,7 @@ from lerobot_assets.stats import (
     store_episode_stats,
 )
 from lerobot_assets.synthetic import render_frame
-from lerobot_assets.video import encode_image
+from lerobot_assets.codec import encode_image
 
 CAMERAS = ("observation.images.cam_high", "observation.images.cam_left_wrist")
 NUMERIC = ("observation.state", "action", "observation.effort", "timestamp", "frame_index", "episode_index", "index",

@@ -20,7 +20,7 @@ from lerobot_assets.stats import aggregate_stats, episode_stats
 from lerobot_assets.synthetic import block_x, generate_dataset
 from lerobot_assets.table import INDEX_DTYPES, open_tag
 from lerobot_assets.training import SnapshotDataset, collate
-from lerobot_assets.video import decode_rgb
+from lerobot_assets.codec import decode_rgb
 
 from .conftest import white_block_x
 
