@@ -102,6 +102,22 @@ def test_dagster_instance_records_partitions_and_metadata(ingested: dict) -> Non
     assert meta_event.asset_materialization.metadata["episodes"].value == 3
 
 
+def test_default_dagster_storage_reads_what_the_pooled_event_log_wrote(ingested: dict, tmp_path: Path) -> None:
+    """The CLI's instance writes events through PooledSqliteEventLogStorage; `dagster dev` with the
+    repository's dagster.yaml (Dagster's default SQLite storage) must read the very same records."""
+    dagster_home = ingested["home"] / "dagster"
+    assert type(DagsterInstance.from_config(str(dagster_home)).event_log_storage).__name__ == "PooledSqliteEventLogStorage"
+    default = tmp_path / "default"
+    default.mkdir()
+    (default / "dagster.yaml").write_text(f"storage:\n  sqlite:\n    base_dir: {json.dumps(str(dagster_home))}\n")
+    instance = DagsterInstance.from_config(str(default))
+    assert type(instance.event_log_storage).__name__ == "SqliteEventLogStorage"
+    assert instance.get_dynamic_partitions("episode") == ["000000", "000001", "000002"]
+    record = instance.get_latest_data_version_record(AssetKey("deeplake_table"), partition_key=str(episode_partition("small", 1)))
+    assert record.asset_materialization.metadata["rows_written"].value == 33
+    assert len(instance.get_runs()) == 4  # the dataset run and one run per episode
+
+
 def test_reingest_is_idempotent_and_snapshot_is_stable(official_dataset: Path, home: Path) -> None:
     first = ingest(str(official_dataset), name="small", home=home, workers=1)
     tag = snapshot("small", tag="run-001", home=home)

@@ -13,9 +13,12 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from lerobot_assets.lerobot_format import read_dataset, read_episode_telemetry
 from lerobot_assets.stats import (
     aggregate_stats,
+    channel_counts,
     episode_stats,
+    image_stats_from_counts,
     load_stats,
     sample_indices,
     stats_from_json,
@@ -24,6 +27,7 @@ from lerobot_assets.stats import (
 )
 from lerobot_assets.synthetic import render_frame
 from lerobot_assets.codec import encode_image
+from lerobot_assets.video import decode_episode
 
 CAMERAS = ("observation.images.cam_high", "observation.images.cam_left_wrist")
 NUMERIC = ("observation.state", "action", "observation.effort", "timestamp", "frame_index", "episode_index", "index",
@@ -140,6 +144,26 @@ def test_camera_stats_reproduce_lerobot_from_decoded_frames(official_dataset: Pa
     _assert_close(aggregated, reference, CAMERAS, atol=0.01, skip=("std",))
     for camera in CAMERAS:  # only the spread between episode means is left
         np.testing.assert_allclose(aggregated[camera]["std"], reference[camera]["std"], atol=1e-3)
+
+
+def test_decoder_stats_are_the_stats_of_the_frames_before_jpeg(official_dataset: Path) -> None:
+    """Ingest takes image stats from the frames it decodes, before JPEG: the same numbers as counting
+    the sampled frames of an independent PyAV decode."""
+    meta = read_dataset(official_dataset)
+    telemetry = read_episode_telemetry(meta, 1)
+    decoded = decode_episode(meta, 1, telemetry["timestamp"].to_numpy())
+    first = int(telemetry["index"][0].as_py())  # all episodes share one file per camera, back to back
+    for camera in CAMERAS:
+        with av.open(str(official_dataset / "videos" / camera / "chunk-000" / "file-000.mp4")) as container:
+            frames = [f.to_ndarray(format="rgb24") for f in container.decode(container.streams.video[0])]
+        episode = frames[first : first + telemetry.num_rows]
+        sampled = sample_indices(len(episode))
+        expected = image_stats_from_counts(sum(channel_counts(episode[i]) for i in sampled), len(sampled))
+        assert set(decoded[camera].stats) == set(expected)
+        for name, value in expected.items():
+            np.testing.assert_array_equal(decoded[camera].stats[name], value, err_msg=f"{camera} {name}")
+        lossless = episode_stats({}, {camera: [encode_image(f, "png") for f in episode]})[camera]
+        np.testing.assert_array_equal(lossless["mean"], expected["mean"])  # the bytes path agrees
 
 
 def test_image_stats_sample_and_thin_frames_like_lerobot() -> None:
