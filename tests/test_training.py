@@ -41,8 +41,8 @@ HISTORY_AND_CHUNK = {
 def snap(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     """A generated dataset ingested episode 2 first, so the table does not hold episodes in order.
 
-    Tag ``t1`` is the snapshot; ``stats`` are computed here independently from the table's rows,
-    to compare with what the ingest stored.
+    Tag ``t1`` is the snapshot; ``stats`` are computed here independently from the table's rows
+    (camera stats from the stored JPEGs), to compare with what the ingest stored.
     """
     root = tmp_path_factory.mktemp("training")
     source = generate_dataset(root / "src", episode_lengths=LENGTHS, tasks=TASKS, codec="libx264")
@@ -177,7 +177,11 @@ def test_snapshot_info_and_stats(snap: dict) -> None:
     assert plain.stats is not None and set(plain.stats) == set(snap["stats"])  # stored by the ingest
     for key, expected in snap["stats"].items():  # float32 stats come back as float64 from their JSON
         for name, value in expected.items():
-            np.testing.assert_allclose(plain.stats[key][name], value, rtol=1e-6, err_msg=f"{key} {name}")
+            if key in (CAM_HIGH, CAM_WRIST) and name != "count":
+                # ingest counted the frames before JPEG encoding, the reference decodes the stored JPEGs
+                np.testing.assert_allclose(plain.stats[key][name], value, atol=3 / 255, err_msg=f"{key} {name}")
+            else:
+                np.testing.assert_allclose(plain.stats[key][name], value, rtol=1e-6, err_msg=f"{key} {name}")
 
 
 def test_invalid_requests_fail_with_what_to_fix(snap: dict) -> None:
