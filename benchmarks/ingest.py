@@ -26,10 +26,10 @@ from pathlib import Path
 
 import av
 
+from lerobot_assets.codec import encode_image
 from lerobot_assets.launch import ingest
 from lerobot_assets.lerobot_format import read_dataset
 from lerobot_assets.synthetic import generate_dataset
-from lerobot_assets.codec import encode_image
 
 
 def _generate(root: Path, episodes: int, frames: int, cameras: int, height: int, width: int, per_file: int) -> Path:

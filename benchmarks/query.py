@@ -22,10 +22,10 @@ from pathlib import Path
 import deeplake
 import numpy as np
 
+from lerobot_assets.codec import encode_image
 from lerobot_assets.lerobot_format import read_dataset
 from lerobot_assets.synthetic import episode_telemetry, generate_dataset, render_frame
 from lerobot_assets.table import build_indexes, open_table, replace_episode
-from lerobot_assets.codec import encode_image
 
 TASKS = [
     "Pick up the shrimp", "Wipe the table", "Open the drawer", "Close the drawer",

@@ -27,10 +27,10 @@ import torch
 from torch.utils.data import default_collate
 
 from lerobot_assets import stats
+from lerobot_assets.codec import decode_rgb
 from lerobot_assets.errors import TableError
 from lerobot_assets.home import Home
 from lerobot_assets.table import INDEX_DTYPES, METADATA_KEY, open_tag
-from lerobot_assets.codec import decode_rgb
 
 #: LeRobot's default tolerance for delta_timestamps that are not multiples of 1/fps.
 TOLERANCE_S = 1e-4

@@ -13,6 +13,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from lerobot_assets.codec import encode_image
 from lerobot_assets.lerobot_format import read_dataset, read_episode_telemetry
 from lerobot_assets.stats import (
     aggregate_stats,
@@ -26,7 +27,6 @@ from lerobot_assets.stats import (
     store_episode_stats,
 )
 from lerobot_assets.synthetic import render_frame
-from lerobot_assets.codec import encode_image
 from lerobot_assets.video import decode_episode
 
 CAMERAS = ("observation.images.cam_high", "observation.images.cam_left_wrist")

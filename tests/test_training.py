@@ -7,6 +7,7 @@ import io
 from pathlib import Path
 from typing import Any
 
+import av
 import numpy as np
 import pandas as pd
 import pytest
@@ -14,13 +15,14 @@ import torch
 from PIL import Image
 from torch.utils.data import DataLoader, get_worker_info
 
+from lerobot_assets.codec import decode_rgb, encode_image
 from lerobot_assets.errors import TableError
 from lerobot_assets.launch import ingest, open_snapshot, snapshot
+from lerobot_assets.lerobot_format import read_dataset
 from lerobot_assets.stats import aggregate_stats, episode_stats
 from lerobot_assets.synthetic import block_x, generate_dataset
 from lerobot_assets.table import INDEX_DTYPES, open_tag
 from lerobot_assets.training import SnapshotDataset, collate
-from lerobot_assets.codec import decode_rgb
 
 from .conftest import white_block_x
 
@@ -41,8 +43,8 @@ HISTORY_AND_CHUNK = {
 def snap(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     """A generated dataset ingested episode 2 first, so the table does not hold episodes in order.
 
-    Tag ``t1`` is the snapshot; ``stats`` are computed here independently from the table's rows
-    (camera stats from the stored JPEGs), to compare with what the ingest stored.
+    Tag ``t1`` is the snapshot; ``stats`` are computed here independently, from the table's rows and
+    (cameras) from the source videos decoded with PyAV, to compare with what the ingest stored.
     """
     root = tmp_path_factory.mktemp("training")
     source = generate_dataset(root / "src", episode_lengths=LENGTHS, tasks=TASKS, codec="libx264")
@@ -57,10 +59,25 @@ def snap(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     for index in np.unique(episode).tolist():
         rows = np.flatnonzero(episode == index).tolist()
         values = {key: np.asarray(ds[key][rows]) for key in (*VECTORS, *INDEX_DTYPES)}
-        per_episode.append(episode_stats(values, {cam: ds[cam].get_bytes(rows) for cam in (CAM_HIGH, CAM_WRIST)}))
+        per_episode.append(episode_stats(values, _source_frames_png(source, index)))
     frames = [pd.read_parquet(p) for p in sorted((source / "data").rglob("*.parquet"))]
     rows = pd.concat(frames).sort_values("index").reset_index(drop=True)
     return {"home": home, "tagged": tagged, "rows": rows, "stats": aggregate_stats(per_episode)}
+
+
+def _source_frames_png(source: Path, index: int) -> dict[str, list[bytes]]:
+    """Each camera's frames of episode ``index`` decoded from the source MP4s with PyAV, as lossless PNG:
+    the pixels ingest computes image stats from (before its JPEG encoding)."""
+    meta = read_dataset(source)
+    episode = meta.episode(index)
+    out = {}
+    for camera in (CAM_HIGH, CAM_WRIST):
+        segment = episode.videos[camera]
+        with av.open(str(source / segment.path)) as container:
+            stream = container.streams.video[0]
+            frames = [f for f in container.decode(stream) if f.pts * stream.time_base >= segment.from_timestamp - 1e-4]
+        out[camera] = [encode_image(f.to_ndarray(format="rgb24"), "png") for f in frames[: episode.length]]
+    return out
 
 
 def _source(snap: dict, column: str) -> np.ndarray:
@@ -177,11 +194,7 @@ def test_snapshot_info_and_stats(snap: dict) -> None:
     assert plain.stats is not None and set(plain.stats) == set(snap["stats"])  # stored by the ingest
     for key, expected in snap["stats"].items():  # float32 stats come back as float64 from their JSON
         for name, value in expected.items():
-            if key in (CAM_HIGH, CAM_WRIST) and name != "count":
-                # ingest counted the frames before JPEG encoding, the reference decodes the stored JPEGs
-                np.testing.assert_allclose(plain.stats[key][name], value, atol=3 / 255, err_msg=f"{key} {name}")
-            else:
-                np.testing.assert_allclose(plain.stats[key][name], value, rtol=1e-6, err_msg=f"{key} {name}")
+            np.testing.assert_allclose(plain.stats[key][name], value, rtol=1e-6, err_msg=f"{key} {name}")
 
 
 def test_invalid_requests_fail_with_what_to_fix(snap: dict) -> None:
