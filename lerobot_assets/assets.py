@@ -5,21 +5,29 @@
 ``hf_snapshot``, ``episode_metadata`` and ``training_snapshot`` are partitioned by dataset; the
 three per-episode assets by (dataset, episode). The episode dimension is shared by every dataset,
 so a pair that does not exist in a dataset fails fast with a message saying so.
+
+The three per-episode assets are one ``multi_asset`` (one step per episode run): they stay three
+assets with their own materializations, data versions and checks, and any subset of them can be
+materialized, but when all three run together nothing is written to disk or pickled between them.
 """
 
 import time
 import warnings
+from collections.abc import Iterator
 from typing import Any, Optional
 
 import numpy as np
 import pyarrow as pa
 from dagster import (
+    AssetCheckKey,
     AssetCheckResult,
     AssetCheckSeverity,
     AssetCheckSpec,
     AssetDep,
     AssetExecutionContext,
     AssetIn,
+    AssetKey,
+    AssetSpec,
     BetaWarning,
     Config,
     DataVersion,
@@ -29,6 +37,7 @@ from dagster import (
     MultiToSingleDimensionPartitionMapping,
     Output,
     asset,
+    multi_asset,
 )
 
 from lerobot_assets.fingerprint import episode_fingerprints
@@ -37,7 +46,7 @@ from lerobot_assets.partitions import dataset_partitions, episode_dimension, epi
 from lerobot_assets.preview import plot_series, png_markdown, thumbnails_markdown
 from lerobot_assets.resources import HubResource, ImageEncodingResource, StorageResource
 from lerobot_assets.source import pin
-from lerobot_assets.staging import read_frames, staging_path, write_frames
+from lerobot_assets.staging import StagedFrames, read_frames, staging_path, write_frames
 from lerobot_assets.stats import episode_stats, store_episode_stats
 from lerobot_assets.table import (
     build_indexes,
@@ -60,7 +69,6 @@ warnings.filterwarnings("ignore", category=BetaWarning)
 GROUP = "lerobot"
 
 _PER_DATASET = MultiToSingleDimensionPartitionMapping(partition_dimension_name="dataset")
-_METADATA_IN = {"episode_metadata": AssetIn(partition_mapping=_PER_DATASET)}
 
 
 def _episode_of(context: AssetExecutionContext) -> tuple[str, int]:
@@ -80,27 +88,6 @@ def _episode_meta(episode_metadata: dict[str, Any], dataset: str, index: int) ->
             else f"dataset {dataset!r} has no episodes"
         )
     return read_dataset(episode_metadata["path"], dataset)
-
-
-def _episode_asset(check: str, description: str, *, blocking: bool = False, **kwargs: Any):
-    """Decorator of a per-episode asset: (dataset, episode) partitions, ``episode_metadata`` in, one check."""
-
-    def decorate(fn):
-        spec = AssetCheckSpec(check, asset=fn.__name__, blocking=blocking, description=description)
-        return asset(
-            partitions_def=episode_partitions,
-            ins=_METADATA_IN,
-            code_version=CODE_VERSION,
-            group_name=GROUP,
-            check_specs=[spec],
-            **kwargs,
-        )(fn)
-
-    return decorate
-
-
-def _data_version(episode_metadata: dict[str, Any], index: int) -> DataVersion:
-    return DataVersion(episode_data_version(episode_metadata["episodes"][index]["fingerprint"]))
 
 
 @asset(partitions_def=dataset_partitions, code_version=CODE_VERSION, group_name=GROUP, kinds={"huggingface"})
@@ -181,12 +168,80 @@ def episode_metadata(context: AssetExecutionContext, hf_snapshot: dict) -> Outpu
     )
 
 
-@_episode_asset("finite_values", "No NaN or infinite values in the numeric features (stored anyway, but flagged).")
-def telemetry_frame(context: AssetExecutionContext, episode_metadata: dict):
-    """One episode's telemetry rows (state, action, effort, index columns), checked for gaps and order."""
+TELEMETRY, FRAMES, TABLE = AssetKey("telemetry_frame"), AssetKey("decoded_camera_frames"), AssetKey("deeplake_table")
+_METADATA_DEP = AssetDep("episode_metadata", partition_mapping=_PER_DATASET)
+Event = MaterializeResult | AssetCheckResult
+
+
+def _episode_spec(key: AssetKey, description: str, upstream: tuple[AssetKey, ...] = (), **kwargs: Any) -> AssetSpec:
+    deps = [_METADATA_DEP, *upstream]
+    return AssetSpec(key, description=description, deps=deps, code_version=CODE_VERSION, group_name=GROUP, **kwargs)
+
+
+@multi_asset(
+    name="episode_assets",
+    specs=[
+        _episode_spec(TELEMETRY, "One episode's telemetry rows (state, action, effort, index columns), checked for gaps and order."),
+        _episode_spec(FRAMES, "Every camera's frame for every telemetry row, decoded from the episode's segment only and encoded.", (TELEMETRY,)),
+        _episode_spec(TABLE, "The episode's rows in the dataset's Deeplake table, replacing any earlier rows of that episode.", (TELEMETRY, FRAMES), kinds={"deeplake"}),
+    ],
+    check_specs=[
+        AssetCheckSpec("finite_values", asset=TELEMETRY, description="No NaN or infinite values in the numeric features (stored anyway, but flagged)."),
+        AssetCheckSpec("frames_aligned", asset=FRAMES, blocking=True, description="Every row has a frame per camera within the tolerance of its timestamp."),
+        AssetCheckSpec("episode_rows_match", asset=TABLE, blocking=True, description="The table holds exactly one row per frame of the episode, frame_index 0..length-1."),
+    ],
+    partitions_def=episode_partitions,
+    ins={"episode_metadata": AssetIn()},
+    can_subset=True,
+)
+def episode_assets(
+    context: AssetExecutionContext, episode_metadata: dict, storage: StorageResource, encoding: ImageEncodingResource
+) -> Iterator[Event]:
+    """The three per-episode assets in one step, so frames go from the decoder to the table in memory.
+
+    Any subset can be materialized: ``decoded_camera_frames`` without ``deeplake_table`` leaves its
+    frames in a staging file, which a later ``deeplake_table`` run uses while it matches the
+    episode's inputs (and otherwise decodes again). Telemetry is re-read from the pinned source
+    (a small parquet slice), so nothing passes through an IO manager.
+    """
     dataset, index = _episode_of(context)
     meta = _episode_meta(episode_metadata, dataset, index)
-    table = read_episode_telemetry(meta, index)
+    fingerprint = episode_metadata["episodes"][index]["fingerprint"]
+    version = DataVersion(episode_data_version(fingerprint))
+    selected = context.selected_asset_keys
+    telemetry = read_episode_telemetry(meta, index)
+    if TELEMETRY in selected:
+        yield from _selected(context, _telemetry_events(context, meta, telemetry, version))
+    if FRAMES not in selected and TABLE not in selected:
+        return
+    staged_at = staging_path(storage.home.staging(dataset), index)
+    staged = None if FRAMES in selected else read_frames(staged_at)
+    if staged is not None and (staged.fingerprint, staged.frame_index) == (fingerprint, telemetry["frame_index"].to_pylist()):
+        context.log.info(f"{dataset} episode {index}: using the frames staged in {str(staged_at)!r}")
+    else:
+        if FRAMES not in selected:
+            context.log.info(f"{dataset} episode {index}: no staged frames for these inputs; decoding them")
+        staged, events = _decode_frames(context, meta, telemetry, fingerprint, version, encoding)
+        yield from _selected(context, events)
+    if TABLE in selected:
+        yield from _selected(context, _table_events(context, meta, episode_metadata, telemetry, staged, version, storage, encoding))
+        staged_at.unlink(missing_ok=True)
+    else:
+        write_frames(staged_at, staged)
+        context.log.info(f"{dataset} episode {index}: frames staged in {str(staged_at)!r} for deeplake_table")
+
+
+def _selected(context: AssetExecutionContext, events: list[Event]) -> Iterator[Event]:
+    """The events of the assets and checks this run materializes."""
+    for event in events:
+        if isinstance(event, AssetCheckResult):
+            if AssetCheckKey(event.asset_key, event.check_name) in context.selected_asset_check_keys:
+                yield event
+        elif event.asset_key in context.selected_asset_keys:
+            yield event
+
+
+def _telemetry_events(context: AssetExecutionContext, meta: DatasetMeta, table: pa.Table, version: DataVersion) -> list[Event]:
     bad = {}
     for feature in meta.value_features:
         values = feature_array(table, feature).reshape(table.num_rows, -1)
@@ -194,108 +249,91 @@ def telemetry_frame(context: AssetExecutionContext, episode_metadata: dict):
         if len(rows):
             bad[feature.key] = {"rows": len(rows), "first_frame": int(rows[0])}
     if bad:
+        dataset, index = _episode_of(context)
         context.log.warning(f"{dataset} episode {index}: non-finite values in {bad}")
-    yield Output(
-        table,
-        metadata={"rows": table.num_rows, "columns": MetadataValue.json(table.column_names)},
-        data_version=_data_version(episode_metadata, index),
-    )
-    yield AssetCheckResult(
-        check_name="finite_values",
-        passed=not bad,
-        severity=AssetCheckSeverity.WARN,
-        metadata={"non_finite": MetadataValue.json(bad)},
-    )
+    return [
+        MaterializeResult(
+            asset_key=TELEMETRY,
+            metadata={"rows": table.num_rows, "columns": MetadataValue.json(table.column_names)},
+            data_version=version,
+        ),
+        AssetCheckResult(
+            asset_key=TELEMETRY,
+            check_name="finite_values",
+            passed=not bad,
+            severity=AssetCheckSeverity.WARN,
+            metadata={"non_finite": MetadataValue.json(bad)},
+        ),
+    ]
 
 
-@_episode_asset(
-    "frames_aligned", "Every row has a frame per camera within the tolerance of its timestamp.", blocking=True
-)
-def decoded_camera_frames(
+def _decode_frames(
     context: AssetExecutionContext,
-    episode_metadata: dict,
-    telemetry_frame: pa.Table,
-    storage: StorageResource,
+    meta: DatasetMeta,
+    telemetry: pa.Table,
+    fingerprint: str,
+    version: DataVersion,
     encoding: ImageEncodingResource,
-):
-    """Every camera's frame for every telemetry row, decoded from the episode's segment only and encoded.
-
-    The frames go to a per-episode staging file; the asset's value is its path.
-    """
+) -> tuple[StagedFrames, list[Event]]:
     dataset, index = _episode_of(context)
-    meta = _episode_meta(episode_metadata, dataset, index)
-    context.log.info(f"{dataset} episode {index}: decoding {telemetry_frame.num_rows} frames x {len(meta.cameras)} cameras")
+    context.log.info(f"{dataset} episode {index}: decoding {telemetry.num_rows} frames x {len(meta.cameras)} cameras")
     started = time.perf_counter()
     decoded = decode_episode(
         meta,
         index,
-        telemetry_frame["timestamp"].to_numpy(),
+        telemetry["timestamp"].to_numpy(),
         image_format=encoding.image_format,
         quality=encoding.quality,
         tolerance_s=encoding.tolerance_s,
     )
     seconds = time.perf_counter() - started
-    frames = telemetry_frame.num_rows * len(decoded)
+    frames = telemetry.num_rows * len(decoded)
     rate = frames / max(seconds, 1e-9)
     context.log.info(f"{dataset} episode {index}: decoded {frames} camera-frames in {seconds:.2f} s ({rate:.0f}/s)")
-    images = {camera: result.frames for camera, result in decoded.items()}
-    image_stats = {camera: result.stats for camera, result in decoded.items() if result.stats is not None}
-    path = write_frames(
-        staging_path(storage.home.staging(dataset), index),
-        telemetry_frame["frame_index"].to_pylist(),
-        images,
-        image_stats,
+    staged = StagedFrames(
+        fingerprint=fingerprint,
+        frame_index=telemetry["frame_index"].to_pylist(),
+        images={camera: result.frames for camera, result in decoded.items()},
+        stats={camera: result.stats for camera, result in decoded.items() if result.stats is not None},
     )
-    yield Output(
-        {"path": str(path), "cameras": list(images), "frames": telemetry_frame.num_rows},
-        metadata={
-            "camera_frames": frames,
-            "frames_per_second": round(rate, 1),
-            "bytes": path.stat().st_size,
-            "staging_file": MetadataValue.path(str(path)),
-            "thumbnails": MetadataValue.md(thumbnails_markdown(images, count=4)),
-        },
-        data_version=_data_version(episode_metadata, index),
-    )
-    offsets = {camera: result.max_offset_s for camera, result in decoded.items()}
-    yield AssetCheckResult(
-        check_name="frames_aligned",
-        passed=all(len(f) == telemetry_frame.num_rows for f in images.values()),
-        metadata={"max_offset_s": MetadataValue.json(offsets), "tolerance_s": min(encoding.tolerance_s, 1 / meta.fps)},
-    )
+    events: list[Event] = [
+        MaterializeResult(
+            asset_key=FRAMES,
+            metadata={
+                "camera_frames": frames,
+                "frames_per_second": round(rate, 1),
+                "bytes": sum(len(f) for result in decoded.values() for f in result.frames),
+                "thumbnails": MetadataValue.md(thumbnails_markdown(staged.images, count=4)),
+            },
+            data_version=version,
+        ),
+        AssetCheckResult(
+            asset_key=FRAMES,
+            check_name="frames_aligned",
+            passed=all(len(f) == telemetry.num_rows for f in staged.images.values()),
+            metadata={
+                "max_offset_s": MetadataValue.json({camera: result.max_offset_s for camera, result in decoded.items()}),
+                "tolerance_s": min(encoding.tolerance_s, 1 / meta.fps),
+            },
+        ),
+    ]
+    return staged, events
 
 
-@_episode_asset(
-    "episode_rows_match",
-    "The table holds exactly one row per frame of the episode, frame_index 0..length-1.",
-    blocking=True,
-    kinds={"deeplake"},
-)
-def deeplake_table(
+def _table_events(
     context: AssetExecutionContext,
-    episode_metadata: dict,
-    telemetry_frame: pa.Table,
-    decoded_camera_frames: dict,
+    meta: DatasetMeta,
+    episode_metadata: dict[str, Any],
+    telemetry: pa.Table,
+    staged: StagedFrames,
+    version: DataVersion,
     storage: StorageResource,
     encoding: ImageEncodingResource,
-):
-    """The episode's rows in the dataset's Deeplake table, replacing any earlier rows of that episode."""
+) -> list[Event]:
+    """Replace the episode's rows in the table (one commit, with its statistics)."""
     dataset, index = _episode_of(context)
-    meta = _episode_meta(episode_metadata, dataset, index)
-    staged = staging_path(storage.home.staging(dataset), index)
-    if not staged.is_file():
-        raise Failure(
-            f"dataset {dataset!r}, episode {index}: staging file {str(staged)!r} is missing; "
-            "materialize decoded_camera_frames for this partition again"
-        )
-    frame_index, images, image_stats = read_frames(staged)
-    if frame_index != telemetry_frame["frame_index"].to_pylist():
-        raise Failure(
-            f"dataset {dataset!r}, episode {index}: staging file {str(staged)!r} holds frames "
-            f"{frame_index[:3]}... but the telemetry has {telemetry_frame.num_rows} rows; re-materialize both"
-        )
-    rows = episode_rows(meta, telemetry_frame, images)
-    stats = episode_stats({k: v for k, v in rows.items() if k not in meta.cameras}, {}) | image_stats
+    rows = episode_rows(meta, telemetry, staged.images)
+    stats = episode_stats({k: v for k, v in rows.items() if k not in meta.cameras}, {}) | staged.stats
     url = storage.table_url(dataset)
     revision = episode_metadata["revision"]
     with write_lock(storage.home.lock(dataset)):
@@ -303,29 +341,32 @@ def deeplake_table(
         set_table_metadata(ds, source=episode_metadata["source"], revision=revision)
         store_episode_stats(ds, index, stats)  # committed with the rows
         deleted, written = replace_episode(ds, index, rows, f"ingest {dataset} episode {index} at revision {revision}")
-        version = ds.version
+        table_version = ds.version
         stored = episode_frames(ds, index)
-    staged.unlink()
-    context.log.info(f"{dataset} episode {index}: wrote {written} rows (replaced {deleted}), table version {version}")
-    series = {f.key: feature_array(telemetry_frame, f) for f in meta.value_features if f.key in ("observation.state", "action")}
-    yield MaterializeResult(
-        metadata={
-            "rows_written": written,
-            "rows_replaced": deleted,
-            "table_version": version,
-            "table": MetadataValue.path(url),
-            "revision": revision,
-            "preview": MetadataValue.md(thumbnails_markdown(images, count=4)),
-            "telemetry_plot": MetadataValue.md(png_markdown(plot_series(series), "state and action")),
-        },
-        data_version=_data_version(episode_metadata, index),
-    )
+    context.log.info(f"{dataset} episode {index}: wrote {written} rows (replaced {deleted}), table version {table_version}")
+    series = {f.key: feature_array(telemetry, f) for f in meta.value_features if f.key in ("observation.state", "action")}
     expected = episode_metadata["episodes"][index]["length"]
-    yield AssetCheckResult(
-        check_name="episode_rows_match",
-        passed=bool(np.array_equal(np.sort(stored), np.arange(expected))),
-        metadata={"rows_in_table": len(stored), "expected": expected},
-    )
+    return [
+        MaterializeResult(
+            asset_key=TABLE,
+            metadata={
+                "rows_written": written,
+                "rows_replaced": deleted,
+                "table_version": table_version,
+                "table": MetadataValue.path(url),
+                "revision": revision,
+                "preview": MetadataValue.md(thumbnails_markdown(staged.images, count=4)),
+                "telemetry_plot": MetadataValue.md(png_markdown(plot_series(series), "state and action")),
+            },
+            data_version=version,
+        ),
+        AssetCheckResult(
+            asset_key=TABLE,
+            check_name="episode_rows_match",
+            passed=bool(np.array_equal(np.sort(stored), np.arange(expected))),
+            metadata={"rows_in_table": len(stored), "expected": expected},
+        ),
+    ]
 
 
 class SnapshotConfig(Config):
@@ -369,6 +410,6 @@ def training_snapshot(
     )
 
 
-ALL_ASSETS = [hf_snapshot, episode_metadata, telemetry_frame, decoded_camera_frames, deeplake_table, training_snapshot]
+ALL_ASSETS = [hf_snapshot, episode_metadata, episode_assets, training_snapshot]
 DATASET_ASSETS = [hf_snapshot, episode_metadata]
-EPISODE_ASSETS = [telemetry_frame, decoded_camera_frames, deeplake_table]
+EPISODE_ASSETS = [episode_assets]

@@ -96,7 +96,7 @@ def upstream_revision_sensor(
         run_requests.extend(
             RunRequest(
                 run_key=f"{source.name}:{revision}:{episode_key(index)}",
-                asset_selection=[a.key for a in EPISODE_ASSETS],
+                asset_selection=[key for a in EPISODE_ASSETS for key in a.keys],
                 partition_key=str(episode_partition(source.name, index)),
                 tags={REVISION_TAG: revision},
             )

@@ -122,7 +122,7 @@ def test_sensor_requests_exactly_the_changed_episodes(tmp_path: Path) -> None:
     assert sorted(r.partition_key for r in result.run_requests) == [
         str(episode_partition("gen", 1)), str(episode_partition("gen", 3))
     ]
-    assert {k.to_user_string() for k in result.run_requests[0].asset_selection} == {a.key.to_user_string() for a in EPISODE_ASSETS}
+    assert {k.to_user_string() for k in result.run_requests[0].asset_selection} == {k.to_user_string() for a in EPISODE_ASSETS for k in a.keys}
     cursor = result.cursor
     for request in result.run_requests:
         materialize(ALL_ASSETS, selection=EPISODE_ASSETS, partition_key=request.partition_key, instance=instance,

@@ -13,9 +13,11 @@ import pytest
 from dagster import AssetKey, DagsterInstance
 from PIL import Image
 
-from lerobot_assets.partitions import episode_partition
+from lerobot_assets.assets import FRAMES, TABLE, TELEMETRY
 from lerobot_assets.cli import main as cli_main
-from lerobot_assets.launch import ingest, open_snapshot, snapshot
+from lerobot_assets.home import Home
+from lerobot_assets.launch import Settings, dagster_instance, ingest, open_snapshot, run_assets, snapshot
+from lerobot_assets.partitions import episode_partition
 from lerobot_assets.query import run_query
 from lerobot_assets.table import open_read_only
 
@@ -126,7 +128,7 @@ def test_reingest_is_idempotent_and_snapshot_is_stable(official_dataset: Path, h
     assert again["rows"] == 101 and again["materialized"] == [] and again["unchanged"] == [0, 1, 2]
     assert again["version"] == tag["version"]
     # An explicit re-run of one episode replaces its rows instead of appending them.
-    from lerobot_assets.launch import Settings, _materialize_episode
+    from lerobot_assets.launch import _materialize_episode
 
     assert _materialize_episode(Settings(home), "small", 1) == (1, None)
     ds = open_read_only(first["table"])
@@ -196,3 +198,39 @@ def test_indexes_created_at_ingest_and_used_by_snapshot_queries(ingested: dict) 
     episode = run_query(pinned, "SELECT frame_index WHERE episode_index == 2")
     assert [r["frame_index"] for r in episode] == list(range(31))
     assert len(run_query(pinned, "SELECT * WHERE CONTAINS(task, 'drawer')")) == 31
+
+
+def test_episode_assets_materialize_apart_like_together(ingested: dict, official_dataset: Path, home: Path) -> None:
+    """Each per-episode asset can be materialized alone; the rows equal those of a run of all three."""
+
+    table = ingest(str(official_dataset), name="small", home=home, episodes=[0], workers=1)["table"]
+    instance, settings = dagster_instance(Home(home)), Settings(home)
+    staged = home / "staging" / "small" / "episode_000001.arrow"
+
+    def run(keys: list[AssetKey], index: int):
+        result = run_assets(instance, settings, keys, episode_partition("small", index))
+        assert result.success
+        materialized = {e.asset_key for e in result.get_asset_materialization_events()}
+        checks = {e.check_name for e in result.get_asset_check_evaluations()}
+        messages = [e.message for e in instance.all_logs(result.run_id) if e.user_message]
+        return materialized, checks, messages
+
+    # telemetry alone: recorded, nothing written
+    assert run([TELEMETRY], 1)[:2] == ({TELEMETRY}, {"finite_values"})
+    assert len(open_read_only(table)) == 37 and not staged.exists()
+    # frames alone: staged for a later table run, still nothing written
+    assert run([FRAMES], 1)[:2] == ({FRAMES}, {"frames_aligned"})
+    assert staged.is_file() and len(open_read_only(table)) == 37
+    # the table alone takes the staged frames, and removes the staging file once they are written
+    materialized, checks, messages = run([TABLE], 1)
+    assert (materialized, checks) == ({TABLE}, {"episode_rows_match"})
+    assert any("using the frames staged" in m for m in messages) and not staged.exists()
+    # the table alone with nothing staged decodes the frames itself
+    assert any("no staged frames for these inputs; decoding" in m for m in run([TABLE], 2)[2])
+    mine, theirs = open_read_only(table), open_read_only(ingested["result"]["table"])
+    key = ["episode_index", "frame_index"]
+    ours, full = (_table_frame(ds).sort_values(key).reset_index(drop=True) for ds in (mine, theirs))
+    pd.testing.assert_frame_equal(ours, full)
+    for camera in CAMERAS:
+        frames = [dict(zip(np.asarray(ds["index"][:]).tolist(), ds[camera].get_bytes(list(range(len(ds)))))) for ds in (mine, theirs)]
+        assert frames[0] == frames[1]
