@@ -1,51 +1,113 @@
-"""Dagster's SQLite event log, made cheaper per event for the many short runs an ingest launches.
+"""Dagster's SQLite event log, made cheaper per run for the many short runs an ingest launches.
 
-Dagster's ``SqliteEventLogStorage`` creates and disposes a SQLAlchemy engine for every statement
-it runs, so every event (about 60 per episode run) also recompiles its SQL. This subclass keeps
-one engine per database file (connections are still opened per use, with no pool, exactly as
-before), which keeps SQLAlchemy's compiled-statement cache. The files and their schema are
-Dagster's own: ``dagster dev`` with the default storage reads the same instance.
+Dagster's ``SqliteEventLogStorage`` keeps one SQLite file per run plus an index file, and costs
+more per run than an episode's bookkeeping needs:
+
+- it creates and disposes a SQLAlchemy engine for every statement, so every event (dozens per
+  run) also recompiles its SQL; this subclass keeps one engine per database file (connections are
+  still opened per use, with no pool, as before), which keeps SQLAlchemy's compiled-statement cache;
+- it opens a fresh engine to ask whether a table exists before every dynamic-partition lookup
+  (dozens per run); here the answer is kept once a table is there;
+- to create each run's file it parses Dagster's ~100 alembic migration scripts twice (to read the
+  head revision, then to stamp it): about 0.5 CPU-seconds per run. Here the parsed scripts are
+  kept per process, and a new run file is created and stamped through alembic's own
+  ``MigrationContext``; anything unusual (an older schema, a concurrent creator) goes to Dagster's
+  own code.
+
+The files and their schema are Dagster's own: ``dagster dev`` with the default storage reads the
+same instance.
 """
 
 from __future__ import annotations
 
+import functools
+import sqlite3
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
-from dagster._core.storage.event_log.sqlite.sqlite_event_log import SQLITE_BUSY_TIMEOUT_SECONDS, SqliteEventLogStorage
-from sqlalchemy import create_engine
+import sqlalchemy.exc as db_exc
+from alembic.runtime.migration import MigrationContext
+from alembic.script import ScriptDirectory
+from dagster._core.storage.event_log.sqlite import sqlite_event_log
+from dagster._core.storage.event_log.sqlite.sqlite_event_log import (
+    INDEX_SHARD_NAME,
+    SQLITE_BUSY_TIMEOUT_SECONDS,
+    SqliteEventLogStorage,
+)
+from dagster._core.storage.event_log.schema import SqlEventLogStorageMetadata
+from dagster._core.storage.sql import get_alembic_config
+from sqlalchemy import create_engine, inspect, text
 from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.pool import NullPool
 
 
+@functools.cache
+def _migration_scripts() -> ScriptDirectory:
+    """Dagster's alembic scripts for the SQLite event log, parsed once per process."""
+    return ScriptDirectory.from_config(get_alembic_config(sqlite_event_log.__file__))
+
+
 class PooledSqliteEventLogStorage(SqliteEventLogStorage):
-    """``SqliteEventLogStorage`` with one long-lived engine per shard (run database or index)."""
+    """``SqliteEventLogStorage`` with one long-lived engine per shard, cheap run shards and table checks."""
 
     def __init__(self, base_dir: str, inst_data: Any = None) -> None:
         self._engines: dict[str, Engine] = {}
+        self._tables: set[str] = set()
         super().__init__(base_dir, inst_data)
 
     @classmethod
     def from_config_value(cls, inst_data: Any, config_value: Any) -> PooledSqliteEventLogStorage:
         return cls(inst_data=inst_data, **config_value)
 
+    def _initdb(self, engine: Engine, for_index_shard: bool = False) -> None:
+        """Create a shard at the head schema, or leave one at head alone, without re-parsing the scripts."""
+        scripts = _migration_scripts()
+        try:
+            with engine.connect() as conn:
+                context = MigrationContext.configure(conn)
+                current = context.get_current_revision()
+                if current is not None and current == scripts.as_revision_number("head"):
+                    return
+                if current is None and not inspect(conn).get_table_names():
+                    SqlEventLogStorageMetadata.create_all(engine)
+                    conn.execute(text("PRAGMA journal_mode=WAL;"))
+                    context.stamp(scripts, "head")
+                    conn.commit()
+                    return
+        except (db_exc.DatabaseError, sqlite3.DatabaseError, sqlite3.OperationalError):
+            pass  # e.g. another process creating the same shard: Dagster's code retries
+        super()._initdb(engine, for_index_shard)
+
+    def _engine(self, shard: str) -> Engine:
+        engine = self._engines.get(shard)
+        if engine is None:
+            engine = create_engine(
+                self.conn_string_for_shard(shard),
+                poolclass=NullPool,
+                connect_args={"timeout": SQLITE_BUSY_TIMEOUT_SECONDS},
+            )
+            engine = self._engines.setdefault(shard, engine)
+        return engine
+
     @contextmanager
     def _connect(self, shard: str) -> Iterator[Connection]:
         with self._db_lock:
-            engine = self._engines.get(shard)
-            if engine is None:
-                engine = create_engine(
-                    self.conn_string_for_shard(shard),
-                    poolclass=NullPool,
-                    connect_args={"timeout": SQLITE_BUSY_TIMEOUT_SECONDS},
-                )
-                self._engines[shard] = engine
+            engine = self._engine(shard)
             if shard not in self._initialized_dbs:
                 self._initdb(engine)
                 self._initialized_dbs.add(shard)
             with engine.connect() as conn, conn.begin():
                 yield conn
+
+    def has_table(self, table_name: str) -> bool:
+        """Whether the index has ``table_name``, asked once per table: Dagster checks before every
+        dynamic-partition lookup, and its migrations only ever add tables."""
+        if table_name not in self._tables:
+            with self._engine(INDEX_SHARD_NAME).connect() as conn:
+                if conn.dialect.has_table(conn, table_name):
+                    self._tables.add(table_name)
+        return table_name in self._tables
 
     def dispose(self) -> None:
         super().dispose()

@@ -234,3 +234,28 @@ def test_episode_assets_materialize_apart_like_together(ingested: dict, official
     for camera in CAMERAS:
         frames = [dict(zip(np.asarray(ds["index"][:]).tolist(), ds[camera].get_bytes(list(range(len(ds)))))) for ds in (mine, theirs)]
         assert frames[0] == frames[1]
+
+
+def test_pooled_event_log_creates_run_files_exactly_as_dagster_does(ingested: dict, tmp_path: Path) -> None:
+    """Run shards created through the cached alembic scripts have Dagster's schema, stamp and WAL mode."""
+    import sqlite3
+
+    from dagster._core.storage.event_log.sqlite.sqlite_event_log import SqliteEventLogStorage
+
+    reference = SqliteEventLogStorage(str(tmp_path / "reference"))
+    with reference.run_connection("reference-run"):
+        pass
+
+    def describe(path: Path) -> tuple:
+        with sqlite3.connect(path) as conn:
+            schema = sorted(conn.execute("SELECT type, name, tbl_name, sql FROM sqlite_master").fetchall(), key=str)
+            stamp = conn.execute("SELECT version_num FROM alembic_version").fetchall()
+            return schema, stamp, conn.execute("PRAGMA journal_mode").fetchone()
+
+    expected = describe(tmp_path / "reference" / "reference-run.db")
+    ours = sorted((ingested["home"] / "dagster" / "history" / "runs").glob("*.db"))
+    assert len(ours) >= 5  # the index, one file per run of the ingest (and of later tests)
+    for path in ours:
+        if path.stem != "index":
+            assert describe(path) == expected, path
+    assert describe(ours[0].with_name("index.db"))[1:] == expected[1:]
