@@ -100,7 +100,7 @@ class Home:
         """Remember where dataset ``source.name`` comes from (overwrites an earlier registration)."""
         path = self._registry_file(source.name)
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(".tmp")
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")  # per process: two ingests may register at once
         tmp.write_text(json.dumps(asdict(source), indent=2))
         tmp.replace(path)
 

@@ -2,13 +2,14 @@
 
 Runs launched here are recorded in ``<home>/dagster`` (SQLite), so they show up in ``dagster dev``
 started with ``DAGSTER_HOME=<home>/dagster``. ``ingest`` runs the dataset-level assets once, then
-one run per episode partition that needs it, in parallel worker processes; table writes stay
-serialized by the table lock.
+one run per episode partition that needs it, in parallel worker processes (forked from a server
+that has Dagster imported already); table writes stay serialized by the table lock.
 """
 
 import json
 import logging
 import multiprocessing
+import multiprocessing.forkserver
 import os
 from collections.abc import Sequence
 from concurrent.futures import ProcessPoolExecutor
@@ -41,6 +42,8 @@ log = logging.getLogger(__name__)
 _INSTANCE_YAML = """\
 # Written by lerobot-assets. Runs and materializations live in SQLite files next to this file, where
 # Dagster's default storage keeps them; only the event log is written through a cheaper class.
+# Steps' raw stdout/stderr are not captured (four helper processes per step); delete compute_logs
+# below to capture them.
 run_storage:
   module: dagster._core.storage.runs
   class: SqliteRunStorage
@@ -56,6 +59,9 @@ schedule_storage:
   class: SqliteScheduleStorage
   config:
     base_dir: {schedules}
+compute_logs:
+  module: dagster._core.storage.noop_compute_log_manager
+  class: NoOpComputeLogManager
 telemetry:
   enabled: false
 """
@@ -217,6 +223,7 @@ def ingest(
     """
     home_ = Home.at(home)
     settings = Settings(home_.root, image_format, quality)
+    context = _worker_context() if workers != 1 else None
     entry, new = register(home_, source, name, revision, tables)
     instance = dagster_instance(home_)
     log.info("resolving %s (%s)", entry.source, entry.kind)
@@ -239,7 +246,7 @@ def ingest(
     fingerprints = {i: metadata["episodes"][i]["fingerprint"] for i in requested}
     plan = plan_changes(instance, entry.name, fingerprints)
     log.info("%s: %d episodes to materialize, %d unchanged", entry.name, len(plan.todo), len(plan.unchanged))
-    failures = _materialize_episodes(settings, entry.name, plan.todo, workers)
+    failures = _materialize_episodes(settings, entry.name, plan.todo, workers, context)
     removed = [] if episodes is not None else sorted(set(_table_episodes(entry.table)) - set(upstream))
     if removed:
         _remove_episodes(instance, home_, entry, removed, metadata["revision"])
@@ -269,8 +276,35 @@ def _table_episodes(url: str) -> dict[int, int]:
         return {}
 
 
+#: What a fork server imports once, so that episode workers start warm instead of each importing
+#: Dagster and its storage (~2 CPU-seconds per worker). Only modules that start no threads: deeplake
+#: starts a thread pool when imported, and a forked copy of a process with threads is not safe.
+_WORKER_PRELOAD = [
+    "dagster",
+    "dagster._core.storage.event_log.sqlite.sqlite_event_log",
+    "dagster._core.storage.runs",
+    "dagster._core.storage.schedules",
+    "alembic.runtime.migration",
+]
+
+
+def _worker_context() -> multiprocessing.context.BaseContext:
+    """Where the platform has a fork server: start it now with Dagster preloaded, so that it warms up
+    while this process resolves the source; else spawn."""
+    if "forkserver" not in multiprocessing.get_all_start_methods():
+        return multiprocessing.get_context("spawn")
+    context = multiprocessing.get_context("forkserver")
+    context.set_forkserver_preload(_WORKER_PRELOAD)
+    multiprocessing.forkserver.ensure_running()
+    return context
+
+
 def _materialize_episodes(
-    settings: Settings, dataset: str, indices: Sequence[int], workers: int | None
+    settings: Settings,
+    dataset: str,
+    indices: Sequence[int],
+    workers: int | None,
+    context: multiprocessing.context.BaseContext | None = None,
 ) -> dict[int, str]:
     """Run one Dagster run per episode in worker processes; return {episode: error} for failures."""
     if not indices:
@@ -288,8 +322,7 @@ def _materialize_episodes(
         for done, index in enumerate(indices, start=1):
             record(done, *_materialize_episode(settings, dataset, index))
         return failures
-    context = multiprocessing.get_context("spawn")
-    with ProcessPoolExecutor(max_workers=workers, mp_context=context) as pool:
+    with ProcessPoolExecutor(max_workers=workers, mp_context=context or _worker_context()) as pool:
         futures = [pool.submit(_materialize_episode, settings, dataset, i) for i in indices]
         for done, future in enumerate(futures, start=1):
             record(done, *future.result())
