@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import functools
 import sqlite3
+import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -42,6 +43,10 @@ from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.pool import NullPool
 
 
+#: Engines kept for run databases besides the index: a worker executes one run at a time.
+_RUN_ENGINES_KEPT = 2
+
+
 @functools.cache
 def _migration_scripts() -> ScriptDirectory:
     """Dagster's alembic scripts for the SQLite event log, parsed once per process."""
@@ -53,6 +58,7 @@ class PooledSqliteEventLogStorage(SqliteEventLogStorage):
 
     def __init__(self, base_dir: str, inst_data: Any = None) -> None:
         self._engines: dict[str, Engine] = {}
+        self._engines_lock = threading.Lock()
         self._tables: set[str] = set()
         super().__init__(base_dir, inst_data)
 
@@ -80,15 +86,19 @@ class PooledSqliteEventLogStorage(SqliteEventLogStorage):
         super()._initdb(engine, for_index_shard)
 
     def _engine(self, shard: str) -> Engine:
-        engine = self._engines.get(shard)
-        if engine is None:
-            engine = create_engine(
+        """The shard's engine; engines of all but the latest few runs are disposed, so a worker that
+        executes hundreds of runs does not keep hundreds of engines (and their statement caches)."""
+        with self._engines_lock:
+            engine = self._engines.pop(shard, None) or create_engine(
                 self.conn_string_for_shard(shard),
                 poolclass=NullPool,
                 connect_args={"timeout": SQLITE_BUSY_TIMEOUT_SECONDS},
             )
-            engine = self._engines.setdefault(shard, engine)
-        return engine
+            self._engines[shard] = engine  # most recently used last
+            runs = [name for name in self._engines if name != INDEX_SHARD_NAME]
+            for name in runs[:-_RUN_ENGINES_KEPT]:
+                self._engines.pop(name).dispose()
+            return engine
 
     @contextmanager
     def _connect(self, shard: str) -> Iterator[Connection]:
@@ -111,6 +121,7 @@ class PooledSqliteEventLogStorage(SqliteEventLogStorage):
 
     def dispose(self) -> None:
         super().dispose()
-        for engine in self._engines.values():
-            engine.dispose()
-        self._engines.clear()
+        with self._engines_lock:
+            for engine in self._engines.values():
+                engine.dispose()
+            self._engines.clear()

@@ -259,3 +259,20 @@ def test_pooled_event_log_creates_run_files_exactly_as_dagster_does(ingested: di
         if path.stem != "index":
             assert describe(path) == expected, path
     assert describe(ours[0].with_name("index.db"))[1:] == expected[1:]
+
+
+def test_pooled_event_log_lets_go_of_finished_runs(tmp_path: Path) -> None:
+    """A worker executing many runs keeps engines for the latest two run files only, and can still read old ones."""
+    from sqlalchemy import text
+
+    from lerobot_assets.event_log import PooledSqliteEventLogStorage
+
+    storage = PooledSqliteEventLogStorage(str(tmp_path))
+    for i in range(5):
+        with storage.run_connection(f"run-{i}") as conn:
+            conn.execute(text("CREATE TABLE marker (run INTEGER)"))
+            conn.execute(text(f"INSERT INTO marker VALUES ({i})"))
+    assert set(storage._engines) == {"index", "run-3", "run-4"}
+    with storage.run_connection("run-0") as conn:
+        assert conn.execute(text("SELECT run FROM marker")).scalar() == 0
+    assert set(storage._engines) == {"index", "run-4", "run-0"}
