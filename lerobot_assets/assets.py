@@ -204,16 +204,27 @@ def episode_assets(
     episode's inputs (and otherwise decodes again). Telemetry is re-read from the pinned source
     (a small parquet slice), so nothing passes through an IO manager.
     """
+    events = _episode_events(context, episode_metadata, storage, encoding)
+    # Dagster records the inputs of an asset computed in the same step as the latest materialization
+    # of that upstream asset in any partition; recording this episode's results back to back, while
+    # no other episode run records its own, keeps that the materialization of this partition.
+    with write_lock(storage.home.events_lock()):
+        yield from _selected(context, events)
+
+
+def _episode_events(
+    context: AssetExecutionContext, episode_metadata: dict, storage: StorageResource, encoding: ImageEncodingResource
+) -> list[Event]:
+    """Compute the selected per-episode assets; their materializations and check results, in graph order."""
     dataset, index = _episode_of(context)
     meta = _episode_meta(episode_metadata, dataset, index)
     fingerprint = episode_metadata["episodes"][index]["fingerprint"]
     version = DataVersion(episode_data_version(fingerprint))
     selected = context.selected_asset_keys
     telemetry = read_episode_telemetry(meta, index)
-    if TELEMETRY in selected:
-        yield from _selected(context, _telemetry_events(context, meta, telemetry, version))
+    events = _telemetry_events(context, meta, telemetry, version) if TELEMETRY in selected else []
     if FRAMES not in selected and TABLE not in selected:
-        return
+        return events
     staged_at = staging_path(storage.home.staging(dataset), index)
     staged = None if FRAMES in selected else read_frames(staged_at)
     if staged is not None and (staged.fingerprint, staged.frame_index) == (fingerprint, telemetry["frame_index"].to_pylist()):
@@ -221,14 +232,15 @@ def episode_assets(
     else:
         if FRAMES not in selected:
             context.log.info(f"{dataset} episode {index}: no staged frames for these inputs; decoding them")
-        staged, events = _decode_frames(context, meta, telemetry, fingerprint, version, encoding)
-        yield from _selected(context, events)
+        staged, frame_events = _decode_frames(context, meta, telemetry, fingerprint, version, encoding)
+        events += frame_events
     if TABLE in selected:
-        yield from _selected(context, _table_events(context, meta, episode_metadata, telemetry, staged, version, storage, encoding))
+        events += _table_events(context, meta, episode_metadata, telemetry, staged, version, storage, encoding)
         staged_at.unlink(missing_ok=True)
     else:
         write_frames(staged_at, staged)
         context.log.info(f"{dataset} episode {index}: frames staged in {str(staged_at)!r} for deeplake_table")
+    return events
 
 
 def _selected(context: AssetExecutionContext, events: list[Event]) -> Iterator[Event]:

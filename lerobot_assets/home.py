@@ -93,6 +93,10 @@ class Home:
     def lock(self, name: str) -> Path:
         return self.root / "locks" / f"{check_name(name)}.lock"
 
+    def events_lock(self) -> Path:
+        """Held while an episode run records its materializations (not a dataset name: leading dot)."""
+        return self.root / "locks" / ".episode-events.lock"
+
     def _registry_file(self, name: str) -> Path:
         return self.root / "datasets" / f"{check_name(name)}.json"
 
