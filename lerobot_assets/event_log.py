@@ -73,7 +73,7 @@ class PooledSqliteEventLogStorage(SqliteEventLogStorage):
             with engine.connect() as conn:
                 context = MigrationContext.configure(conn)
                 current = context.get_current_revision()
-                if current is not None and current == scripts.as_revision_number("head"):
+                if current == scripts.as_revision_number("head"):
                     return
                 if current is None and not inspect(conn).get_table_names():
                     SqlEventLogStorageMetadata.create_all(engine)

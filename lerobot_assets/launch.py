@@ -304,9 +304,10 @@ def _materialize_episodes(
     dataset: str,
     indices: Sequence[int],
     workers: int | None,
-    context: multiprocessing.context.BaseContext | None = None,
+    context: multiprocessing.context.BaseContext | None,
 ) -> dict[int, str]:
-    """Run one Dagster run per episode in worker processes; return {episode: error} for failures."""
+    """Run one Dagster run per episode in worker processes started through ``context`` (from
+    :func:`_worker_context`; None when ``workers`` is 1); return {episode: error} for failures."""
     if not indices:
         return {}
     workers = max(1, min(workers or os.cpu_count() or 1, len(indices)))
@@ -322,7 +323,7 @@ def _materialize_episodes(
         for done, index in enumerate(indices, start=1):
             record(done, *_materialize_episode(settings, dataset, index))
         return failures
-    with ProcessPoolExecutor(max_workers=workers, mp_context=context or _worker_context()) as pool:
+    with ProcessPoolExecutor(max_workers=workers, mp_context=context) as pool:
         futures = [pool.submit(_materialize_episode, settings, dataset, i) for i in indices]
         for done, future in enumerate(futures, start=1):
             record(done, *future.result())

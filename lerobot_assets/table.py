@@ -154,7 +154,8 @@ def _is_label_column(dtype: Any) -> bool:
 
 @contextmanager
 def write_lock(lock_path: Path) -> Iterator[None]:
-    """Serialize the writers of one table across processes (decoding still runs in parallel)."""
+    """Hold the file lock at ``lock_path`` across processes: one per table serializes its writers
+    (decoding still runs in parallel); ``Home.events_lock`` serializes recording episode results."""
     lock_path.parent.mkdir(parents=True, exist_ok=True)
     with FileLock(str(lock_path)):
         yield

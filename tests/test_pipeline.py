@@ -288,9 +288,9 @@ def test_parallel_episode_runs_record_their_own_partition_as_input(tmp_path: Pat
     home = tmp_path / "home"
     ingest(str(root), name="par", home=home, workers=2)
     instance = DagsterInstance.from_config(str(home / "dagster"))
+    latest = {key: instance.fetch_materializations(key, limit=100).records for key in (TELEMETRY, FRAMES, TABLE)}
     for index in range(8):
         partition = str(episode_partition("par", index))
-        latest = {key: instance.fetch_materializations(key, limit=100).records for key in (TELEMETRY, FRAMES, TABLE)}
         ids = {
             key: next(r.storage_id for r in records if r.asset_materialization.partition == partition)
             for key, records in latest.items()
