@@ -6,7 +6,8 @@ Why it is fast: the small numeric columns of the snapshot are read once, column 
 numpy at construction, so building an item's telemetry, windows and padding masks is array
 indexing. Only camera frames are read per batch: their encoded JPEG bytes, fetched in one
 Deeplake call per camera for the whole batch (``__getitems__``, which the DataLoader uses), then
-decoded in the worker straight into one float32 tensor per camera, in shared memory, which
+decoded in the worker straight into one float32 tensor per camera, in a shared-memory buffer
+the worker refills once the training loop has dropped the batch (:mod:`batch_buffers`), which
 :func:`collate` hands to the main process without another copy. The Deeplake dataset is opened
 lazily in each process, so the object pickles cheaply for ``spawn`` workers and no handle is
 shared across a ``fork``.
@@ -27,6 +28,7 @@ import torch
 from torch.utils.data import default_collate
 
 from lerobot_assets import stats
+from lerobot_assets.batch_buffers import batch_storage, lend
 from lerobot_assets.codec import decode_rgb
 from lerobot_assets.errors import TableError
 from lerobot_assets.home import Home
@@ -49,28 +51,23 @@ class SnapshotInfo:
 def decode_frames(encoded: Sequence[bytes]) -> torch.Tensor:
     """Frames as one float32 ``(N, C, H, W)`` tensor in [0, 1], like LeRobot's decoded video frames.
 
-    Inside a DataLoader worker the tensor is allocated in shared memory, so that :func:`collate`
-    can hand it to the main process without stacking (copying) the largest part of a batch again.
+    Inside a DataLoader worker the tensor lies in one of the worker's reusable shared-memory
+    buffers, so that :func:`collate` can hand it to the main process without stacking (copying)
+    the largest part of a batch again.
     An object repeated in ``encoded`` (a frame clamped at an episode edge) is decoded once.
     """
     first = decode_rgb(encoded[0])
-    out = _batch_tensor((len(encoded), 3, *first.shape[:2]))
+    shape = (len(encoded), 3, *first.shape[:2])
+    out = torch.empty(0).set_(batch_storage(math.prod(shape) * 4), 0, shape)
     decoded: dict[int, int] = {}
     for k, blob in enumerate(encoded):
         if id(blob) in decoded:
             out[k].copy_(out[decoded[id(blob)]])
             continue
         rgb = first if k == 0 else decode_rgb(blob)
-        out[k].copy_(torch.from_numpy(rgb).permute(2, 0, 1)).div_(255)  # as LeRobot: float32(x) / 255
+        torch.div(torch.from_numpy(rgb).permute(2, 0, 1), 255, out=out[k])  # as LeRobot: float32(x) / 255
         decoded[id(blob)] = k
     return out
-
-
-def _batch_tensor(shape: tuple[int, ...]) -> torch.Tensor:
-    if torch.utils.data.get_worker_info() is None:
-        return torch.empty(shape)
-    storage = torch.UntypedStorage._new_shared(math.prod(shape) * 4)  # as default_collate allocates
-    return torch.empty(0).set_(storage, 0, shape)
 
 
 def collate(items: list[dict[str, Any]]) -> dict[str, Any]:
@@ -79,7 +76,7 @@ def collate(items: list[dict[str, Any]]) -> dict[str, Any]:
     Use it as the DataLoader's ``collate_fn``: with 480x640 cameras, stacking the frames again
     costs about as much as decoding them.
     """
-    whole = {key: batch for key in items[0] if (batch := _whole_batch([item[key] for item in items])) is not None}
+    whole = {key: lend(batch) for key in items[0] if (batch := _whole_batch([item[key] for item in items])) is not None}
     rest = default_collate([{key: value for key, value in item.items() if key not in whole} for item in items])
     return {key: whole[key] if key in whole else rest[key] for key in items[0]}
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib.util
 import io
+import os
 from pathlib import Path
 from typing import Any
 
@@ -183,6 +184,50 @@ def test_dataloader_workers_return_identical_items(snap: dict, context: str) -> 
                     assert got == expected if key == "task" else torch.equal(got, expected), (context, key, index)
         assert sorted(seen) == sorted(reference)
     assert any(len(workers) == 2 for workers in served.values())
+
+
+def _assert_batch_equals(batch: dict[str, Any], reference: dict[int, dict[str, Any]]) -> None:
+    for b, index in enumerate(batch["index"].tolist()):
+        for key, expected in reference[index].items():
+            got = batch[key][b]
+            assert got == expected if key == "task" else torch.equal(got, expected), (key, index)
+
+
+def test_batches_the_training_loop_keeps_are_never_overwritten(snap: dict) -> None:
+    """Workers refill their frame buffers, but only those the main process let go of (views count)."""
+    dataset = SnapshotDataset("gen", "t1", home=snap["home"])
+    reference = {int(dataset[i]["index"]): dataset[i] for i in range(len(dataset))}
+    loader = DataLoader(dataset, batch_size=3, shuffle=True, num_workers=2, collate_fn=collate, persistent_workers=True)
+    kept, views = [], []
+    for epoch in range(3):
+        for n, batch in enumerate(loader):
+            if epoch == 0:
+                kept.append(batch)  # the whole first epoch stays alive until the end
+            elif n % 2 == 0:
+                views.append((int(batch["index"][1]), batch[CAM_HIGH][1]))  # only a view on the buffer survives
+    for batch in kept:
+        _assert_batch_equals(batch, reference)
+    assert len(views) >= 10
+    for index, image in views:
+        assert torch.equal(image, reference[index][CAM_HIGH]), index
+
+
+def test_workers_refill_frame_buffers_the_training_loop_dropped(snap: dict) -> None:
+    """Allocating fresh shared memory per batch costs more than decoding it: buffers cycle instead."""
+    dataset = SnapshotDataset("gen", "t1", home=snap["home"])
+    reference = {int(dataset[i]["index"]): dataset[i] for i in range(len(dataset))}
+    loader = DataLoader(dataset, batch_size=2, shuffle=True, num_workers=2, collate_fn=collate, persistent_workers=True)
+    received, buffers = 0, set()
+    for _epoch in range(3):
+        for batch in loader:
+            _assert_batch_equals(batch, reference)
+            for camera in (CAM_HIGH, CAM_WRIST):
+                fd, _ = batch[camera].untyped_storage()._share_fd_cpu_()  # the shared-memory file it maps
+                buffers.add(os.fstat(fd).st_ino)
+                received += 1
+    # Each worker has at most 2 batches queued and the loop holds 1 or 2: 2 workers x 4 x 2
+    # cameras, plus the buffers of each epoch's last, shorter batch.
+    assert received == 3 * 2 * 18 and len(buffers) <= 2 * 4 * 2 + 2
 
 
 def test_snapshot_info_and_stats(snap: dict) -> None:
