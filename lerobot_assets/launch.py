@@ -6,6 +6,7 @@ one run per episode partition that needs it, in parallel worker processes (forke
 that has Dagster imported already); table writes stay serialized by the table lock.
 """
 
+import ctypes
 import json
 import logging
 import multiprocessing
@@ -154,7 +155,23 @@ def _materialize_episode(settings: Settings, dataset: str, index: int) -> tuple[
         _run(_instances[settings.home], settings, EPISODE_ASSETS, episode_partition(dataset, index))
     except LeRobotAssetsError as exc:
         return index, str(exc)
+    finally:
+        _return_free_memory()
     return index, None
+
+
+_LIBC = ctypes.CDLL(None)
+
+
+def _return_free_memory() -> None:
+    """Give the heap's free pages back to the system after an episode (glibc; elsewhere nothing).
+
+    An episode run allocates and frees hundreds of MB of frames from several threads, which glibc
+    keeps, fragmented, in per-thread arenas: without this, a worker's peak memory crept up
+    episode after episode (measured: +30% over 20 episodes in one process, flat with it).
+    """
+    if hasattr(_LIBC, "malloc_trim"):
+        _LIBC.malloc_trim(0)
 
 
 def parse_episodes(spec: str) -> list[int]:
