@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import io
 import json
+import os
 from pathlib import Path
+from typing import Any
 
 import av
 import numpy as np
@@ -276,6 +278,46 @@ def test_pooled_event_log_lets_go_of_finished_runs(tmp_path: Path) -> None:
     with storage.run_connection("run-0") as conn:
         assert conn.execute(text("SELECT run FROM marker")).scalar() == 0
     assert set(storage._engines) == {"index", "run-4", "run-0"}
+
+
+def _write_marker(storage: Any, run: str, value: int) -> None:
+    """In a forked child: write through the storage inherited from the parent; exit 0 if on a new connection."""
+    from sqlalchemy import text
+
+    with storage.run_connection(run) as conn:
+        conn.execute(text(f"INSERT INTO marker VALUES ({value})"))
+        changes = conn.connection.dbapi_connection.total_changes
+    os._exit(0 if changes == 1 else 1)
+
+
+def test_pooled_event_log_keeps_connections_open_and_fresh_after_fork(tmp_path: Path) -> None:
+    """Statements reuse an open connection (no connect, schema read and WAL checkpoint each time);
+    what they commit is in the file for any other process, and a forked child opens its own."""
+    import multiprocessing
+    import sqlite3
+
+    from sqlalchemy import text
+
+    from lerobot_assets.event_log import PooledSqliteEventLogStorage
+
+    storage = PooledSqliteEventLogStorage(str(tmp_path))
+    with storage.run_connection("run") as conn:  # creating the file may open a second connection
+        conn.execute(text("CREATE TABLE marker (value INTEGER)"))
+    used = []  # kept alive, so that no two are the same object by a recycled address
+    for value in range(3):
+        with storage.run_connection("run") as conn:
+            conn.execute(text(f"INSERT INTO marker VALUES ({value})"))
+            used.append(conn.connection.dbapi_connection)
+    assert used[0] is used[1] is used[2]
+    with sqlite3.connect(tmp_path / "run.db") as other:  # committed, visible outside the pool
+        assert [v for (v,) in other.execute("SELECT value FROM marker ORDER BY value")] == [0, 1, 2]
+    child = multiprocessing.get_context("fork").Process(target=_write_marker, args=(storage, "run", 7))
+    child.start()
+    child.join()
+    assert child.exitcode == 0  # it wrote on a connection of its own, not the parent's
+    with storage.run_connection("run") as conn:
+        assert conn.execute(text("SELECT value FROM marker ORDER BY value")).scalars().all() == [0, 1, 2, 7]
+        assert conn.connection.dbapi_connection is used[0]  # the parent's connection still works
 
 
 def test_parallel_episode_runs_record_their_own_partition_as_input(tmp_path: Path) -> None:
