@@ -108,13 +108,12 @@ class _Pool:
         return next((slot for slot, buffer in self.buffers.items() if buffer.data_ptr() == pointer), None)
 
 
-_pools: dict[int, _Pool] = {}
+_current: tuple[int, _Pool] | None = None  # (pid, pool)
 
 
 def _pool() -> _Pool:
     """This process's pool (by pid: a process forked from a worker never uses its parent's)."""
-    pid = os.getpid()
-    if pid not in _pools:
-        _pools.clear()
-        _pools[pid] = _Pool()
-    return _pools[pid]
+    global _current
+    if _current is None or _current[0] != os.getpid():
+        _current = (os.getpid(), _Pool())
+    return _current[1]
