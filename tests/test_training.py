@@ -166,24 +166,9 @@ def _collate_with_worker(items: list[dict[str, Any]]) -> tuple[dict[str, Any], i
     return collate(items), get_worker_info().id
 
 
-@pytest.mark.parametrize("context", ["fork", "spawn"])
-def test_dataloader_workers_return_identical_items(snap: dict, context: str) -> None:
-    dataset = SnapshotDataset("gen", "t1", home=snap["home"], delta_timestamps=HISTORY_AND_CHUNK)
-    reference = {int(dataset[i]["index"]): dataset[i] for i in range(len(dataset))}  # opens Deeplake before forking
-    loader = DataLoader(dataset, batch_size=5, shuffle=True, num_workers=2, multiprocessing_context=context,
-                        collate_fn=_collate_with_worker, persistent_workers=True)
-    served: dict[int, set[int]] = {}
-    for _epoch in range(2):  # each epoch deals the samples out to the workers in another order
-        seen = []
-        for batch, worker in loader:
-            for b, index in enumerate(batch["index"].tolist()):
-                seen.append(index)
-                served.setdefault(index, set()).add(worker)
-                for key, expected in reference[index].items():
-                    got = batch[key][b]
-                    assert got == expected if key == "task" else torch.equal(got, expected), (context, key, index)
-        assert sorted(seen) == sorted(reference)
-    assert any(len(workers) == 2 for workers in served.values())
+def _items_by_index(dataset: SnapshotDataset) -> dict[int, dict[str, Any]]:
+    """Every item, read in this process (which also opens Deeplake here before workers fork)."""
+    return {int(dataset[i]["index"]): dataset[i] for i in range(len(dataset))}
 
 
 def _assert_batch_equals(batch: dict[str, Any], reference: dict[int, dict[str, Any]]) -> None:
@@ -193,10 +178,28 @@ def _assert_batch_equals(batch: dict[str, Any], reference: dict[int, dict[str, A
             assert got == expected if key == "task" else torch.equal(got, expected), (key, index)
 
 
+@pytest.mark.parametrize("context", ["fork", "spawn"])
+def test_dataloader_workers_return_identical_items(snap: dict, context: str) -> None:
+    dataset = SnapshotDataset("gen", "t1", home=snap["home"], delta_timestamps=HISTORY_AND_CHUNK)
+    reference = _items_by_index(dataset)
+    loader = DataLoader(dataset, batch_size=5, shuffle=True, num_workers=2, multiprocessing_context=context,
+                        collate_fn=_collate_with_worker, persistent_workers=True)
+    served: dict[int, set[int]] = {}
+    for _epoch in range(2):  # each epoch deals the samples out to the workers in another order
+        seen = []
+        for batch, worker in loader:
+            _assert_batch_equals(batch, reference)
+            for index in batch["index"].tolist():
+                seen.append(index)
+                served.setdefault(index, set()).add(worker)
+        assert sorted(seen) == sorted(reference)
+    assert any(len(workers) == 2 for workers in served.values())
+
+
 def test_batches_the_training_loop_keeps_are_never_overwritten(snap: dict) -> None:
     """Workers refill their frame buffers, but only those the main process let go of (views count)."""
     dataset = SnapshotDataset("gen", "t1", home=snap["home"])
-    reference = {int(dataset[i]["index"]): dataset[i] for i in range(len(dataset))}
+    reference = _items_by_index(dataset)
     loader = DataLoader(dataset, batch_size=3, shuffle=True, num_workers=2, collate_fn=collate, persistent_workers=True)
     kept, views = [], []
     for epoch in range(3):
@@ -215,7 +218,7 @@ def test_batches_the_training_loop_keeps_are_never_overwritten(snap: dict) -> No
 def test_workers_refill_frame_buffers_the_training_loop_dropped(snap: dict) -> None:
     """Allocating fresh shared memory per batch costs more than decoding it: buffers cycle instead."""
     dataset = SnapshotDataset("gen", "t1", home=snap["home"])
-    reference = {int(dataset[i]["index"]): dataset[i] for i in range(len(dataset))}
+    reference = _items_by_index(dataset)
     loader = DataLoader(dataset, batch_size=2, shuffle=True, num_workers=2, collate_fn=collate, persistent_workers=True)
     received, buffers = 0, set()
     for _epoch in range(3):
