@@ -20,6 +20,7 @@ import os
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -30,6 +31,7 @@ from lerobot_assets.codec import encode_image
 from lerobot_assets.launch import ingest
 from lerobot_assets.lerobot_format import read_dataset
 from lerobot_assets.synthetic import generate_dataset
+from lerobot_assets.video import rgb_converter
 
 
 def _generate(root: Path, episodes: int, frames: int, cameras: int, height: int, width: int, per_file: int) -> Path:
@@ -37,8 +39,14 @@ def _generate(root: Path, episodes: int, frames: int, cameras: int, height: int,
                             height=height, width=width, episodes_per_file=per_file, files_per_chunk=10)
 
 
+_converters = threading.local()
+
+
 def _jpeg(frame: av.VideoFrame) -> bytes:
-    return encode_image(frame.to_ndarray(format="rgb24"), "jpeg", 95)
+    """RGB conversion and JPEG encoding as the ingest does them (a reformatter per thread, libjpeg-turbo)."""
+    if not hasattr(_converters, "to_rgb"):
+        _converters.to_rgb = rgb_converter()
+    return encode_image(_converters.to_rgb(frame), "jpeg", 95)
 
 
 def naive(root: Path) -> int:

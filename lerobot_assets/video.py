@@ -18,6 +18,7 @@ from typing import Any, TypeVar
 
 import av
 import numpy as np
+from av.video.reformatter import VideoReformatter
 
 from lerobot_assets.codec import encode_image
 from lerobot_assets.errors import VideoDecodeError, where
@@ -37,6 +38,22 @@ class DecodedCamera:
     frames: list[bytes]
     max_offset_s: float  # largest |frame presentation time - wanted time|
     stats: dict[str, np.ndarray] | None  # LeRobot's image statistics of the frames before encoding (None: no frames)
+
+
+def rgb_converter() -> Callable[[av.VideoFrame], np.ndarray]:
+    """A converter of decoded frames to HWC uint8 RGB, for one thread's frames (it is not thread-safe).
+
+    ``VideoFrame.to_ndarray(format="rgb24")`` sets up a new swscale context, with its own slice
+    threads, for every frame: 1-1.8 ms per 480x640 frame on 2 cores, most of it starting threads.
+    One reformatter kept across frames, converting on the calling thread (parallelism comes from
+    cameras and episodes), gives the same pixels in ~0.23 ms.
+    """
+    reformatter = VideoReformatter()
+
+    def to_rgb(frame: av.VideoFrame) -> np.ndarray:
+        return reformatter.reformat(frame, format="rgb24", threads=1).to_ndarray()
+
+    return to_rgb
 
 
 def decode_segment(
@@ -116,16 +133,18 @@ def decode_episode(
     tolerance_s = min(tolerance_s, 1.0 / meta.fps)
     sampled = set(sample_indices(len(timestamps)))
 
-    def convert(frame: av.VideoFrame, k: int) -> tuple[bytes, np.ndarray | None]:
-        rgb = frame.to_ndarray(format="rgb24")
-        return encode_image(rgb, image_format, quality), channel_counts(rgb) if k in sampled else None
-
     def one(camera: str) -> DecodedCamera:
         if camera not in episode.videos:
             raise VideoDecodeError(
                 f"{where(meta.name, index)}: camera {camera!r} has no video segment in meta/episodes"
             )
         segment = episode.videos[camera]
+        to_rgb = rgb_converter()
+
+        def convert(frame: av.VideoFrame, k: int) -> tuple[bytes, np.ndarray | None]:
+            rgb = to_rgb(frame)
+            return encode_image(rgb, image_format, quality), channel_counts(rgb) if k in sampled else None
+
         converted, max_offset_s = decode_segment(
             meta.root / segment.path,
             segment.from_timestamp,
