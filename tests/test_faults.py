@@ -7,12 +7,16 @@ import signal
 import subprocess
 import sys
 import textwrap
+import threading
 import time
+from concurrent.futures.process import BrokenProcessPool
 from pathlib import Path
 
 import numpy as np
 import pytest
+from dagster import DagsterInstance
 
+from lerobot_assets.errors import LeRobotAssetsError, TableError
 from lerobot_assets.launch import info, ingest, snapshot
 from lerobot_assets.synthetic import generate_dataset, shift_actions
 from lerobot_assets.table import open_read_only
@@ -132,6 +136,81 @@ def test_concurrent_writers_equal_a_serial_ingest(mode: str, tmp_path: Path) -> 
         assert np.array_equal(expected[name], actual[name]), name
 
 
+def _episode_run_pids(home: Path) -> dict[int, int]:
+    """{episode: pid of the process that executed its run}, from Dagster's engine events."""
+    instance = DagsterInstance.from_config(str(home / "dagster"))
+    pids = {}
+    for run in instance.get_runs():
+        episode = run.tags.get("dagster/partition/episode")
+        for entry in instance.all_logs(run.run_id):
+            if episode is not None and entry.dagster_event and entry.dagster_event.event_type_value == "ENGINE_EVENT":
+                pids[int(episode)] = int(entry.dagster_event.event_specific_data.metadata["pid"].text)
+    return pids
+
+
+def test_this_process_and_a_worker_share_the_episodes_and_report_failures(tmp_path: Path) -> None:
+    """With 2 workers, this process runs episodes too: both take episodes until none is left; an
+    episode that fails (a truncated video) is reported with its file, wherever it ran, and the rest land."""
+    lengths = (9, 12, 8, 11, 10, 7)
+    source = generate_dataset(tmp_path / "src", episode_lengths=lengths, cameras=("front",), codec="libx264",
+                              episodes_per_file=1, files_per_chunk=10)
+    video = next((source / "videos").rglob("file-003.mp4"))
+    video.write_bytes(video.read_bytes()[:2000])
+    home = tmp_path / "home"
+    with pytest.raises(LeRobotAssetsError, match=r"1 of 6 episodes failed: episode 3: .*file-003\.mp4"):
+        ingest(str(source), name="robot", home=home, workers=2)
+    table = info("robot", home=home)
+    assert table["episodes"] == [0, 1, 2, 4, 5]
+    assert table["rows"] == sum(lengths) - lengths[3]
+    pids = _episode_run_pids(home)
+    assert sorted(pids) == list(range(6))
+    assert os.getpid() in pids.values() and len(set(pids.values())) == 2
+
+
+def _kill_first_worker(parent: int, killed: list[int]) -> None:
+    """Kill the first worker as soon as it has loaded the pipeline: a grandchild of ``parent`` (forked
+    by its fork server) with Deeplake mapped, not a short-lived helper process of an import."""
+    deadline = time.monotonic() + 120
+    while not killed and time.monotonic() < deadline:
+        for child in Path(f"/proc/{parent}/task/{parent}/children").read_text().split():
+            try:
+                grandchildren = Path(f"/proc/{child}/task/{child}/children").read_text().split()
+                workers = [pid for pid in grandchildren if "deeplake" in Path(f"/proc/{pid}/maps").read_text()]
+            except OSError:  # a process that has exited meanwhile
+                continue
+            if workers:
+                os.kill(int(workers[0]), signal.SIGKILL)
+                killed.append(int(workers[0]))
+                return
+        time.sleep(0.01)
+
+
+@pytest.mark.skipif(not Path(f"/proc/{os.getpid()}/task/{os.getpid()}/children").exists(), reason="needs Linux /proc children lists")
+def test_a_killed_worker_fails_the_ingest_without_hanging_and_a_rerun_completes(tmp_path: Path) -> None:
+    """A worker killed (here as it starts) stops the ingest with an error that says what to do, instead
+    of hanging; the table holds whole episodes only, and a re-run completes it."""
+    lengths = (9, 12, 8, 11, 10, 7)
+    source = generate_dataset(tmp_path / "src", episode_lengths=lengths, cameras=("front",), codec="libx264",
+                              episodes_per_file=1)
+    home = tmp_path / "home"
+    killed: list[int] = []
+    killer = threading.Thread(target=_kill_first_worker, args=(os.getpid(), killed))
+    killer.start()
+    try:
+        with pytest.raises(LeRobotAssetsError, match=r"robot: a worker process failed \(BrokenProcessPool: .*run the ingest again") as failed:
+            ingest(str(source), name="robot", home=home, workers=2)
+    finally:
+        killer.join()
+    assert killed and isinstance(failed.value.__cause__, BrokenProcessPool)
+    try:
+        landed = _rows(info("robot", home=home)["table"])["episode_index"]
+    except TableError:  # the worker died before any episode was written
+        landed = np.array([], dtype=np.int64)
+    episodes, counts = np.unique(landed, return_counts=True)
+    assert [int(n) for n in counts] == [lengths[e] for e in episodes]
+    assert ingest(str(source), name="robot", home=home, workers=1)["rows"] == sum(lengths)
+
+
 _DISK_FULL = textwrap.dedent(
     """
     import resource, signal, sys
@@ -162,7 +241,7 @@ def test_failing_writes_give_a_clear_error_and_keep_the_table(tmp_path: Path) ->
 def test_failed_first_download_leaves_nothing_registered(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     from dagster import DagsterInstance
 
-    from lerobot_assets.errors import LeRobotAssetsError
+    from lerobot_assets.errors import LeRobotAssetsError, TableError
     from lerobot_assets.home import Home
 
     from .hub_server import HubServer
