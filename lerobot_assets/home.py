@@ -112,9 +112,6 @@ class Home:
         """Forget dataset ``name`` (used when its first ingest fails, so nothing stays half-registered)."""
         self._registry_file(name).unlink(missing_ok=True)
 
-    def is_registered(self, name: str) -> bool:
-        return self._registry_file(name).is_file()
-
     def dataset_source(self, name: str) -> DatasetSource:
         path = self._registry_file(name)
         if not path.is_file():

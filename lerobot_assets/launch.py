@@ -15,10 +15,9 @@ import multiprocessing.forkserver
 import os
 import threading
 from collections import deque
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from concurrent.futures import Future, ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
-from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -153,7 +152,7 @@ _instances: dict[Path, DagsterInstance] = {}
 
 
 def _instance_at(home: Path) -> DagsterInstance:
-    """This process's instance of ``home``, opened once (a worker process opens it as it starts)."""
+    """This process's instance of ``home``, opened once."""
     if home not in _instances:
         _instances[home] = dagster_instance(Home(home))
     return _instances[home]
@@ -250,41 +249,30 @@ def ingest(
     """
     home_ = Home.at(home)
     settings = Settings(home_.root, image_format, quality)
-    workers = max(1, workers or os.cpu_count() or 1)
-    context = _worker_context() if workers > 1 else None
-    with ExitStack() as stack:
-        pool, helpers = None, 0
-        if context and not home_.is_registered(name or name_from_source(source)):
-            # A first ingest materializes every episode: its worker processes start now, on the
-            # core this process leaves idle while it registers and resolves the source.
-            helpers = workers - 1
-            pool = stack.enter_context(_worker_pool(settings, helpers, context))
-        entry, new = register(home_, source, name, revision, tables)
-        instance = dagster_instance(home_)
-        log.info("resolving %s (%s)", entry.source, entry.kind)
-        try:
-            result = _run(instance, settings, DATASET_ASSETS, entry.name)
-        except LeRobotAssetsError:
-            if new:  # a first ingest that cannot even read the source leaves nothing registered
-                home_.unregister(entry.name)
-                instance.delete_dynamic_partition(dataset_partitions.name, entry.name)
-            raise
-        metadata = result.output_for_node("episode_metadata")
-        upstream = sorted(metadata["episodes"])
-        requested = upstream if episodes is None else sorted(set(episodes))
-        unknown = sorted(set(requested) - set(upstream))
-        if unknown:
-            raise LeRobotAssetsError(
-                f"dataset {entry.name!r} has no episodes {unknown} at revision {metadata['revision'][:12]} "
-                f"(it has {len(upstream)} episodes: {upstream[0]}..{upstream[-1]})"
-            )
-        fingerprints = {i: metadata["episodes"][i]["fingerprint"] for i in requested}
-        plan = plan_changes(instance, entry.name, fingerprints)
-        log.info("%s: %d episodes to materialize, %d unchanged", entry.name, len(plan.todo), len(plan.unchanged))
-        if not helpers and context and len(plan.todo) > 1:
-            helpers = min(workers, len(plan.todo)) - 1
-            pool = stack.enter_context(_worker_pool(settings, helpers, context))
-        failures = _materialize_episodes(settings, entry.name, plan.todo, pool, helpers)
+    context = _worker_context() if workers != 1 else None
+    entry, new = register(home_, source, name, revision, tables)
+    instance = dagster_instance(home_)
+    log.info("resolving %s (%s)", entry.source, entry.kind)
+    try:
+        result = _run(instance, settings, DATASET_ASSETS, entry.name)
+    except LeRobotAssetsError:
+        if new:  # a first ingest that cannot even read the source leaves nothing registered
+            home_.unregister(entry.name)
+            instance.delete_dynamic_partition(dataset_partitions.name, entry.name)
+        raise
+    metadata = result.output_for_node("episode_metadata")
+    upstream = sorted(metadata["episodes"])
+    requested = upstream if episodes is None else sorted(set(episodes))
+    unknown = sorted(set(requested) - set(upstream))
+    if unknown:
+        raise LeRobotAssetsError(
+            f"dataset {entry.name!r} has no episodes {unknown} at revision {metadata['revision'][:12]} "
+            f"(it has {len(upstream)} episodes: {upstream[0]}..{upstream[-1]})"
+        )
+    fingerprints = {i: metadata["episodes"][i]["fingerprint"] for i in requested}
+    plan = plan_changes(instance, entry.name, fingerprints)
+    log.info("%s: %d episodes to materialize, %d unchanged", entry.name, len(plan.todo), len(plan.unchanged))
+    failures = _materialize_episodes(settings, entry.name, plan.todo, workers, context)
     removed = [] if episodes is not None else sorted(set(_table_episodes(entry.table)) - set(upstream))
     if removed:
         _remove_episodes(instance, home_, entry, removed, metadata["revision"])
@@ -337,28 +325,21 @@ def _worker_context() -> multiprocessing.context.BaseContext:
     return context
 
 
-@contextmanager
-def _worker_pool(
-    settings: Settings, count: int, context: multiprocessing.context.BaseContext
-) -> Iterator[ProcessPoolExecutor]:
-    """``count`` episode-run processes through ``context`` (from :func:`_worker_context`), started
-    now: each opens the Dagster instance as it starts, so it is ready for the first episode."""
-    with ProcessPoolExecutor(count, context, initializer=_instance_at, initargs=(settings.home,)) as pool:
-        for _ in range(count):  # the executor starts a process per task while none is idle
-            pool.submit(os.getpid)
-        yield pool
-
-
 def _materialize_episodes(
-    settings: Settings, dataset: str, indices: Sequence[int], pool: ProcessPoolExecutor | None, helpers: int
+    settings: Settings,
+    dataset: str,
+    indices: Sequence[int],
+    workers: int | None,
+    context: multiprocessing.context.BaseContext | None,
 ) -> dict[int, str]:
-    """Run one Dagster run per episode, here and in ``pool``'s ``helpers`` processes (from
-    :func:`_worker_pool`); return {episode: error}.
+    """Run one Dagster run per episode, here and in ``workers - 1`` worker processes started through
+    ``context`` (from :func:`_worker_context`; None when ``workers`` is 1); return {episode: error}.
 
     Whoever is free takes the next episode. This process is warm when the episodes start (Dagster
     and Deeplake imported, the instance open), so it begins at once, and one fewer worker pays
     the start-up (~1.5 CPU-seconds each).
     """
+    helpers = min(workers or os.cpu_count() or 1, len(indices)) - 1 if context else 0
     pending = deque(indices)
     failures: dict[int, str] = {}
     errors: list[BaseException] = []  # of the worker pool (e.g. a worker killed); stop and report
@@ -404,16 +385,20 @@ def _materialize_episodes(
         while (index := take()) is not None:
             record(*_materialize_episode(settings, dataset, index))
 
-    try:
-        for _ in range(helpers):
-            dispatch()
+    if helpers < 1:
         run_here()
-    except BrokenProcessPool as exc:  # a worker died before this process submitted to it
-        errors.append(exc)
-    finally:
-        with state:
-            pending.clear()  # on an error here, workers finish their episode and take no other
-            state.wait_for(lambda: in_flight == 0)
+        return failures
+    with ProcessPoolExecutor(max_workers=helpers, mp_context=context) as pool:
+        try:
+            for _ in range(helpers):
+                dispatch()
+            run_here()
+        except BrokenProcessPool as exc:  # a worker died before this process submitted to it
+            errors.append(exc)
+        finally:
+            with state:
+                pending.clear()  # on an error here, workers finish their episode and take no other
+                state.wait_for(lambda: in_flight == 0)
     if errors:
         raise LeRobotAssetsError(
             f"{dataset}: a worker process failed ({type(errors[0]).__name__}: {errors[0]}); the episodes "
