@@ -148,7 +148,7 @@ class PooledSqliteEventLogStorage(SqliteEventLogStorage):
         path = self.path_for_shard(shard)
         if os.path.exists(path):
             return
-        with tempfile.NamedTemporaryFile(dir=self._base_dir, prefix=f".{shard}-", suffix=".db") as file:
+        with tempfile.NamedTemporaryFile(dir=self._base_dir, prefix=f".{shard}-", suffix=".tmp") as file:
             file.write(_empty_run_file())
             file.flush()
             try:
