@@ -394,7 +394,8 @@ def _materialize_episodes(
                 dispatch()
             run_here()
         except BrokenProcessPool as exc:  # a worker died before this process submitted to it
-            errors.append(exc)
+            with state:
+                errors.append(exc)
         finally:
             with state:
                 pending.clear()  # on an error here, workers finish their episode and take no other

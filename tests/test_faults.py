@@ -239,9 +239,6 @@ def test_failing_writes_give_a_clear_error_and_keep_the_table(tmp_path: Path) ->
 
 
 def test_failed_first_download_leaves_nothing_registered(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from dagster import DagsterInstance
-
-    from lerobot_assets.errors import LeRobotAssetsError, TableError
     from lerobot_assets.home import Home
 
     from .hub_server import HubServer
