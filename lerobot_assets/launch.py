@@ -88,17 +88,33 @@ class Settings:
         }
 
 
+_instances: dict[Path, DagsterInstance] = {}
+_instances_lock = threading.Lock()
+
+
 def dagster_instance(home: Home) -> DagsterInstance:
-    """The persistent Dagster instance of ``home`` (created on first use)."""
-    home.dagster_home.mkdir(parents=True, exist_ok=True)
-    config = home.dagster_home / "dagster.yaml"
+    """The persistent Dagster instance of ``home``: created on first use, opened once per process.
+
+    Opening one sets up its three SQLite storages (checking each schema against Dagster's alembic
+    scripts, ~0.3 s); an ingest needs it to register, to plan and to run episodes.
+    """
+    key = home.dagster_home.absolute()
+    with _instances_lock:
+        if key not in _instances:
+            _instances[key] = _open_instance(home.dagster_home)
+        return _instances[key]
+
+
+def _open_instance(dagster_home: Path) -> DagsterInstance:
+    dagster_home.mkdir(parents=True, exist_ok=True)
+    config = dagster_home / "dagster.yaml"
     # Two processes creating the SQLite storage at once would both stamp its schema version.
-    with FileLock(str(home.dagster_home / ".init.lock")):
+    with FileLock(str(dagster_home / ".init.lock")):
         if not config.exists():
-            root = home.dagster_home.resolve()
+            root = dagster_home.resolve()
             paths = {"history": root / "history", "runs": root / "history" / "runs", "schedules": root / "schedules"}
             config.write_text(_INSTANCE_YAML.format(**{k: json.dumps(str(v)) for k, v in paths.items()}))
-        return DagsterInstance.from_config(str(home.dagster_home))
+        return DagsterInstance.from_config(str(dagster_home))
 
 
 def failure_message(result: ExecuteInProcessResult) -> str:
@@ -148,20 +164,10 @@ def _run(instance: DagsterInstance, settings: Settings, selection: list, partiti
     return result
 
 
-_instances: dict[Path, DagsterInstance] = {}
-
-
-def _instance_at(home: Path) -> DagsterInstance:
-    """This process's instance of ``home``, opened once."""
-    if home not in _instances:
-        _instances[home] = dagster_instance(Home(home))
-    return _instances[home]
-
-
 def _materialize_episode(settings: Settings, dataset: str, index: int) -> tuple[int, str | None]:
     """One run for one (dataset, episode) partition, here or in a worker process."""
     try:
-        _run(_instance_at(settings.home), settings, EPISODE_ASSETS, episode_partition(dataset, index))
+        _run(dagster_instance(Home(settings.home)), settings, EPISODE_ASSETS, episode_partition(dataset, index))
     except LeRobotAssetsError as exc:
         return index, str(exc)
     finally:
