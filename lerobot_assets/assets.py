@@ -11,9 +11,11 @@ assets with their own materializations, data versions and checks, and any subset
 materialized, but when all three run together nothing is written to disk or pickled between them.
 """
 
+import functools
 import time
 import warnings
 from collections.abc import Iterator
+from dataclasses import dataclass
 from typing import Any, Optional
 
 import numpy as np
@@ -61,7 +63,7 @@ from lerobot_assets.table import (
     write_lock,
 )
 from lerobot_assets.versions import CODE_VERSION, episode_data_version
-from lerobot_assets.video import decode_episode
+from lerobot_assets.video import DecodedCamera, decode_episode
 
 # Data versions and the (dataset, episode) -> dataset mapping are marked beta, but are the documented
 # way to do both; the warnings would only repeat on every run.
@@ -77,7 +79,7 @@ def _episode_of(context: AssetExecutionContext) -> tuple[str, int]:
 
 
 def _episode_meta(episode_metadata: dict[str, Any], dataset: str, index: int) -> DatasetMeta:
-    """Re-read ``meta/`` of the pinned copy, failing fast for a (dataset, episode) pair that does not exist."""
+    """``meta/`` of the pinned copy, failing fast for a (dataset, episode) pair that does not exist."""
     if index not in episode_metadata["episodes"]:
         known = sorted(episode_metadata["episodes"])
         raise Failure(
@@ -87,7 +89,15 @@ def _episode_meta(episode_metadata: dict[str, Any], dataset: str, index: int) ->
             if known
             else f"dataset {dataset!r} has no episodes"
         )
-    return read_dataset(episode_metadata["path"], dataset)
+    return _pinned_meta(episode_metadata["path"], dataset)
+
+
+@functools.lru_cache(maxsize=8)
+def _pinned_meta(path: str, dataset: str) -> DatasetMeta:
+    """``meta/`` of a pinned copy, read once per process rather than in every episode run (it lists
+    every episode, so re-reading it costs O(episodes) per run). A pinned copy never changes: its
+    directory is named after its revision."""
+    return read_dataset(path, dataset)
 
 
 @asset(partitions_def=dataset_partitions, code_version=CODE_VERSION, group_name=GROUP, kinds={"huggingface"})
@@ -227,15 +237,18 @@ def _episode_events(
         return events
     staged_at = staging_path(storage.home.staging(dataset), index)
     staged = None if FRAMES in selected else read_frames(staged_at)
+    decoded = None
     if staged is not None and (staged.fingerprint, staged.frame_index) == (fingerprint, telemetry["frame_index"].to_pylist()):
         context.log.info(f"{dataset} episode {index}: using the frames staged in {str(staged_at)!r}")
     else:
         if FRAMES not in selected:
             context.log.info(f"{dataset} episode {index}: no staged frames for these inputs; decoding them")
-        staged, frame_events = _decode_frames(context, meta, telemetry, fingerprint, version, encoding)
-        events += frame_events
+        staged, decoded = _decode_frames(context, meta, telemetry, fingerprint, encoding)
+    preview = MetadataValue.md(thumbnails_markdown(staged.images, count=4))  # both assets show it
+    if decoded is not None and FRAMES in selected:
+        events += _frames_events(meta, telemetry, decoded, version, encoding, preview)
     if TABLE in selected:
-        events += _table_events(context, meta, episode_metadata, telemetry, staged, version, storage, encoding)
+        events += _table_events(context, meta, episode_metadata, telemetry, staged, version, storage, encoding, preview)
         staged_at.unlink(missing_ok=True)
     else:
         write_frames(staged_at, staged)
@@ -279,14 +292,17 @@ def _telemetry_events(context: AssetExecutionContext, meta: DatasetMeta, table: 
     ]
 
 
+@dataclass(frozen=True)
+class _Decoded:
+    """One episode's cameras as decoded in this run, and how fast."""
+
+    cameras: dict[str, DecodedCamera]
+    seconds: float
+
+
 def _decode_frames(
-    context: AssetExecutionContext,
-    meta: DatasetMeta,
-    telemetry: pa.Table,
-    fingerprint: str,
-    version: DataVersion,
-    encoding: ImageEncodingResource,
-) -> tuple[StagedFrames, list[Event]]:
+    context: AssetExecutionContext, meta: DatasetMeta, telemetry: pa.Table, fingerprint: str, encoding: ImageEncodingResource
+) -> tuple[StagedFrames, _Decoded]:
     dataset, index = _episode_of(context)
     context.log.info(f"{dataset} episode {index}: decoding {telemetry.num_rows} frames x {len(meta.cameras)} cameras")
     started = time.perf_counter()
@@ -300,36 +316,41 @@ def _decode_frames(
     )
     seconds = time.perf_counter() - started
     frames = telemetry.num_rows * len(decoded)
-    rate = frames / max(seconds, 1e-9)
-    context.log.info(f"{dataset} episode {index}: decoded {frames} camera-frames in {seconds:.2f} s ({rate:.0f}/s)")
+    context.log.info(f"{dataset} episode {index}: decoded {frames} camera-frames in {seconds:.2f} s ({frames / max(seconds, 1e-9):.0f}/s)")
     staged = StagedFrames(
         fingerprint=fingerprint,
         frame_index=telemetry["frame_index"].to_pylist(),
         images={camera: result.frames for camera, result in decoded.items()},
         stats={camera: result.stats for camera, result in decoded.items() if result.stats is not None},
     )
-    events: list[Event] = [
+    return staged, _Decoded(decoded, seconds)
+
+
+def _frames_events(
+    meta: DatasetMeta, telemetry: pa.Table, decoded: _Decoded, version: DataVersion, encoding: ImageEncodingResource, preview: MetadataValue
+) -> list[Event]:
+    frames = telemetry.num_rows * len(decoded.cameras)
+    return [
         MaterializeResult(
             asset_key=FRAMES,
             metadata={
                 "camera_frames": frames,
-                "frames_per_second": round(rate, 1),
-                "bytes": sum(len(f) for result in decoded.values() for f in result.frames),
-                "thumbnails": MetadataValue.md(thumbnails_markdown(staged.images, count=4)),
+                "frames_per_second": round(frames / max(decoded.seconds, 1e-9), 1),
+                "bytes": sum(len(f) for result in decoded.cameras.values() for f in result.frames),
+                "thumbnails": preview,
             },
             data_version=version,
         ),
         AssetCheckResult(
             asset_key=FRAMES,
             check_name="frames_aligned",
-            passed=all(len(f) == telemetry.num_rows for f in staged.images.values()),
+            passed=all(len(result.frames) == telemetry.num_rows for result in decoded.cameras.values()),
             metadata={
-                "max_offset_s": MetadataValue.json({camera: result.max_offset_s for camera, result in decoded.items()}),
+                "max_offset_s": MetadataValue.json({camera: result.max_offset_s for camera, result in decoded.cameras.items()}),
                 "tolerance_s": min(encoding.tolerance_s, 1 / meta.fps),
             },
         ),
     ]
-    return staged, events
 
 
 def _table_events(
@@ -341,6 +362,7 @@ def _table_events(
     version: DataVersion,
     storage: StorageResource,
     encoding: ImageEncodingResource,
+    preview: MetadataValue,
 ) -> list[Event]:
     """Replace the episode's rows in the table (one commit, with its statistics)."""
     dataset, index = _episode_of(context)
@@ -367,7 +389,7 @@ def _table_events(
                 "table_version": table_version,
                 "table": MetadataValue.path(url),
                 "revision": revision,
-                "preview": MetadataValue.md(thumbnails_markdown(staged.images, count=4)),
+                "preview": preview,
                 "telemetry_plot": MetadataValue.md(png_markdown(plot_series(series), "state and action")),
             },
             data_version=version,
