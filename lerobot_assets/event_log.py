@@ -44,13 +44,31 @@ from dagster._core.storage.event_log.sqlite.sqlite_event_log import (
 )
 from dagster._core.storage.event_log.schema import SqlEventLogStorageMetadata
 from dagster._core.storage.sql import get_alembic_config
-from sqlalchemy import create_engine, inspect, text
+from sqlalchemy import create_engine, event, inspect, text
 from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.pool import NullPool, QueuePool
 
 
 #: Engines kept for run databases besides the index: a worker executes one run at a time.
 _RUN_ENGINES_KEPT = 2
+
+
+def pooled_engine(conn_string: str) -> Engine:
+    """An engine keeping its SQLite connections open, most recently used first (so few stay open).
+
+    Its connections commit with ``synchronous=NORMAL``: in WAL mode a commit then writes the log
+    without waiting for the disk (~0.4 ms less per commit, 70 commits per episode run). A process
+    that crashes loses nothing; a power cut may lose the last commits, never corrupting the file:
+    at worst the last runs' events, and the next ingest re-runs their episodes.
+    """
+    engine = create_engine(
+        conn_string,
+        poolclass=QueuePool,
+        pool_use_lifo=True,
+        connect_args={"timeout": SQLITE_BUSY_TIMEOUT_SECONDS, "check_same_thread": False},
+    )
+    event.listen(engine, "connect", lambda connection, _: connection.execute("PRAGMA synchronous=NORMAL"))
+    return engine
 
 
 @functools.cache
@@ -86,7 +104,7 @@ class PooledSqliteEventLogStorage(SqliteEventLogStorage):
         self._engines: dict[str, Engine] = {}
         self._engines_lock = threading.Lock()
         self._tables: set[str] = set()
-        _live.add(self)
+        forget_connections_after_fork(self)
         super().__init__(base_dir, inst_data)
 
     def _forget_connections(self) -> None:
@@ -119,12 +137,7 @@ class PooledSqliteEventLogStorage(SqliteEventLogStorage):
         """The shard's engine; engines of all but the latest few runs are disposed, so a worker that
         executes hundreds of runs does not keep hundreds of engines (and their statement caches)."""
         with self._engines_lock:
-            engine = self._engines.pop(shard, None) or create_engine(
-                self.conn_string_for_shard(shard),
-                poolclass=QueuePool,
-                pool_use_lifo=True,  # the most recently used connection first: few stay open
-                connect_args={"timeout": SQLITE_BUSY_TIMEOUT_SECONDS, "check_same_thread": False},
-            )
+            engine = self._engines.pop(shard, None) or pooled_engine(self.conn_string_for_shard(shard))
             self._engines[shard] = engine  # most recently used last
             runs = [name for name in self._engines if name != INDEX_SHARD_NAME]
             for name in runs[:-_RUN_ENGINES_KEPT]:
@@ -173,5 +186,11 @@ class PooledSqliteEventLogStorage(SqliteEventLogStorage):
             self._engines.clear()
 
 
-_live: weakref.WeakSet[PooledSqliteEventLogStorage] = weakref.WeakSet()
+_live: weakref.WeakSet[Any] = weakref.WeakSet()
 os.register_at_fork(after_in_child=lambda: [storage._forget_connections() for storage in _live])
+
+
+def forget_connections_after_fork(storage: Any) -> None:
+    """Call ``storage._forget_connections()`` in every forked child while ``storage`` lives: open
+    SQLite connections must not cross a fork."""
+    _live.add(storage)

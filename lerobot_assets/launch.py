@@ -46,12 +46,12 @@ log = logging.getLogger(__name__)
 
 _INSTANCE_YAML = """\
 # Written by lerobot-assets. Runs and materializations live in SQLite files next to this file, where
-# Dagster's default storage keeps them; only the event log is written through a cheaper class.
+# Dagster's default storage keeps them; runs and the event log are written through cheaper classes.
 # Steps' raw stdout/stderr are not captured (four helper processes per step); delete compute_logs
 # below to capture them.
 run_storage:
-  module: dagster._core.storage.runs
-  class: SqliteRunStorage
+  module: lerobot_assets.run_storage
+  class: PooledSqliteRunStorage
   config:
     base_dir: {history}
 event_log_storage:

@@ -107,10 +107,14 @@ def test_dagster_instance_records_partitions_and_metadata(ingested: dict) -> Non
 
 
 def test_default_dagster_storage_reads_what_the_pooled_event_log_wrote(ingested: dict, tmp_path: Path) -> None:
-    """The CLI's instance writes events through PooledSqliteEventLogStorage; `dagster dev` with the
-    repository's dagster.yaml (Dagster's default SQLite storage) must read the very same records."""
+    """The CLI's instance writes through PooledSqliteEventLogStorage and PooledSqliteRunStorage (one
+    instance per home and process); `dagster dev` with the repository's dagster.yaml (Dagster's
+    default SQLite storage) must read the very same records."""
     dagster_home = ingested["home"] / "dagster"
-    assert type(DagsterInstance.from_config(str(dagster_home)).event_log_storage).__name__ == "PooledSqliteEventLogStorage"
+    ours = dagster_instance(Home(ingested["home"]))
+    assert ours is dagster_instance(Home(ingested["home"]))
+    assert type(ours.event_log_storage).__name__ == "PooledSqliteEventLogStorage"
+    assert type(ours.run_storage).__name__ == "PooledSqliteRunStorage"
     default = tmp_path / "default"
     default.mkdir()
     (default / "dagster.yaml").write_text(f"storage:\n  sqlite:\n    base_dir: {json.dumps(str(dagster_home))}\n")
@@ -317,6 +321,46 @@ def test_pooled_event_log_keeps_connections_open_and_fresh_after_fork(tmp_path: 
     assert child.exitcode == 0  # it wrote on a connection of its own, not the parent's
     with storage.run_connection("run") as conn:
         assert conn.execute(text("SELECT value FROM marker ORDER BY value")).scalars().all() == [0, 1, 2, 7]
+        assert conn.connection.dbapi_connection is used[0]  # the parent's connection still works
+
+
+def _add_run(storage: Any, run_id: str, parent_connection: Any) -> None:
+    """In a forked child: add a run through the storage inherited from the parent; exit 0 if on a new connection."""
+    from dagster._core.storage.dagster_run import DagsterRun
+
+    storage.add_run(DagsterRun(job_name="child", run_id=run_id))
+    with storage.connect() as conn:
+        fresh = conn.connection.dbapi_connection is not parent_connection
+    os._exit(0 if fresh else 1)
+
+
+def test_pooled_run_storage_keeps_one_connection_and_forks_clean(tmp_path: Path) -> None:
+    """Run-storage statements share one open connection, committing with synchronous=NORMAL; schema
+    checks are answered from memory once true; a forked child writes on a connection of its own;
+    Dagster's own SqliteRunStorage reads every run."""
+    import multiprocessing
+
+    from dagster._core.storage.dagster_run import DagsterRun
+    from dagster._core.storage.runs import SqliteRunStorage
+
+    from lerobot_assets.run_storage import PooledSqliteRunStorage
+
+    storage = PooledSqliteRunStorage.from_local(str(tmp_path))
+    used = []
+    for _ in range(3):
+        with storage.connect() as conn:
+            assert conn.exec_driver_sql("PRAGMA synchronous").scalar() == 1  # NORMAL
+            used.append(conn.connection.dbapi_connection)
+    assert used[0] is used[1] is used[2]
+    assert storage.has_run_stats_index_cols() and storage.has_backfill_id_column()
+    assert {"run_stats_index_cols", "backfill_id_column"} <= storage._present
+    storage.add_run(DagsterRun(job_name="parent", run_id="parent-run"))
+    child = multiprocessing.get_context("fork").Process(target=_add_run, args=(storage, "child-run", used[0]))
+    child.start()
+    child.join()
+    assert child.exitcode == 0
+    assert {run.run_id for run in SqliteRunStorage.from_local(str(tmp_path)).get_runs()} == {"parent-run", "child-run"}
+    with storage.connect() as conn:
         assert conn.connection.dbapi_connection is used[0]  # the parent's connection still works
 
 
