@@ -364,6 +364,28 @@ def test_pooled_run_storage_keeps_one_connection_and_forks_clean(tmp_path: Path)
         assert conn.connection.dbapi_connection is used[0]  # the parent's connection still works
 
 
+def _purge_delay_deeplake_sees(module: str, user_value: str | None = None) -> str:
+    """mimalloc's purge delay as Deeplake's allocator reports it when loaded by importing ``module``."""
+    import re
+    import subprocess
+    import sys
+
+    env = {k: v for k, v in os.environ.items() if k != "MIMALLOC_PURGE_DELAY"} | {"MIMALLOC_VERBOSE": "1"}
+    if user_value is not None:
+        env["MIMALLOC_PURGE_DELAY"] = user_value
+    run = subprocess.run([sys.executable, "-c", f"import {module}"], env=env, capture_output=True, text=True, check=True)
+    return re.search(r"option 'purge_delay': (-?\d+)", run.stderr).group(1)
+
+
+def test_writing_processes_keep_deeplakes_freed_memory_for_reuse() -> None:
+    """The launcher sets mimalloc's purge delay before Deeplake loads (10 s, not 10 ms, so consecutive
+    episode writes reuse memory instead of faulting it in again); a value the user set is kept, and
+    a process that only reads tables keeps mimalloc's default."""
+    assert _purge_delay_deeplake_sees("lerobot_assets.launch") == "10000"
+    assert _purge_delay_deeplake_sees("lerobot_assets.launch", "250") == "250"
+    assert _purge_delay_deeplake_sees("lerobot_assets.training") == "10"
+
+
 def test_parallel_episode_runs_record_their_own_partition_as_input(tmp_path: Path) -> None:
     """Dagster records the in-step inputs of decoded_camera_frames and deeplake_table as the latest
     materialization of the upstream asset in any partition; with two workers recording at once, that
