@@ -14,7 +14,7 @@ materialized, but when all three run together nothing is written to disk or pick
 import functools
 import time
 import warnings
-from collections.abc import Iterator
+from collections.abc import Collection, Iterator
 from dataclasses import dataclass
 from typing import Any, Optional
 
@@ -406,7 +406,17 @@ def _table_events(
 class SnapshotConfig(Config):
     """Run config of ``training_snapshot``."""
 
-    tag: Optional[str] = None  # default: <dataset>-<UTC time>-<revision[:8]>
+    tag: Optional[str] = None  # default: see default_tag
+
+
+def default_tag(dataset: str, revision: str, existing: Collection[str]) -> str:
+    """``<dataset>-<UTC time>-<revision[:8]>``, then ``-2``, ``-3``... for snapshots taken within the same second."""
+    base = f"{dataset}-{time.strftime('%Y%m%dT%H%M%SZ', time.gmtime())}-{revision[:8]}"
+    tag, count = base, 1
+    while tag in existing:
+        count += 1
+        tag = f"{base}-{count}"
+    return tag
 
 
 @asset(
@@ -428,7 +438,7 @@ def training_snapshot(
         context.log.info(f"{dataset}: indexes up to date ({time.perf_counter() - started:.1f} s)")
         ds = open_writable(url)
         revision = summarize(ds, url).metadata.get("revision", "unknown")
-        tag = config.tag or f"{dataset}-{time.strftime('%Y%m%dT%H%M%SZ', time.gmtime())}-{revision[:8]}"
+        tag = config.tag or default_tag(dataset, revision, ds.tags.names())
         version = create_tag(ds, tag, url)
     summary = summarize(ds, url)
     context.log.info(f"{dataset}: tagged version {version} as {tag!r} ({summary.rows} rows)")

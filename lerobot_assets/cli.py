@@ -133,7 +133,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("snapshot", parents=[common], help="tag the table's current version for training")
     p.add_argument("name")
-    p.add_argument("--tag", help="tag name (default: <name>-<UTC time>-<revision>)")
+    p.add_argument("--tag", help="tag name (default: <name>-<UTC time>-<revision>, then -2, -3... within the same second)")
     p.set_defaults(func=cmd_snapshot)
 
     p = sub.add_parser("info", parents=[common], help="show a table's version, tags, rows and episodes")

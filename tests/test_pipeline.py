@@ -126,6 +126,19 @@ def test_default_dagster_storage_reads_what_the_pooled_event_log_wrote(ingested:
     assert len(instance.get_runs()) == 4  # the dataset run and one run per episode
 
 
+def test_default_tags_stay_unique_within_one_second() -> None:
+    """Two snapshots in the same second (a no-op re-ingest takes a fraction of one) get distinct tags."""
+    from lerobot_assets.assets import default_tag
+
+    first = default_tag("demo", "fcc8313f0123", [])
+    assert first.startswith("demo-") and first.endswith("Z-fcc8313f")
+    second = default_tag("demo", "fcc8313f0123", [first])
+    third = default_tag("demo", "fcc8313f0123", [first, second])
+    if second.startswith(first):  # same second (else the clock moved on and no suffix was needed)
+        assert (second, third) == (f"{first}-2", f"{first}-3")
+    assert len({first, second, third}) == 3
+
+
 def test_reingest_is_idempotent_and_snapshot_is_stable(official_dataset: Path, home: Path) -> None:
     first = ingest(str(official_dataset), name="small", home=home, workers=1)
     tag = snapshot("small", tag="run-001", home=home)
