@@ -11,6 +11,9 @@ assets with their own materializations, data versions and checks, and any subset
 materialized, but when all three run together nothing is written to disk or pickled between them.
 """
 
+# First, before any library that brings its own mimalloc loads (Deeplake, pyarrow): see its docstring.
+import lerobot_assets.allocator  # noqa: F401, I001
+
 import functools
 import time
 import warnings

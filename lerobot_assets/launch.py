@@ -32,7 +32,6 @@ from dagster import (
 from dagster._core.instance.types import CachingDynamicPartitionsLoader
 from filelock import FileLock
 
-import lerobot_assets.allocator  # noqa: F401  (before deeplake loads: see its docstring)
 from lerobot_assets.assets import ALL_ASSETS, DATASET_ASSETS, EPISODE_ASSETS, training_snapshot
 from lerobot_assets.errors import LeRobotAssetsError
 from lerobot_assets.home import DatasetSource, Home, check_name, name_from_source

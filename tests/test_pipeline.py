@@ -391,10 +391,11 @@ def _purge_delay_deeplake_sees(module: str, user_value: str | None = None) -> st
 
 
 def test_writing_processes_keep_deeplakes_freed_memory_for_reuse() -> None:
-    """The launcher sets mimalloc's purge delay before Deeplake loads (10 s, not 10 ms, so consecutive
-    episode writes reuse memory instead of faulting it in again); a value the user set is kept, and
-    a process that only reads tables keeps mimalloc's default."""
+    """The asset graph sets mimalloc's purge delay before Deeplake loads (10 s, not 10 ms, so consecutive
+    episode writes reuse memory instead of faulting it in again), for the CLI and for `dagster dev`'s
+    runs; a value the user set is kept, and a process that only reads tables keeps mimalloc's default."""
     assert _purge_delay_deeplake_sees("lerobot_assets.launch") == "10000"
+    assert _purge_delay_deeplake_sees("lerobot_assets.definitions") == "10000"
     assert _purge_delay_deeplake_sees("lerobot_assets.launch", "250") == "250"
     assert _purge_delay_deeplake_sees("lerobot_assets.training") == "10"
 
