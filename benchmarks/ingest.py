@@ -104,8 +104,8 @@ def _descendants(pid: int) -> list[int]:
 
 
 def _peak_rss_mb(root: Path, home: Path) -> float:
-    """Largest peak RSS (MB, VmHWM) of any process of a fresh ingest: the ingest process, the fork
-    server and its worker processes (which getrusage cannot see: they are not our children)."""
+    """Largest peak RSS (MB, VmHWM) of any process of a fresh ingest: the ingest process and its
+    workers (getrusage would give the largest of all children of this process, generators included)."""
     code = "import sys; from lerobot_assets.launch import ingest; ingest(sys.argv[1], name='rss', home=sys.argv[2])"
     process = subprocess.Popen([sys.executable, "-c", code, str(root), str(home)],
                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)

@@ -3,16 +3,15 @@
 Runs launched here are recorded in ``<home>/dagster`` (SQLite), so they show up in ``dagster dev``
 started with ``DAGSTER_HOME=<home>/dagster``. ``ingest`` runs the dataset-level assets once, then
 one run per episode partition that needs it, in this process and in parallel worker processes
-(forked from a server that has Dagster imported already); table writes stay serialized by the
-table lock.
+(forked from this one, warm); table writes stay serialized by the table lock.
 """
 
 import ctypes
 import json
 import logging
 import multiprocessing
-import multiprocessing.forkserver
 import os
+import sys
 import threading
 from collections import deque
 from collections.abc import Sequence
@@ -255,7 +254,6 @@ def ingest(
     """
     home_ = Home.at(home)
     settings = Settings(home_.root, image_format, quality)
-    context = _worker_context() if workers != 1 else None
     entry, new = register(home_, source, name, revision, tables)
     instance = dagster_instance(home_)
     log.info("resolving %s (%s)", entry.source, entry.kind)
@@ -278,7 +276,7 @@ def ingest(
     fingerprints = {i: metadata["episodes"][i]["fingerprint"] for i in requested}
     plan = plan_changes(instance, entry.name, fingerprints)
     log.info("%s: %d episodes to materialize, %d unchanged", entry.name, len(plan.todo), len(plan.unchanged))
-    failures = _materialize_episodes(settings, entry.name, plan.todo, workers, context)
+    failures = _materialize_episodes(settings, entry.name, plan.todo, workers)
     removed = [] if episodes is not None else sorted(set(_table_episodes(entry.table)) - set(upstream))
     if removed:
         _remove_episodes(instance, home_, entry, removed, metadata["revision"])
@@ -308,27 +306,17 @@ def _table_episodes(url: str) -> dict[int, int]:
         return {}
 
 
-#: What a fork server imports once, so that episode workers start warm instead of each importing
-#: Dagster and its storage (~2 CPU-seconds per worker). Only modules that start no threads: deeplake
-#: starts a thread pool when imported, and a forked copy of a process with threads is not safe.
-_WORKER_PRELOAD = [
-    "dagster",
-    "dagster._core.storage.event_log.sqlite.sqlite_event_log",
-    "dagster._core.storage.runs",
-    "dagster._core.storage.schedules",
-    "alembic.runtime.migration",
-]
-
-
 def _worker_context() -> multiprocessing.context.BaseContext:
-    """Where the platform has a fork server: start it now with Dagster preloaded, so that it warms up
-    while this process resolves the source; else spawn."""
-    if "forkserver" not in multiprocessing.get_all_start_methods():
-        return multiprocessing.get_context("spawn")
-    context = multiprocessing.get_context("forkserver")
-    context.set_forkserver_preload(_WORKER_PRELOAD)
-    multiprocessing.forkserver.ensure_running()
-    return context
+    """How worker processes start: forked on Linux, spawned elsewhere (fork is unsafe on macOS).
+
+    A forked worker is a copy of this process as the episodes start: Dagster, Deeplake and PyAV
+    imported, the instance open, ``meta/`` read. It decodes at once, where a worker forked from a
+    server with Dagster preloaded first spent ~2.5 CPU-seconds importing the rest and warming up.
+    Forking a process that has imported Deeplake is supported by Deeplake (it wraps ``os.fork`` to
+    prepare its thread pools); the instance's SQLite connections are dropped in the child
+    (:func:`lerobot_assets.event_log.forget_connections_after_fork`).
+    """
+    return multiprocessing.get_context("fork" if sys.platform.startswith("linux") else "spawn")
 
 
 def _materialize_episodes(
@@ -336,16 +324,14 @@ def _materialize_episodes(
     dataset: str,
     indices: Sequence[int],
     workers: int | None,
-    context: multiprocessing.context.BaseContext | None,
 ) -> dict[int, str]:
-    """Run one Dagster run per episode, here and in ``workers - 1`` worker processes started through
-    ``context`` (from :func:`_worker_context`; None when ``workers`` is 1); return {episode: error}.
+    """Run one Dagster run per episode, here and in ``workers - 1`` worker processes (see
+    :func:`_worker_context`); return {episode: error}.
 
     Whoever is free takes the next episode. This process is warm when the episodes start (Dagster
-    and Deeplake imported, the instance open), so it begins at once, and one fewer worker pays
-    the start-up (~1.5 CPU-seconds each).
+    and Deeplake imported, the instance open), so it begins at once.
     """
-    helpers = min(workers or os.cpu_count() or 1, len(indices)) - 1 if context else 0
+    helpers = min(workers or os.cpu_count() or 1, len(indices)) - 1
     pending = deque(indices)
     failures: dict[int, str] = {}
     errors: list[BaseException] = []  # of the worker pool (e.g. a worker killed); stop and report
@@ -394,7 +380,7 @@ def _materialize_episodes(
     if helpers < 1:
         run_here()
         return failures
-    with ProcessPoolExecutor(max_workers=helpers, mp_context=context) as pool:
+    with ProcessPoolExecutor(max_workers=helpers, mp_context=_worker_context()) as pool:
         try:
             for _ in range(helpers):
                 dispatch()

@@ -168,19 +168,18 @@ def test_this_process_and_a_worker_share_the_episodes_and_report_failures(tmp_pa
 
 
 def _kill_first_worker(parent: int, killed: list[int]) -> None:
-    """Kill the first worker as soon as it has loaded the pipeline: a grandchild of ``parent`` (forked
-    by its fork server) with Deeplake mapped, not a short-lived helper process of an import."""
+    """Kill the first worker as soon as it exists: a child of ``parent`` (forked from it) with Deeplake
+    mapped, not a short-lived helper process that runs another program."""
     deadline = time.monotonic() + 120
     while not killed and time.monotonic() < deadline:
         for child in Path(f"/proc/{parent}/task/{parent}/children").read_text().split():
             try:
-                grandchildren = Path(f"/proc/{child}/task/{child}/children").read_text().split()
-                workers = [pid for pid in grandchildren if "deeplake" in Path(f"/proc/{pid}/maps").read_text()]
+                is_worker = "deeplake" in Path(f"/proc/{child}/maps").read_text()
             except OSError:  # a process that has exited meanwhile
                 continue
-            if workers:
-                os.kill(int(workers[0]), signal.SIGKILL)
-                killed.append(int(workers[0]))
+            if is_worker:
+                os.kill(int(child), signal.SIGKILL)
+                killed.append(int(child))
                 return
         time.sleep(0.01)
 
