@@ -307,16 +307,20 @@ def _table_episodes(url: str) -> dict[int, int]:
 
 
 def _worker_context() -> multiprocessing.context.BaseContext:
-    """How worker processes start: forked on Linux, spawned elsewhere (fork is unsafe on macOS).
+    """How worker processes start: forked on Linux while this is the process's only Python thread
+    (as in the CLI: decoding threads live only within an episode run), spawned otherwise.
 
     A forked worker is a copy of this process as the episodes start: Dagster, Deeplake and PyAV
     imported, the instance open, ``meta/`` read. It decodes at once, where a worker forked from a
     server with Dagster preloaded first spent ~2.5 CPU-seconds importing the rest and warming up.
     Forking a process that has imported Deeplake is supported by Deeplake (it wraps ``os.fork`` to
     prepare its thread pools); the instance's SQLite connections are dropped in the child
-    (:func:`lerobot_assets.event_log.forget_connections_after_fork`).
+    (:func:`lerobot_assets.event_log.forget_connections_after_fork`). A thread of an embedding
+    program (a notebook, a server) could hold a lock that the child would inherit held, and fork
+    is unsafe on macOS: there workers are spawned and import everything first.
     """
-    return multiprocessing.get_context("fork" if sys.platform.startswith("linux") else "spawn")
+    fork = sys.platform.startswith("linux") and threading.active_count() == 1
+    return multiprocessing.get_context("fork" if fork else "spawn")
 
 
 def _materialize_episodes(

@@ -17,7 +17,7 @@ import pytest
 from dagster import DagsterInstance
 
 from lerobot_assets.errors import LeRobotAssetsError, TableError
-from lerobot_assets.launch import info, ingest, snapshot
+from lerobot_assets.launch import _worker_context, info, ingest, snapshot
 from lerobot_assets.synthetic import generate_dataset, shift_actions
 from lerobot_assets.table import open_read_only
 
@@ -164,6 +164,28 @@ def test_this_process_and_a_worker_share_the_episodes_and_report_failures(tmp_pa
     assert table["rows"] == sum(lengths) - lengths[3]
     pids = _episode_run_pids(home)
     assert sorted(pids) == list(range(6))
+    assert os.getpid() in pids.values() and len(set(pids.values())) == 2
+
+
+def test_with_other_threads_running_workers_are_spawned_not_forked(tmp_path: Path) -> None:
+    """A thread of an embedding program could hold a lock that a forked child would inherit held:
+    with one running, workers are spawned (and import everything themselves); the episodes land."""
+    assert _worker_context().get_start_method() == ("fork" if sys.platform.startswith("linux") else "spawn")
+    lengths = (9, 12, 8, 11)
+    source = generate_dataset(tmp_path / "src", episode_lengths=lengths, cameras=("front",), codec="libx264",
+                              episodes_per_file=1)
+    home = tmp_path / "home"
+    stop = threading.Event()
+    other = threading.Thread(target=stop.wait)
+    other.start()
+    try:
+        assert _worker_context().get_start_method() == "spawn"
+        result = ingest(str(source), name="robot", home=home, workers=2)
+    finally:
+        stop.set()
+        other.join()
+    assert result["rows"] == sum(lengths) and result["episodes"] == [0, 1, 2, 3]
+    pids = _episode_run_pids(home)
     assert os.getpid() in pids.values() and len(set(pids.values())) == 2
 
 
