@@ -126,8 +126,7 @@ def _descendants(pid: int) -> list[int]:
 def _peak_rss_mb(root: Path, home: Path) -> float:
     """Largest peak RSS (MB, VmHWM) of any process of a fresh ingest: the ingest process and its
     workers (getrusage would give the largest of all children of this process, generators included)."""
-    code = "import sys; from lerobot_assets.launch import ingest; ingest(sys.argv[1], name='rss', home=sys.argv[2])"
-    process = subprocess.Popen([sys.executable, "-c", code, str(root), str(home)],
+    process = subprocess.Popen([sys.executable, "-c", _OURS, str(root), str(home)],
                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     peak_kb = 0
     while process.poll() is None:

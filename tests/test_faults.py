@@ -190,8 +190,9 @@ def test_with_other_threads_running_workers_are_spawned_not_forked(tmp_path: Pat
 
 
 def _kill_first_worker(parent: int, killed: list[int]) -> None:
-    """Kill the first worker as soon as it exists: a child of ``parent`` (forked from it) with Deeplake
-    mapped, not a short-lived helper process that runs another program."""
+    """Kill the first worker as soon as it has loaded the pipeline: a child of ``parent`` with Deeplake
+    mapped, not a short-lived helper process that runs another program. (This killer is a thread of
+    ``parent``, so the ingest spawns its worker rather than forking it: see ``_worker_context``.)"""
     deadline = time.monotonic() + 120
     while not killed and time.monotonic() < deadline:
         for child in Path(f"/proc/{parent}/task/{parent}/children").read_text().split():
