@@ -41,6 +41,8 @@ from dagster import (
     MetadataValue,
     MultiToSingleDimensionPartitionMapping,
     Output,
+    TableColumn,
+    TableSchema,
     asset,
     multi_asset,
 )
@@ -55,6 +57,7 @@ from lerobot_assets.staging import StagedFrames, read_frames, staging_path, writ
 from lerobot_assets.stats import episode_stats, store_episode_stats
 from lerobot_assets.table import (
     build_indexes,
+    column_types,
     create_tag,
     episode_frames,
     episode_rows,
@@ -71,7 +74,8 @@ from lerobot_assets.video import DecodedCamera, decode_episode
 # Data versions and the (dataset, episode) -> dataset mapping are marked beta, but are the documented
 # way to do both; the warnings would only repeat on every run.
 warnings.filterwarnings("ignore", category=BetaWarning)
-GROUP = "lerobot"
+#: Asset groups, one per use: ingesting a dataset, tagging it for training, relabelling it.
+INGEST_GROUP, TRAINING_GROUP, LABELS_GROUP = "ingest", "training", "labels"
 
 _PER_DATASET = MultiToSingleDimensionPartitionMapping(partition_dimension_name="dataset")
 
@@ -103,7 +107,7 @@ def _pinned_meta(path: str, dataset: str) -> DatasetMeta:
     return read_dataset(path, dataset)
 
 
-@asset(partitions_def=dataset_partitions, code_version=CODE_VERSION, group_name=GROUP, kinds={"huggingface"})
+@asset(partitions_def=dataset_partitions, code_version=CODE_VERSION, group_name=INGEST_GROUP, kinds={"huggingface"})
 def hf_snapshot(context: AssetExecutionContext, storage: StorageResource, hub: HubResource) -> Output[dict]:
     """The dataset's source pinned to an exact revision (Hub commit sha, git HEAD or content hash), copied locally."""
     name = context.partition_key
@@ -125,13 +129,14 @@ def hf_snapshot(context: AssetExecutionContext, storage: StorageResource, hub: H
             "revision": snapshot.revision,
             "files": snapshot.files,
             "bytes": snapshot.bytes,
-            "path": MetadataValue.path(str(snapshot.path)),
+            # not "path": Dagster's IO manager writes its own "path" (where it pickled the value)
+            "pinned_copy": MetadataValue.path(str(snapshot.path)),
         },
         data_version=DataVersion(snapshot.revision),
     )
 
 
-@asset(partitions_def=dataset_partitions, code_version=CODE_VERSION, group_name=GROUP)
+@asset(partitions_def=dataset_partitions, code_version=CODE_VERSION, group_name=INGEST_GROUP, kinds={"json", "parquet"})
 def episode_metadata(context: AssetExecutionContext, hf_snapshot: dict) -> Output[dict]:
     """``meta/`` of the pinned dataset: episodes, tasks, cameras, and a fingerprint of every episode's inputs.
 
@@ -188,14 +193,14 @@ Event = MaterializeResult | AssetCheckResult
 
 def _episode_spec(key: AssetKey, description: str, upstream: tuple[AssetKey, ...] = (), **kwargs: Any) -> AssetSpec:
     deps = [_METADATA_DEP, *upstream]
-    return AssetSpec(key, description=description, deps=deps, code_version=CODE_VERSION, group_name=GROUP, **kwargs)
+    return AssetSpec(key, description=description, deps=deps, code_version=CODE_VERSION, group_name=INGEST_GROUP, **kwargs)
 
 
 @multi_asset(
     name="episode_assets",
     specs=[
-        _episode_spec(TELEMETRY, "One episode's telemetry rows (state, action, effort, index columns), checked for gaps and order."),
-        _episode_spec(FRAMES, "Every camera's frame for every telemetry row, decoded from the episode's segment only and encoded.", (TELEMETRY,)),
+        _episode_spec(TELEMETRY, "One episode's telemetry rows (state, action, effort, index columns), checked for gaps and order.", kinds={"parquet"}),
+        _episode_spec(FRAMES, "Every camera's frame for every telemetry row, decoded from the episode's segment only and encoded.", (TELEMETRY,), kinds={"video", "jpeg"}),
         _episode_spec(TABLE, "The episode's rows in the dataset's Deeplake table, replacing any earlier rows of that episode.", (TELEMETRY, FRAMES), kinds={"deeplake"}),
     ],
     check_specs=[
@@ -380,6 +385,7 @@ def _table_events(
         deleted, written = replace_episode(ds, index, rows, f"ingest {dataset} episode {index} at revision {revision}")
         table_version = ds.version
         stored = episode_frames(ds, index)
+        schema = column_types(ds)
     context.log.info(f"{dataset} episode {index}: wrote {written} rows (replaced {deleted}), table version {table_version}")
     series = {f.key: feature_array(telemetry, f) for f in meta.value_features if f.key in ("observation.state", "action")}
     expected = episode_metadata["episodes"][index]["length"]
@@ -389,6 +395,10 @@ def _table_events(
             metadata={
                 "rows_written": written,
                 "rows_replaced": deleted,
+                "dagster/row_count": written,
+                "dagster/column_schema": MetadataValue.table_schema(
+                    TableSchema(columns=[TableColumn(name, kind) for name, kind in schema.items()])
+                ),
                 "table_version": table_version,
                 "table": MetadataValue.path(url),
                 "revision": revision,
@@ -426,7 +436,7 @@ def default_tag(dataset: str, revision: str, existing: Collection[str]) -> str:
     partitions_def=dataset_partitions,
     deps=[AssetDep("deeplake_table", partition_mapping=_PER_DATASET)],
     code_version=CODE_VERSION,
-    group_name=GROUP,
+    group_name=TRAINING_GROUP,
     kinds={"deeplake"},
 )
 def training_snapshot(

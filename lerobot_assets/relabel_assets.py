@@ -31,7 +31,7 @@ from dagster import (
     asset,
 )
 
-from lerobot_assets.assets import GROUP
+from lerobot_assets.assets import LABELS_GROUP
 from lerobot_assets.errors import LeRobotAssetsError
 from lerobot_assets.home import Home
 from lerobot_assets.launch import Settings, dagster_instance, failure_message, run_assets
@@ -62,7 +62,8 @@ class LabelFileConfig(Config):
 
 @asset(
     partitions_def=dataset_partitions,
-    group_name=GROUP,
+    group_name=LABELS_GROUP,
+    kinds={"csv", "parquet", "json"},
     check_specs=[
         AssetCheckSpec(
             "labels_fit_table",
@@ -122,7 +123,7 @@ def _preview(labels: list[Label]) -> str:
     partitions_def=episode_partitions,
     ins={"label_file": AssetIn(partition_mapping=_PER_DATASET)},
     deps=[AssetDep("deeplake_table")],
-    group_name=GROUP,
+    group_name=LABELS_GROUP,
     kinds={"deeplake"},
 )
 def episode_labels(context: AssetExecutionContext, label_file: dict, storage: StorageResource) -> MaterializeResult:

@@ -102,6 +102,11 @@ def table_columns(meta: DatasetMeta, image_format: str) -> dict[str, Any]:
     return columns
 
 
+def column_types(ds: deeplake.Dataset | deeplake.ReadOnlyDataset) -> dict[str, str]:
+    """Each column's Deeplake type as text, in table order (the schema the UI shows)."""
+    return {column.name: str(column.dtype) for column in ds.schema.columns}
+
+
 def _value_type(feature: Feature) -> Any:
     if feature.key == EMBEDDING_KEY and feature.dtype == "float32" and len(feature.shape) == 1:
         return deeplake.types.Embedding(feature.shape[0])

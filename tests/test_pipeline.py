@@ -94,11 +94,17 @@ def test_dagster_instance_records_partitions_and_metadata(ingested: dict) -> Non
     event = instance.get_latest_materialization_event(AssetKey("hf_snapshot"))
     assert event.asset_materialization.partition == "small"
     assert event.asset_materialization.metadata["files"].value == 7
+    pinned = event.asset_materialization.metadata["pinned_copy"].value
+    assert (Path(pinned) / "meta" / "info.json").is_file() and "storage" not in Path(pinned).parts
     for index, rows in ((0, 37), (1, 33), (2, 31)):
         key = str(episode_partition("small", index))
         record = instance.get_latest_data_version_record(AssetKey("deeplake_table"), partition_key=key)
         metadata = record.asset_materialization.metadata
         assert metadata["rows_written"].value == rows
+        assert metadata["dagster/row_count"].value == rows
+        schema = {column.name: column.type for column in metadata["dagster/column_schema"].schema.columns}
+        assert schema["episode_index"] == "int64" and schema["task"].startswith("text")
+        assert {"observation.images.cam_high", "observation.state", "action", "timestamp"} <= set(schema)
         assert metadata["table_version"].value
         assert "data:image/jpeg;base64," in metadata["preview"].value
         assert record.asset_materialization.tags["dagster/data_version"]
@@ -124,6 +130,21 @@ def test_default_dagster_storage_reads_what_the_pooled_event_log_wrote(ingested:
     record = instance.get_latest_data_version_record(AssetKey("deeplake_table"), partition_key=str(episode_partition("small", 1)))
     assert record.asset_materialization.metadata["rows_written"].value == 33
     assert len(instance.get_runs()) == 4  # the dataset run and one run per episode
+
+
+def test_every_asset_has_a_group_of_its_use_and_a_kind() -> None:
+    """The UI groups assets by use (ingest, training, labels) and shows what each is stored as."""
+    from lerobot_assets.definitions import defs
+
+    specs = {spec.key.to_user_string(): spec for spec in defs.resolve_all_asset_specs()}
+    groups = {key: spec.group_name for key, spec in specs.items()}
+    assert groups == {
+        "hf_snapshot": "ingest", "episode_metadata": "ingest", "telemetry_frame": "ingest",
+        "decoded_camera_frames": "ingest", "deeplake_table": "ingest",
+        "training_snapshot": "training", "label_file": "labels", "episode_labels": "labels",
+    }
+    assert all(spec.kinds for spec in specs.values()), {k: s.kinds for k, s in specs.items()}
+    assert "deeplake" in specs["deeplake_table"].kinds
 
 
 def test_default_tags_stay_unique_within_one_second() -> None:
