@@ -36,6 +36,8 @@ from lerobot_assets.table import INDEX_DTYPES, METADATA_KEY, open_tag
 
 #: LeRobot's default tolerance for delta_timestamps that are not multiples of 1/fps.
 TOLERANCE_S = 1e-4
+#: Camera frame types an item can hold: LeRobot's float32 in [0, 1] (the default), or the decoded uint8.
+IMAGE_DTYPES = {"float32": torch.float32, "uint8": torch.uint8}
 
 
 @dataclass(frozen=True)
@@ -48,24 +50,33 @@ class SnapshotInfo:
     table: str
 
 
-def decode_frames(encoded: Sequence[bytes]) -> torch.Tensor:
-    """Frames as one float32 ``(N, C, H, W)`` tensor in [0, 1], like LeRobot's decoded video frames.
+def decode_frames(
+    encoded: Sequence[bytes], dtype: torch.dtype = torch.float32, size: tuple[int, int] | None = None
+) -> torch.Tensor:
+    """Frames as one ``(N, C, H, W)`` tensor: float32 in [0, 1] like LeRobot's decoded video frames, or uint8.
+
+    uint8 holds the decoded pixels as they are (4x less memory to write, pin and transfer);
+    ``uint8_frames.float() / 255`` equals the float32 frames exactly. ``size`` (height, width)
+    decodes at that reduced resolution (:func:`~lerobot_assets.codec.decode_rgb`).
 
     Inside a DataLoader worker the tensor lies in one of the worker's reusable shared-memory
     buffers, so that :func:`collate` can hand it to the main process without stacking (copying)
     the largest part of a batch again.
     An object repeated in ``encoded`` (a frame clamped at an episode edge) is decoded once.
     """
-    first = decode_rgb(encoded[0])
+    first = decode_rgb(encoded[0], size=size)
     shape = (len(encoded), 3, *first.shape[:2])
-    out = torch.empty(0).set_(batch_storage(math.prod(shape) * 4), 0, shape)
+    out = torch.empty(0, dtype=dtype).set_(batch_storage(math.prod(shape) * dtype.itemsize), 0, shape)
     decoded: dict[int, int] = {}
     for k, blob in enumerate(encoded):
         if id(blob) in decoded:
             out[k].copy_(out[decoded[id(blob)]])
             continue
-        rgb = first if k == 0 else decode_rgb(blob)
-        torch.div(torch.from_numpy(rgb).permute(2, 0, 1), 255, out=out[k])  # as LeRobot: float32(x) / 255
+        chw = torch.from_numpy(first if k == 0 else decode_rgb(blob, size=size)).permute(2, 0, 1)
+        if dtype == torch.uint8:
+            out[k].copy_(chw)
+        else:
+            torch.div(chw, 255, out=out[k])  # as LeRobot: float32(x) / 255
         decoded[id(blob)] = k
     return out
 
@@ -116,7 +127,9 @@ def delta_indices(delta_timestamps: dict[str, list[float]], fps: float) -> dict[
 class SnapshotDataset(torch.utils.data.Dataset):
     """The frames of ``dataset`` at snapshot ``tag`` as LeRobotDataset items.
 
-    Each item has every camera as a float32 CHW tensor in [0, 1], the numeric features as
+    Each item has every camera as a float32 CHW tensor in [0, 1] (``image_dtype="uint8"``: the
+    decoded uint8 pixels, to convert on the training device; ``image_size=(h, w)``: decoded at that
+    reduced resolution, see :func:`~lerobot_assets.codec.decode_rgb`), the numeric features as
     tensors, ``timestamp``/``frame_index``/``episode_index``/``index``/``task_index`` as 0-d
     tensors and ``task`` as text. ``columns`` limits the cameras and features returned (index
     columns and ``task`` always are). ``delta_timestamps`` maps a key to offsets in seconds: the
@@ -141,7 +154,15 @@ class SnapshotDataset(torch.utils.data.Dataset):
         image_transforms: Callable[[torch.Tensor], torch.Tensor] | None = None,
         episodes: list[int] | None = None,
         query: str | None = None,
+        image_dtype: str = "float32",
+        image_size: tuple[int, int] | None = None,
     ) -> None:
+        if image_dtype not in IMAGE_DTYPES:
+            raise ValueError(f"image_dtype must be one of {sorted(IMAGE_DTYPES)}, not {image_dtype!r}")
+        if image_size is not None and (len(image_size) != 2 or min(image_size) < 1):
+            raise ValueError(f"image_size must be (height, width) in pixels, not {image_size!r}")
+        self.image_dtype = IMAGE_DTYPES[image_dtype]
+        self.image_size = None if image_size is None else (int(image_size[0]), int(image_size[1]))
         url = Home.at(home).dataset_source(dataset).table
         ds = open_tag(url, tag)
         self.snapshot = SnapshotInfo(dataset, tag, ds.version, url)
@@ -252,7 +273,7 @@ class SnapshotDataset(torch.utils.data.Dataset):
         """Decoded frames of table ``rows`` (shape ``(B,)`` or ``(B, T)``), shaped ``(*rows.shape, C, H, W)``."""
         unique, inverse = np.unique(rows, return_inverse=True)
         encoded = self._table()[camera].get_bytes(unique.tolist())
-        frames = decode_frames([encoded[k] for k in inverse.ravel()])
+        frames = decode_frames([encoded[k] for k in inverse.ravel()], self.image_dtype, self.image_size)
         return frames.view(*rows.shape, *frames.shape[1:])
 
 

@@ -277,3 +277,64 @@ def test_train_bc_example_loss_goes_down(snap: dict) -> None:
                           "--workers", "0"])
     assert len(losses) == 40
     assert np.mean(losses[-5:]) < 0.5 * np.mean(losses[:5])
+
+
+def test_uint8_items_equal_float32_items_after_conversion(snap: dict) -> None:
+    floats = SnapshotDataset("gen", "t1", home=snap["home"], delta_timestamps=HISTORY_AND_CHUNK)
+    uint8 = SnapshotDataset("gen", "t1", home=snap["home"], delta_timestamps=HISTORY_AND_CHUNK, image_dtype="uint8")
+    for i in range(0, len(floats), 4):
+        expected, got = floats[i], uint8[i]
+        assert set(got) == set(expected)
+        for camera in (CAM_HIGH, CAM_WRIST):
+            assert got[camera].dtype == torch.uint8 and got[camera].shape == expected[camera].shape
+            assert torch.equal(got[camera].float().div_(255), expected[camera]), (camera, i)  # the documented line
+        assert torch.equal(got["action"], expected["action"]) and torch.equal(got["index"], expected["index"])
+    loader = DataLoader(uint8, batch_size=4, num_workers=2, collate_fn=collate)
+    batch = next(iter(loader))
+    assert batch[CAM_HIGH].dtype == torch.uint8 and batch[CAM_HIGH].shape == (4, 2, 3, 96, WIDTH)
+    assert torch.equal(batch[CAM_HIGH][3], uint8[3][CAM_HIGH])
+    with pytest.raises(ValueError, match="image_dtype"):
+        SnapshotDataset("gen", "t1", home=snap["home"], image_dtype="float16")
+
+
+def _full_decode_and_area_resize(encoded: bytes, size: tuple[int, int]) -> np.ndarray:
+    """The reference: Pillow's full-size decode, then an area (box) resize."""
+    with Image.open(io.BytesIO(encoded)) as image:
+        return np.asarray(image.convert("RGB").resize((size[1], size[0]), Image.Resampling.BOX)).astype(np.int16)
+
+
+def _reduced_frame_errors(dataset: SnapshotDataset, table: Any, size: tuple[int, int]) -> np.ndarray:
+    """Absolute differences of every item's frames at ``size`` from a full decode plus an area resize."""
+    order = np.argsort(np.asarray(table["index"][:]))
+    errors = []
+    for camera in (CAM_HIGH, CAM_WRIST):
+        encoded = table[camera].get_bytes(order.tolist())
+        for i in range(len(dataset)):
+            got = dataset[i][camera]
+            assert got.dtype == torch.uint8 and got.shape == (3, *size)
+            errors.append(np.abs(got.permute(1, 2, 0).numpy().astype(np.int16) - _full_decode_and_area_resize(encoded[i], size)))
+    return np.stack(errors)
+
+
+@pytest.mark.parametrize("size", [(48, 64), (40, 40)])
+def test_image_size_equals_a_full_decode_plus_an_area_resize(snap: dict, size: tuple[int, int]) -> None:
+    """JPEG frames are decoded at half scale in the DCT ((48, 64) exactly; (40, 40) then area-resized
+    from 48x64). The DCT's scaling is not exactly a 2x2 mean: a hard edge can land a fraction of a
+    pixel away, and chroma is not upsampled. Bound, per frame: mean absolute difference from a full
+    decode plus an area resize <= 4 levels, and <= 10% of values off by more than 16 (the hard edges
+    of these small synthetic frames). Measured: (48, 64) 1.65 and 1.1%, (40, 40) 3.1 and 6.1%; on
+    480x640 frames at (240, 320), 0.5 (see docs/usage.md)."""
+    dataset = SnapshotDataset("gen", "t1", home=snap["home"], image_dtype="uint8", image_size=size)
+    errors = _reduced_frame_errors(dataset, open_snapshot("gen", "t1", snap["home"]), size)
+    assert errors.mean(axis=(1, 2, 3)).max() <= 4
+    assert (errors > 16).mean(axis=(1, 2, 3)).max() <= 0.10
+    floats = SnapshotDataset("gen", "t1", home=snap["home"], image_size=size)
+    assert torch.equal(floats[5][CAM_HIGH], dataset[5][CAM_HIGH].float() / 255)
+
+
+def test_image_size_on_a_png_table_is_a_full_decode_plus_an_area_resize(tmp_path: Path) -> None:
+    source = generate_dataset(tmp_path / "src", episode_lengths=[6], codec="libx264")
+    ingest(str(source), name="png", home=tmp_path / "home", image_format="png", workers=1)
+    snapshot("png", tag="t", home=tmp_path / "home")
+    dataset = SnapshotDataset("png", "t", home=tmp_path / "home", image_dtype="uint8", image_size=(40, 50))
+    assert not _reduced_frame_errors(dataset, open_snapshot("png", "t", tmp_path / "home"), (40, 50)).any()
