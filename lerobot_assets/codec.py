@@ -42,7 +42,7 @@ def decode_rgb(encoded: bytes, min_width: int = 0, size: tuple[int, int] | None 
     that scale is already exact, area-resized by :func:`area_resize`. PNG is decoded in full, then
     area-resized.
     """
-    if encoded[:2] == _JPEG_MAGIC:
+    if is_jpeg(encoded):
         if size or min_width:
             height, width = size or (1, min_width)
             rgb = simplejpeg.decode_jpeg(encoded, colorspace="RGB", min_height=height, min_width=width)
@@ -52,6 +52,11 @@ def decode_rgb(encoded: bytes, min_width: int = 0, size: tuple[int, int] | None 
         with Image.open(io.BytesIO(encoded)) as image:
             rgb = np.array(image.convert("RGB"))
     return rgb if size is None or rgb.shape[:2] == tuple(size) else area_resize(rgb, size)
+
+
+def is_jpeg(encoded: bytes) -> bool:
+    """Whether ``encoded`` is JPEG (else PNG): only JPEG has DCT scaling and a GPU decoder."""
+    return encoded[:2] == _JPEG_MAGIC
 
 
 def area_resize(rgb: np.ndarray, size: tuple[int, int]) -> np.ndarray:

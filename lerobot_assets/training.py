@@ -16,6 +16,7 @@ shared across a ``fork``.
 from __future__ import annotations
 
 import json
+import logging
 import math
 import os
 from collections.abc import Callable, Sequence
@@ -29,10 +30,12 @@ from torch.utils.data import default_collate
 
 from lerobot_assets import stats
 from lerobot_assets.batch_buffers import batch_storage, lend
-from lerobot_assets.codec import decode_rgb
+from lerobot_assets.codec import decode_rgb, is_jpeg
 from lerobot_assets.errors import TableError
 from lerobot_assets.home import Home
 from lerobot_assets.table import INDEX_DTYPES, METADATA_KEY, open_tag
+
+log = logging.getLogger(__name__)
 
 #: LeRobot's default tolerance for delta_timestamps that are not multiples of 1/fps.
 TOLERANCE_S = 1e-4
@@ -79,6 +82,42 @@ def decode_frames(
             torch.div(chw, 255, out=out[k])  # as LeRobot: float32(x) / 255
         decoded[id(blob)] = k
     return out
+
+
+def decode_frames_cuda(
+    encoded: Sequence[bytes], dtype: torch.dtype = torch.float32, size: tuple[int, int] | None = None
+) -> torch.Tensor:
+    """:func:`decode_frames` with nvJPEG on the GPU (torchvision, imported only here): the batch comes out on CUDA.
+
+    nvJPEG has no DCT scaling, so ``size`` is a full decode then an area resize on the GPU
+    (torch's adaptive average: the box filter when the ratio is a whole number).
+    """
+    from torchvision.io import ImageReadMode, decode_jpeg
+
+    data = [torch.frombuffer(bytearray(blob), dtype=torch.uint8) for blob in encoded]
+    frames = torch.stack(decode_jpeg(data, mode=ImageReadMode.RGB, device="cuda"))
+    if size is not None and tuple(frames.shape[-2:]) != size:
+        frames = torch.nn.functional.interpolate(frames.float(), size=size, mode="area").round_().to(torch.uint8)
+    return frames if dtype == torch.uint8 else frames.float().div_(255)
+
+
+def _decode_device(requested: str) -> str:
+    """Where frames will be decoded: ``"cuda"`` only when asked for and nvJPEG can run, else ``"cpu"``."""
+    if requested not in ("cpu", "cuda"):
+        raise ValueError(f"decode_device must be 'cpu' or 'cuda', not {requested!r}")
+    if requested == "cpu":
+        return "cpu"
+    if not torch.cuda.is_available():
+        log.warning("decode_device='cuda': torch %s sees no CUDA device, so frames are decoded on the CPU",
+                    torch.__version__)
+        return "cpu"
+    try:
+        import torchvision.io  # noqa: F401  (nvJPEG's decode_jpeg)
+    except ImportError:
+        log.warning("decode_device='cuda' needs torchvision (for nvJPEG), which is not installed: "
+                    "frames are decoded on the CPU")
+        return "cpu"
+    return "cuda"
 
 
 def collate(items: list[dict[str, Any]]) -> dict[str, Any]:
@@ -129,7 +168,10 @@ class SnapshotDataset(torch.utils.data.Dataset):
 
     Each item has every camera as a float32 CHW tensor in [0, 1] (``image_dtype="uint8"``: the
     decoded uint8 pixels, to convert on the training device; ``image_size=(h, w)``: decoded at that
-    reduced resolution, see :func:`~lerobot_assets.codec.decode_rgb`), the numeric features as
+    reduced resolution, see :func:`~lerobot_assets.codec.decode_rgb`; ``decode_device="cuda"``:
+    JPEG frames decoded by nvJPEG into CUDA tensors, in the process that reads the batch, so use
+    ``num_workers=0`` or a ``spawn`` context; without CUDA this logs why and decodes on the CPU),
+    the numeric features as
     tensors, ``timestamp``/``frame_index``/``episode_index``/``index``/``task_index`` as 0-d
     tensors and ``task`` as text. ``columns`` limits the cameras and features returned (index
     columns and ``task`` always are). ``delta_timestamps`` maps a key to offsets in seconds: the
@@ -156,6 +198,7 @@ class SnapshotDataset(torch.utils.data.Dataset):
         query: str | None = None,
         image_dtype: str = "float32",
         image_size: tuple[int, int] | None = None,
+        decode_device: str = "cpu",
     ) -> None:
         if image_dtype not in IMAGE_DTYPES:
             raise ValueError(f"image_dtype must be one of {sorted(IMAGE_DTYPES)}, not {image_dtype!r}")
@@ -163,6 +206,7 @@ class SnapshotDataset(torch.utils.data.Dataset):
             raise ValueError(f"image_size must be (height, width) in pixels, not {image_size!r}")
         self.image_dtype = IMAGE_DTYPES[image_dtype]
         self.image_size = None if image_size is None else (int(image_size[0]), int(image_size[1]))
+        self.decode_device = _decode_device(decode_device)
         url = Home.at(home).dataset_source(dataset).table
         ds = open_tag(url, tag)
         self.snapshot = SnapshotInfo(dataset, tag, ds.version, url)
@@ -273,7 +317,11 @@ class SnapshotDataset(torch.utils.data.Dataset):
         """Decoded frames of table ``rows`` (shape ``(B,)`` or ``(B, T)``), shaped ``(*rows.shape, C, H, W)``."""
         unique, inverse = np.unique(rows, return_inverse=True)
         encoded = self._table()[camera].get_bytes(unique.tolist())
-        frames = decode_frames([encoded[k] for k in inverse.ravel()], self.image_dtype, self.image_size)
+        if self.decode_device == "cuda" and is_jpeg(encoded[0]):  # nvJPEG decodes JPEG only
+            unique_frames = decode_frames_cuda(encoded, self.image_dtype, self.image_size)
+            frames = unique_frames[torch.from_numpy(inverse.ravel()).to(unique_frames.device)]
+        else:
+            frames = decode_frames([encoded[k] for k in inverse.ravel()], self.image_dtype, self.image_size)
         return frames.view(*rows.shape, *frames.shape[1:])
 
 

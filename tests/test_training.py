@@ -338,3 +338,32 @@ def test_image_size_on_a_png_table_is_a_full_decode_plus_an_area_resize(tmp_path
     snapshot("png", tag="t", home=tmp_path / "home")
     dataset = SnapshotDataset("png", "t", home=tmp_path / "home", image_dtype="uint8", image_size=(40, 50))
     assert not _reduced_frame_errors(dataset, open_snapshot("png", "t", tmp_path / "home"), (40, 50)).any()
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="the fallback is for machines without CUDA")
+def test_cuda_decoding_falls_back_to_the_cpu_with_one_message(snap: dict, caplog: pytest.LogCaptureFixture) -> None:
+    with caplog.at_level("WARNING", logger="lerobot_assets.training"):
+        dataset = SnapshotDataset("gen", "t1", home=snap["home"], image_dtype="uint8", decode_device="cuda")
+        items = [dataset[i] for i in (0, 7)]
+    assert [r.getMessage() for r in caplog.records] == [
+        f"decode_device='cuda': torch {torch.__version__} sees no CUDA device, so frames are decoded on the CPU"]
+    assert dataset.decode_device == "cpu"
+    cpu = SnapshotDataset("gen", "t1", home=snap["home"], image_dtype="uint8")
+    for item, i in zip(items, (0, 7)):
+        assert item[CAM_HIGH].device.type == "cpu" and torch.equal(item[CAM_HIGH], cpu[i][CAM_HIGH])
+    with pytest.raises(ValueError, match="decode_device"):
+        SnapshotDataset("gen", "t1", home=snap["home"], decode_device="tpu")
+
+
+@pytest.mark.skipif(not torch.cuda.is_available() or importlib.util.find_spec("torchvision") is None,
+                    reason="needs a CUDA device and torchvision (nvJPEG)")
+def test_cuda_decoding_matches_the_cpu_decoder(snap: dict) -> None:
+    """nvJPEG and libjpeg-turbo may round the IDCT and the chroma upsampling differently: within 1 level on average."""
+    gpu = SnapshotDataset("gen", "t1", home=snap["home"], image_dtype="uint8", decode_device="cuda",
+                          delta_timestamps=HISTORY_AND_CHUNK)
+    cpu = SnapshotDataset("gen", "t1", home=snap["home"], image_dtype="uint8", delta_timestamps=HISTORY_AND_CHUNK)
+    assert gpu.decode_device == "cuda"
+    for i in (0, 5, 20):
+        got, expected = gpu[i][CAM_HIGH], cpu[i][CAM_HIGH]
+        assert got.device.type == "cuda" and got.shape == expected.shape
+        assert (got.cpu().int() - expected.int()).abs().float().mean() <= 1.0
