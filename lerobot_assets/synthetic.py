@@ -148,6 +148,7 @@ class _Spec:
     files_per_chunk: int
     robot_type: str
     seed: int
+    gop: int
 
     def __post_init__(self) -> None:
         if self.version not in VERSIONS:
@@ -211,16 +212,18 @@ def generate_dataset(
     files_per_chunk: int = 2,
     robot_type: str = "synthetic",
     seed: int = 0,
+    gop: int | None = None,
 ) -> Path:
     """Write a LeRobot dataset to ``root`` (absent or empty) and return its path.
 
     Episode ``e`` has ``episode_lengths[e]`` frames and task ``tasks[e % len(tasks)]``.
     ``episodes_per_file`` only applies to v3.0 (v2.1 has one file per episode);
     ``files_per_chunk`` is ``chunks_size`` in both layouts. ``codec`` is ``libsvtav1`` (what
-    lerobot writes) or ``libx264``.
+    lerobot writes) or ``libx264``. ``gop`` is the most frames between keyframes (default: one
+    second's; lerobot itself writes 2, which makes its random access cheap).
     """
     spec = _Spec(version, tuple(episode_lengths), tuple(cameras), height, width, fps, codec, effort, state_dim,
-                 tuple(tasks), episodes_per_file, files_per_chunk, robot_type, seed)
+                 tuple(tasks), episodes_per_file, files_per_chunk, robot_type, seed, gop or fps)
     root = Path(root)
     if root.exists() and any(root.iterdir()):
         raise FileExistsError(f"{root} is not empty; files of an earlier dataset would mix with the new one")
@@ -368,7 +371,7 @@ def _encode_video(spec: _Spec, path: Path, episodes: list[_Episode], camera_inde
         stream = container.add_stream(spec.codec, rate=spec.fps)
         stream.width, stream.height, stream.pix_fmt = spec.width, spec.height, "yuv420p"
         stream.codec_context.time_base = time_base
-        stream.codec_context.gop_size = spec.fps
+        stream.codec_context.gop_size = spec.gop
         stream.options = dict(CODECS[spec.codec].options)
         for ep in episodes:
             histogram = np.zeros(3 * 256, np.int64)
