@@ -51,6 +51,9 @@ INDEX_DTYPES = {
 }
 _COMPRESSION = {"jpeg": "jpg", "png": "png"}
 METADATA_KEY = "lerobot_assets"
+#: The column whose metadata holds, under :data:`METADATA_KEY`, the ingest values that change
+#: between runs (see :func:`set_table_metadata`).
+RUN_METADATA_COLUMN = "episode_index"
 #: The feature "nearest state" queries rank rows by: stored as a Deeplake ``Embedding`` (a float32
 #: vector of fixed size) so that it carries a vector index.
 EMBEDDING_KEY = "observation.state"
@@ -242,15 +245,37 @@ def summarize(ds: deeplake.Dataset | deeplake.ReadOnlyDataset, url: str) -> Tabl
         values, counts = np.unique(np.asarray(ds["episode_index"][:]), return_counts=True)
         episodes = {int(v): int(c) for v, c in zip(values, counts)}
     tags = {name: ds.tags[name].version for name in ds.tags.names()}
-    metadata = json.loads(ds.metadata[METADATA_KEY]) if METADATA_KEY in ds.metadata.keys() else {}
-    return TableSummary(url, ds.version, len(ds), episodes, tags, metadata)
+    return TableSummary(url, ds.version, len(ds), episodes, tags, table_metadata(ds))
+
+
+def table_metadata(ds: deeplake.Dataset | deeplake.ReadOnlyDataset) -> dict[str, Any]:
+    """The table's ingest metadata: what was fixed at creation (dataset, fps, cameras, image format),
+    updated with what :func:`set_table_metadata` recorded with the rows (source, revision)."""
+    metadata = _json_entry(ds.metadata)
+    metadata.update(_json_entry(ds[RUN_METADATA_COLUMN].metadata))
+    return metadata
+
+
+def _json_entry(metadata: Any) -> dict[str, Any]:
+    return json.loads(metadata[METADATA_KEY]) if METADATA_KEY in metadata.keys() else {}
 
 
 def set_table_metadata(ds: deeplake.Dataset, **values: Any) -> None:
-    """Merge ``values`` into the table's JSON metadata (committed with the next commit)."""
-    current = json.loads(ds.metadata[METADATA_KEY]) if METADATA_KEY in ds.metadata.keys() else {}
-    current.update(values)
-    ds.metadata[METADATA_KEY] = json.dumps(current)
+    """Record ``values`` (source, revision) with the next commit, and only when they change.
+
+    They go to :data:`RUN_METADATA_COLUMN`'s metadata, versioned with the rows (a tag shows the
+    revision its rows came from), not to the dataset's own metadata, which is written once, at
+    creation. Deeplake 4.7 keeps dataset metadata in a log of its own and checkpoints it every 64
+    writes; when the entries are lz4-compressed (over ~512 bytes, as a commit message with a revision
+    made them) but the checkpoint is not, the checkpoint is stored raw under a ``.lz4`` name and
+    every later open decodes its first bytes as a block size: 1.87 GB allocated and 1-2 s per open,
+    and the metadata read back empty. Writing it per episode made ingest collapse after ~64 episodes
+    (docs/benchmarks.md, "Many small episodes").
+    """
+    metadata = ds[RUN_METADATA_COLUMN].metadata
+    current = _json_entry(metadata)
+    if {**current, **values} != current:
+        metadata[METADATA_KEY] = json.dumps({**current, **values})
 
 
 def open_read_only(url: str) -> deeplake.ReadOnlyDataset:
