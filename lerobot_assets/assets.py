@@ -129,6 +129,7 @@ def hf_snapshot(context: AssetExecutionContext, storage: StorageResource, hub: H
             "revision": snapshot.revision,
             "files": snapshot.files,
             "bytes": snapshot.bytes,
+            "bytes_hashed": snapshot.hashed_bytes,
             # not "path": Dagster's IO manager writes its own "path" (where it pickled the value)
             "pinned_copy": MetadataValue.path(str(snapshot.path)),
         },

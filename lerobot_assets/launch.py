@@ -11,6 +11,8 @@ import json
 import logging
 import multiprocessing
 import os
+import re
+import shutil
 import sys
 import threading
 from collections import deque
@@ -25,6 +27,7 @@ from dagster import (
     AssetMaterialization,
     DagsterInstance,
     ExecuteInProcessResult,
+    MultiPartitionKey,
     materialize,
     partition_loading_context,
 )
@@ -159,8 +162,22 @@ def run_assets(
 def _run(instance: DagsterInstance, settings: Settings, selection: list, partition_key: Any, **kwargs: Any):
     result = run_assets(instance, settings, selection, partition_key, **kwargs)
     if not result.success:
-        raise LeRobotAssetsError(failure_message(result))
+        raise LeRobotAssetsError(users_paths(failure_message(result), Home(settings.home), partition_key))
     return result
+
+
+def users_paths(message: str, home: Home, partition_key: Any) -> str:
+    """``message`` with each path inside the dataset's pinned copies (``<home>/sources/<name>/<revision>``,
+    or a Hub snapshot there) replaced by the source the user gave: the user's file, not our copy of it."""
+    name = partition_key.keys_by_dimension["dataset"] if isinstance(partition_key, MultiPartitionKey) else partition_key
+    try:
+        source = home.dataset_source(name).source
+    except LeRobotAssetsError:
+        return message
+    pins = home.sources(name)
+    spellings = sorted({str(pins), str(pins.absolute()), str(pins.resolve())}, key=len, reverse=True)
+    roots = "|".join(re.escape(p) for p in spellings)
+    return re.sub(rf"(?:{roots})/(?:hf_cache/[^/]+/snapshots/)?[^/\s'\"]+", lambda _: source, message)
 
 
 def _materialize_episode(settings: Settings, dataset: str, index: int) -> tuple[int, str | None]:
@@ -255,15 +272,29 @@ def ingest(
     home_ = Home.at(home)
     settings = Settings(home_.root, image_format, quality)
     entry, new = register(home_, source, name, revision, tables)
+    try:
+        return _ingest(settings, entry, episodes, workers)
+    except BaseException:
+        if new and not _table_episodes(entry.table):  # a failed first ingest leaves nothing behind
+            _forget(home_, entry.name)
+        raise
+
+
+def _forget(home: Home, name: str) -> None:
+    """Unregister ``name`` and delete its partition, pinned copies and staged frames."""
+    home.unregister(name)
+    dagster_instance(home).delete_dynamic_partition(dataset_partitions.name, name)
+    for path in (home.sources(name), home.staging(name)):
+        shutil.rmtree(path, ignore_errors=True)
+
+
+def _ingest(
+    settings: Settings, entry: DatasetSource, episodes: Sequence[int] | None, workers: int | None
+) -> dict[str, Any]:
+    home_ = Home(settings.home)
     instance = dagster_instance(home_)
     log.info("resolving %s (%s)", entry.source, entry.kind)
-    try:
-        result = _run(instance, settings, DATASET_ASSETS, entry.name)
-    except LeRobotAssetsError:
-        if new:  # a first ingest that cannot even read the source leaves nothing registered
-            home_.unregister(entry.name)
-            instance.delete_dynamic_partition(dataset_partitions.name, entry.name)
-        raise
+    result = _run(instance, settings, DATASET_ASSETS, entry.name)
     metadata = result.output_for_node("episode_metadata")
     upstream = sorted(metadata["episodes"])
     requested = upstream if episodes is None else sorted(set(episodes))

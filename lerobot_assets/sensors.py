@@ -65,7 +65,7 @@ def upstream_revision_sensor(
     for source in storage.home.registered():
         state = cursor.setdefault(source.name, {})
         try:
-            revision = latest_revision(source, hub.settings())
+            revision = latest_revision(source, hub.settings(), storage.home.sources(source.name))
         except SourceError as exc:
             context.log.warning(f"skipping {source.name} this tick: {exc}")
             skipped.append(source.name)

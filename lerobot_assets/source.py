@@ -1,10 +1,12 @@
 """Pinning a dataset source to an exact revision and keeping a local copy of it.
 
 A source is either a Hugging Face Hub dataset repo id (resolved to a commit sha and downloaded with
-``snapshot_download(revision=sha)``) or a local directory (its git HEAD when it is in a git
-repository, else a content hash of its files). The copy lives under
-``<home>/sources/<name>/<revision>`` and is written atomically, so a failed download leaves nothing
-behind that a later run could mistake for a complete snapshot.
+``snapshot_download(revision=sha)``) or a local directory (its git HEAD when its files are exactly
+those committed, else a content hash of its files). A local directory's copy lives under
+``<home>/sources/<name>/<revision>``: a copy of the bytes, never a hard link, written atomically (a
+failed copy leaves nothing a later run could mistake for a complete snapshot) and checked against
+what was copied before each use. Hashes of files already seen are cached by size, mtime and inode
+in ``<home>/sources/<name>/.records/``, so checking an unchanged directory reads no file.
 """
 
 from __future__ import annotations
@@ -12,13 +14,17 @@ from __future__ import annotations
 import hashlib
 import importlib
 import io
+import json
 import logging
 import os
 import re
 import shutil
+import stat
 import subprocess
 import tarfile
 import tempfile
+import threading
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -44,17 +50,32 @@ class Snapshot:
     path: Path
     files: int
     bytes: int
+    hashed_bytes: int  # of the source and the pin, read to check them
 
 
 def classify_source(source: str) -> str:
-    """``"local"`` for an existing directory, ``"hub"`` for something shaped like ``org/name``."""
-    if Path(source).expanduser().is_dir():
+    """``"local"`` for an existing directory, ``"hub"`` for something shaped like ``org/name``.
+
+    Anything that looks like a path (``./x``, ``../x``, ``/x``, ``~/x``, or two or more separators) is
+    a local directory or an error naming it: a mistyped path is never sent to the Hub.
+    """
+    path = Path(source).expanduser()
+    if path.is_dir():
         return "local"
+    if _looks_like_path(source):
+        shown = repr(source) if path.is_absolute() else f"{source!r} ({path.absolute()})"
+        raise SourceError(f"{'not a directory' if path.exists() else 'no such directory'}: {shown}")
     if _REPO_ID.fullmatch(source) and ".." not in source:
         return "hub"
     raise SourceError(
         f"source {source!r} is neither an existing directory nor a Hub dataset repo id like 'lerobot/pusht'"
     )
+
+
+def _looks_like_path(source: str) -> bool:
+    separators = [s for s in (os.sep, os.altsep) if s]
+    starts = tuple(f"{prefix}{s}" for prefix in (".", "..") for s in separators) + tuple(separators) + ("~",)
+    return source in (".", "..") or source.startswith(starts) or sum(source.count(s) for s in separators) > 1
 
 
 @dataclass(frozen=True)
@@ -67,39 +88,82 @@ class HubSettings:
     offline: bool = False
 
 
-def latest_revision(source: DatasetSource, hub: HubSettings) -> str:
-    """The revision ``source`` resolves to now (cheap: no download), used by the sensor."""
+def latest_revision(source: DatasetSource, hub: HubSettings, cache: Path | None = None) -> str:
+    """The revision ``source`` resolves to now, used by the sensor: no download, and for a local
+    directory only the files whose size, mtime or inode changed since ``cache`` (the dataset's
+    ``<home>/sources/<name>``) last saw them are read."""
     if source.kind == "hub":
         return _hub_revision(source, hub)
-    path = Path(source.source)
-    if not path.is_dir():
-        raise SourceError(f"dataset {source.name!r}: source directory {str(path)!r} does not exist")
-    git_head = _git_head(path)
-    return git_head if git_head else _content_hash(path)
+    path = _local_directory(source)
+    return _local_revision(path, None if cache is None else cache / _RECORDS / "source.json")[0]
 
 
 def pin(source: DatasetSource, cache: Path, hub: HubSettings) -> Snapshot:
-    """Resolve ``source`` to an exact revision and return a local copy pinned to it."""
+    """Resolve ``source`` to an exact revision and return a local copy pinned to it.
+
+    A local pin is an independent copy (never a hard link, so an edit of the source cannot reach it)
+    and is checked against what was copied before each use: a pin that differs is copied again.
+    """
     if source.kind == "hub":
         return _pin_hub(source, cache, hub)
+    path = _local_directory(source)
+    revision, content = _local_revision(path, cache / _RECORDS / "source.json")
+    target = cache / revision
+    record = cache / _RECORDS / f"{revision}.json"
+    if target.is_dir():
+        check = directory_revision(target, record)
+        if check.revision == _read_record(record).get("content"):
+            return Snapshot(revision, target, check.files, check.bytes, _hashed(content) + check.hashed_bytes)
+        log.warning("%s: the pinned copy of revision %s differs from what was copied; copying it again", path, revision)
+        stale = target.with_name(f".{revision}.stale.{os.getpid()}")
+        try:
+            target.rename(stale)
+        except FileNotFoundError:  # a concurrent run moved it first
+            pass
+        shutil.rmtree(stale, ignore_errors=True)
+    with _atomic_dir(target) as tmp:
+        if content is None:
+            _git_export(path, revision, tmp)
+        else:
+            _copy_files(path, tmp)
+        copied = directory_revision(tmp, record)  # keys are relative paths and inodes survive the rename
+        if content is not None and copied.revision != content.revision:
+            raise SourceError(f"{str(path)!r} changed while it was being copied; run again")
+        _write_json(record, {**_read_record(record), "content": copied.revision})
+    return Snapshot(revision, target, copied.files, copied.bytes, _hashed(content) + copied.hashed_bytes)
+
+
+def _local_directory(source: DatasetSource) -> Path:
     path = Path(source.source).expanduser().absolute()
     if not path.is_dir():
-        raise SourceError(f"dataset {source.name!r}: source directory {str(path)!r} does not exist")
-    git_head = _git_head(path)
-    revision = git_head or _content_hash(path)
-    target = cache / revision
-    if not target.is_dir():
-        with _atomic_dir(target) as tmp:
-            if git_head:
-                _git_export(path, git_head, tmp)
-            else:
-                shutil.copytree(path, tmp, dirs_exist_ok=True, copy_function=_link_or_copy)
-    return _describe(revision, target)
+        raise SourceError(f"dataset {source.name!r}: no such directory: {str(path)!r}")
+    return path
+
+
+def _local_revision(path: Path, record: Path | None) -> tuple[str, DirectoryRevision | None]:
+    """The revision of a local directory, and its content when that is what the revision names.
+
+    The git HEAD sha names the directory only when its files are exactly those committed: no
+    modified, untracked or ignored file below it. Otherwise the revision is the content hash of the
+    directory as it is (what a plain directory gets), so an uncommitted edit is ingested and seen as
+    a change, and committing exactly those files later changes the revision but no fingerprint.
+    """
+    head = _git_head(path)
+    if head is not None:
+        if _git(path, "status", "--porcelain", "--untracked-files=all", "--ignored", "--", ".") == "":
+            return head, None
+        log.warning("%s differs from git HEAD %s (uncommitted or untracked files): pinned by content", path, head[:12])
+    content = directory_revision(path, record)
+    return content.revision, content
+
+
+def _hashed(content: DirectoryRevision | None) -> int:
+    return content.hashed_bytes if content is not None else 0
 
 
 def _describe(revision: str, path: Path) -> Snapshot:
     files = [p for p in path.rglob("*") if p.is_file()]
-    return Snapshot(revision, path, len(files), sum(p.stat().st_size for p in files))
+    return Snapshot(revision, path, len(files), sum(p.stat().st_size for p in files), 0)
 
 
 class _atomic_dir:
@@ -124,11 +188,116 @@ class _atomic_dir:
         shutil.rmtree(self.tmp, ignore_errors=True)
 
 
-def _link_or_copy(src: str, dst: str) -> None:
+#: Where a dataset's pins keep their records, beside the pins: ``source.json`` (file hashes of the
+#: source directory) and ``<revision>.json`` (what was copied into that pin, and its file hashes).
+_RECORDS = ".records"
+
+#: A file hashed less than this long after it was last modified may be modified again within the
+#: filesystem's timestamp granularity (2 s on FAT and some network filesystems) without its mtime
+#: changing: its cached hash is not trusted, and it is hashed again next time (git's "racy" files).
+_RACY_NS = 2_000_000_000
+
+
+@dataclass(frozen=True)
+class DirectoryRevision:
+    """The content hash of a directory, and how much of it had to be read to compute it."""
+
+    revision: str
+    files: int
+    bytes: int
+    hashed_files: int
+    hashed_bytes: int
+
+
+def directory_revision(root: Path, record: Path | None = None) -> DirectoryRevision:
+    """A sha256 over every file's relative path and content: the revision of a plain directory.
+
+    It covers exactly the files :func:`pin` copies (:func:`_files`: symlinks followed). A file whose
+    size, mtime and inode match the hash cached in ``record`` is not read again. The cache is only
+    an accelerator: anything it does not vouch for (another machine, a moved home, a recent or
+    changed file) is hashed, and a lost or damaged record costs one full read.
+    """
+    saved = _read_record(record).get("files", {}) if record is not None else {}
+    now = time.time_ns()
+    digest = hashlib.sha256()
+    files: dict[str, list] = {}
+    hashed_files = hashed_bytes = total = 0
+    for relative, path in _files(root):
+        st = path.stat()
+        key = [st.st_size, st.st_mtime_ns, st.st_ino]
+        entry = saved.get(relative)
+        if not (isinstance(entry, list) and len(entry) == 5 and entry[:3] == key and entry[3] - key[1] >= _RACY_NS):
+            with path.open("rb") as handle:
+                entry = [*key, now, hashlib.file_digest(handle, "sha256").hexdigest()]
+            hashed_files, hashed_bytes = hashed_files + 1, hashed_bytes + st.st_size
+        files[relative] = entry
+        total += st.st_size
+        digest.update(relative.encode() + b"\0" + bytes.fromhex(entry[4]))
+    if record is not None and files != saved:
+        _write_json(record, {**_read_record(record), "files": files})
+    return DirectoryRevision(digest.hexdigest(), len(files), total, hashed_files, hashed_bytes)
+
+
+def _files(root: Path) -> list[tuple[str, Path]]:
+    """Every regular file below ``root`` as (relative POSIX path, path), in path order, following
+    symlinked files and directories as the copy does (a symlink loop is an error, a dangling
+    symlink is skipped with a warning: neither can be copied)."""
+    found: list[tuple[str, Path]] = []
+
+    def visit(directory: Path, prefix: str, ancestors: frozenset[tuple[int, int]]) -> None:
+        with os.scandir(directory) as entries:
+            for entry in entries:
+                path = Path(entry.path)
+                try:
+                    st = entry.stat()
+                except FileNotFoundError:
+                    log.warning("skipping %s: a symlink to nothing", path)
+                    continue
+                if stat.S_ISDIR(st.st_mode):
+                    if (st.st_dev, st.st_ino) in ancestors:
+                        raise SourceError(f"{str(path)!r} is a symlink loop (it leads back to a directory above it)")
+                    visit(path, f"{prefix}{entry.name}/", ancestors | {(st.st_dev, st.st_ino)})
+                elif stat.S_ISREG(st.st_mode):
+                    found.append((prefix + entry.name, path))
+
+    st = root.stat()
+    visit(root, "", frozenset({(st.st_dev, st.st_ino)}))
+    return sorted(found, key=lambda item: item[0].split("/"))
+
+
+def _copy_files(source: Path, target: Path) -> None:
+    """Copy what :func:`_files` lists, keeping mtimes: bytes, never a hard link (an in-place edit of the
+    source must not reach the pin). ``copy_file_range`` lets the kernel copy within the filesystem,
+    and share the blocks (a reflink) where it supports that, as Btrfs and XFS do."""
+    for relative, path in _files(source):
+        destination = target / relative
+        destination.parent.mkdir(parents=True, exist_ok=True)
+        with path.open("rb") as src, destination.open("xb") as dst:
+            try:
+                while os.copy_file_range(src.fileno(), dst.fileno(), 1 << 30):
+                    pass
+            except (AttributeError, OSError):  # no copy_file_range (not Linux) or not between these files
+                src.seek(0)
+                dst.seek(0)
+                dst.truncate()
+                shutil.copyfileobj(src, dst, 1 << 20)
+            st = os.fstat(src.fileno())
+        os.utime(destination, ns=(st.st_atime_ns, st.st_mtime_ns))
+
+
+def _read_record(path: Path | None) -> dict:
     try:
-        os.link(src, dst)
-    except OSError:
-        shutil.copy2(src, dst)
+        data = json.loads(path.read_text()) if path is not None else {}
+    except (OSError, ValueError):
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
+def _write_json(path: Path, data: dict) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
+    tmp.write_text(json.dumps(data, separators=(",", ":")))
+    tmp.replace(path)
 
 
 def _git(path: Path, *args: str, binary: bool = False) -> str | bytes | None:
@@ -140,7 +309,7 @@ def _git(path: Path, *args: str, binary: bool = False) -> str | bytes | None:
 
 
 def _git_head(path: Path) -> str | None:
-    """HEAD's sha when ``path``'s files are committed in a git repository, else None.
+    """HEAD's sha when ``path`` has files committed in a git repository, else None.
 
     A directory inside a work tree but not tracked (e.g. ignored, like the demo's sample under
     ``.lerobot_assets/``) is pinned by content instead.
@@ -151,25 +320,19 @@ def _git_head(path: Path) -> str | None:
 
 
 def _git_export(path: Path, sha: str, target: Path) -> None:
-    """Write the files of ``path`` as committed at ``sha`` (not the working tree) into ``target``."""
+    """Write the files of ``path`` as committed at ``sha`` into ``target``.
+
+    ``git archive`` runs at the top of the work tree: run in a subdirectory, it limits the archive
+    to that subdirectory once more and fails on ``<sha>:<prefix>`` ("current working directory is
+    untracked").
+    """
     prefix = _git(path, "rev-parse", "--show-prefix") or ""
-    if _git(path, "status", "--porcelain", "--", ".") :
-        log.warning("%s has uncommitted changes; using the committed state at %s", path, sha[:12])
-    data = _git(path, "archive", "--format=tar", f"{sha}:{prefix}" if prefix else sha, binary=True)
-    if data is None:
+    top = _git(path, "rev-parse", "--show-toplevel")
+    data = top and _git(Path(top), "archive", "--format=tar", f"{sha}:{prefix}" if prefix else sha, binary=True)
+    if not data:
         raise SourceError(f"cannot export {str(path)!r} at commit {sha} with git archive")
     with tarfile.open(fileobj=io.BytesIO(data)) as archive:
         archive.extractall(target, filter="data")
-
-
-def _content_hash(path: Path) -> str:
-    """A sha256 over every file's relative path and content: the revision of a plain directory."""
-    digest = hashlib.sha256()
-    for file in sorted(p for p in path.rglob("*") if p.is_file()):
-        digest.update(str(file.relative_to(path)).encode() + b"\0")
-        with file.open("rb") as handle:
-            digest.update(hashlib.file_digest(handle, "sha256").digest())
-    return digest.hexdigest()
 
 
 def _hub_api(hub: HubSettings):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import shutil
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -210,9 +211,18 @@ def test_hostile_dataset_names_are_rejected(name: str, tmp_path: Path) -> None:
     assert not (tmp_path.parent / "evil").exists()
 
 
-@pytest.mark.parametrize("source", ["org/../../etc", "org/na'me", "org/name; rm -rf /", "org/a/b", "/no/such/dir"])
-def test_hostile_or_unknown_sources_are_rejected(source: str, tmp_path: Path) -> None:
-    with pytest.raises(LeRobotAssetsError, match="neither an existing directory nor a Hub dataset repo id"):
+@pytest.mark.parametrize(
+    ("source", "expected"),
+    [
+        ("org/na'me", "neither an existing directory nor a Hub dataset repo id"),
+        ("org/../../etc", "no such directory"),  # shaped like a path: never sent to the Hub
+        ("org/name; rm -rf /", "no such directory"),
+        ("org/a/b", "no such directory"),
+        ("/no/such/dir", "no such directory: '/no/such/dir'"),
+    ],
+)
+def test_hostile_or_unknown_sources_are_rejected(source: str, expected: str, tmp_path: Path) -> None:
+    with pytest.raises(LeRobotAssetsError, match=re.escape(expected)):
         ingest(source, name="x", home=tmp_path / "home", workers=1)
     assert not (tmp_path / "home" / "datasets").exists()
 
