@@ -144,13 +144,14 @@ def _local_revision(path: Path, record: Path | None) -> tuple[str, DirectoryRevi
     """The revision of a local directory, and its content when that is what the revision names.
 
     The git HEAD sha names the directory only when its files are exactly those committed: no
-    modified, untracked or ignored file below it. Otherwise the revision is the content hash of the
-    directory as it is (what a plain directory gets), so an uncommitted edit is ingested and seen as
-    a change, and committing exactly those files later changes the revision but no fingerprint.
+    modified or untracked file below it (ignored files are not part of it, and are not copied).
+    Otherwise the revision is the content hash of the directory as it is (what a plain directory
+    gets), so an uncommitted edit is ingested and seen as a change, and committing exactly those
+    files later changes the revision but no fingerprint.
     """
     head = _git_head(path)
     if head is not None:
-        if _git(path, "status", "--porcelain", "--untracked-files=all", "--ignored", "--", ".") == "":
+        if _git(path, "status", "--porcelain", "--untracked-files=all", "--", ".") == "":
             return head, None
         log.warning("%s differs from git HEAD %s (uncommitted or untracked files): pinned by content", path, head[:12])
     content = directory_revision(path, record)
@@ -363,6 +364,7 @@ def _hub_revision(source: DatasetSource, hub: HubSettings) -> str:
         raise SourceError(
             f"dataset {source.name!r}: cannot resolve Hub repo {source.source!r} at revision "
             f"{source.revision or 'main'}: offline mode is on (HubSettings.offline or HF_HUB_OFFLINE)"
+            + _no_local_directory(source.source)
         )
     try:
         info = _hub_api(hub).dataset_info(source.source, revision=source.revision)
@@ -370,8 +372,14 @@ def _hub_revision(source: DatasetSource, hub: HubSettings) -> str:
         raise SourceError(
             f"dataset {source.name!r}: cannot resolve Hub repo {source.source!r} at revision "
             f"{source.revision or 'main'}: {type(exc).__name__}: {_first_line(exc)}"
+            + _no_local_directory(source.source)
         ) from None
     return info.sha
+
+
+def _no_local_directory(repo_id: str) -> str:
+    """A hint for ``datasets/pusth``: shaped like a repo id, but its first part is a local directory."""
+    return f"; nor is it a local directory: no such directory: {repo_id!r}" if Path(repo_id).parent.is_dir() else ""
 
 
 def _pin_hub(source: DatasetSource, cache: Path, hub: HubSettings) -> Snapshot:
@@ -392,7 +400,7 @@ def _pin_hub(source: DatasetSource, cache: Path, hub: HubSettings) -> Snapshot:
     except _hub_errors() as exc:
         raise SourceError(
             f"dataset {source.name!r}: download of Hub repo {source.source!r} at {revision or 'main'} failed: "
-            f"{type(exc).__name__}: {_first_line(exc)}"
+            f"{type(exc).__name__}: {_first_line(exc)}" + _no_local_directory(source.source)
         ) from None
     if not offline:
         _record_ref(Path(path).parents[1], source.revision or "main", revision)

@@ -148,8 +148,12 @@ def test_mistyped_local_path_is_no_such_directory(tmp_path: Path, monkeypatch: p
             ingest(typo, name="foo", home=home, workers=1)
         assert str(failure.value).startswith(f"no such directory: {typo!r}"), str(failure.value)
         assert "Hub" not in str(failure.value)
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")  # shaped like a repo id: looked up on the Hub (here: offline)
+    with pytest.raises(LeRobotAssetsError, match="nor is it a local directory: no such directory: 'datasets/fooo'"):
+        ingest("datasets/fooo", name="typo", home=home, workers=1)
     after = info("foo", home=home)
     assert (after["version"], after["rows"], after["source"]) == (before["version"], before["rows"], str(source))
+    assert not (home / "datasets" / "typo.json").exists()
 
 
 @pytest.mark.parametrize("damage", ["truncated data parquet", "invalid info.json"])
