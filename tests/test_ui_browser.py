@@ -6,7 +6,7 @@ Steps (screenshots of each go to ``test-output/ui/``):
    registered partition of the ``episode`` dimension that is not materialized;
 2. start ``dagster dev`` on that home's instance on a free 127.0.0.1 port, in its own process group,
    and wait until it serves and the code location is loaded;
-3. in Chromium: open the asset lineage, filter it to the three per-episode assets, click
+3. in Chromium: open the asset lineage (three groups: ingest, training, labels), then the ingest group, filter it to the three per-episode assets, click
    "Materialize all…", pick dataset ``small`` and episode ``000002`` in the launch dialog, launch;
 4. follow the "View" link of the toast to the run, wait until the run succeeded;
 5. open ``deeplake_table``'s page for partition ``small|000002`` and check that the latest
@@ -353,21 +353,26 @@ def test_materialize_one_episode_partition_from_the_ui(ui: str, page) -> None:
 def _drive(base: str, page, expect) -> None:
     # 1. the asset graph ---------------------------------------------------------------------------
     page.goto(f"{base}/asset-groups", wait_until="domcontentloaded")
-    for key in EPISODE_ASSETS + ("training_snapshot",):
+    for group in ("ingest", "training", "labels"):  # one group per use, collapsed in the global lineage
+        expect(page.get_by_text(group, exact=True).first).to_be_visible()
+    _shot(page, "01_asset_groups")
+    location = _graphql(base, _LOCATIONS)["workspaceOrError"]["locationEntries"][0]["name"]
+    page.goto(f"{base}/locations/{urllib.request.quote(location)}/asset-groups/ingest", wait_until="domcontentloaded")
+    for key in EPISODE_ASSETS + ("hf_snapshot", "episode_metadata"):
         expect(page.get_by_text(key, exact=True).first).to_be_visible()
     # the live status arrived: hf_snapshot and episode_metadata were materialized by the ingest
-    expect(page.get_by_role("img", name="run_success", exact=True).first).to_be_visible()
+    expect(page.get_by_text("100% filled").first).to_be_visible()
     _settle(page)
-    _shot(page, "01_asset_graph")
+    _shot(page, "02_ingest_group")
 
     # 2. filter it to the three per-episode assets (the search box is a CodeMirror editor) -----------
     page.locator(".CodeMirror", has=page.get_by_label("Search and filter assets")).click()
     page.keyboard.type(" or ".join(f"key:{key}" for key in EPISODE_ASSETS))
     page.keyboard.press("Enter")
-    expect(page.get_by_text("training_snapshot", exact=True)).to_have_count(0)
+    expect(page.get_by_text("hf_snapshot", exact=True)).to_have_count(0)
     expect(page.get_by_text("3 partitions").first).to_be_visible()  # the nodes' live data arrived
     _settle(page)
-    _shot(page, "02_selection")
+    _shot(page, "03_selection")
 
     # 3. "Materialize all…" -> launch dialog: dataset small, episode 000002 -------------------------
     page.get_by_role("button", name=re.compile(r"Materialize (all|selected)")).first.click()
@@ -378,13 +383,13 @@ def _drive(base: str, page, expect) -> None:
     expect(dialog).to_contain_text("1 partition")
     launch = dialog.get_by_role("button", name="Launch 1 run")
     expect(launch).to_be_enabled()
-    _shot(page, "03_launch_dialog")
+    _shot(page, "04_launch_dialog")
     launch.click()
 
     # 4. the toast's "View" opens the run; wait (bounded) until it finished ---------------------------
     toast = page.get_by_text(re.compile(r"Launched run [0-9a-f]{8}"))
     expect(toast).to_be_visible()
-    _shot(page, "04_run_launched")
+    _shot(page, "05_run_launched")
     page.get_by_role("button", name="View").or_(page.get_by_role("link", name="View")).first.click()
     page.wait_for_url(re.compile(r"/runs/[0-9a-f-]{36}"))
     run_id = re.search(r"/runs/([0-9a-f-]{36})", page.url).group(1)
@@ -392,7 +397,7 @@ def _drive(base: str, page, expect) -> None:
     print(f"{time.monotonic() - _STARTED:6.1f} s  run {run_id}: {status}")
     assert status == "SUCCESS", f"run {run_id} ended {status}:\n{_run_errors(base, run_id)}"
     expect(page.get_by_text("Success", exact=True).first).to_be_visible()
-    _shot(page, "05_run")
+    _shot(page, "06_run")
 
     # 5. deeplake_table's page for the partition: the materialization's metadata ---------------------
     page.goto(
@@ -403,8 +408,8 @@ def _drive(base: str, page, expect) -> None:
     expect(metadata).to_be_visible()
     rows_written = metadata.locator("tr", has=page.get_by_text("rows_written", exact=True))
     expect(rows_written.locator("td").nth(1)).to_have_text(str(EPISODE_ROWS))
-    _shot(page, "06_partition_metadata")
-    page.screenshot(path=str(OUT / "06_partition_metadata_full.png"), full_page=True)
+    _shot(page, "07_partition_metadata")
+    page.screenshot(path=str(OUT / "07_partition_metadata_full.png"), full_page=True)
 
     # Markdown metadata is behind "[Show Markdown]", which opens a dialog rendering it.
     preview = metadata.locator("tr", has=page.get_by_text("preview", exact=True))
@@ -415,5 +420,5 @@ def _drive(base: str, page, expect) -> None:
     page.wait_for_function("img => img.complete && img.naturalWidth > 0", arg=thumbnail.element_handle())
     width, height = thumbnail.evaluate("img => [img.naturalWidth, img.naturalHeight]")
     assert width == 160 and height > 0, (width, height)  # preview.THUMBNAIL_WIDTH, decoded by the browser
-    _shot(page, "07_preview_markdown")
-    thumbnail.screenshot(path=str(OUT / "08_preview_thumbnail.png"))
+    _shot(page, "08_preview_markdown")
+    thumbnail.screenshot(path=str(OUT / "09_preview_thumbnail.png"))
