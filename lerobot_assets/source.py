@@ -95,7 +95,7 @@ def latest_revision(source: DatasetSource, hub: HubSettings, cache: Path | None 
     if source.kind == "hub":
         return _hub_revision(source, hub)
     path = _local_directory(source)
-    return _local_revision(path, None if cache is None else cache / _RECORDS / "source.json")[0]
+    return _local_revision(path, cache)[0]
 
 
 def pin(source: DatasetSource, cache: Path, hub: HubSettings) -> Snapshot:
@@ -107,7 +107,7 @@ def pin(source: DatasetSource, cache: Path, hub: HubSettings) -> Snapshot:
     if source.kind == "hub":
         return _pin_hub(source, cache, hub)
     path = _local_directory(source)
-    revision, content = _local_revision(path, cache / _RECORDS / "source.json")
+    revision, content = _local_revision(path, cache)
     target = cache / revision
     record = cache / _RECORDS / f"{revision}.json"
     if target.is_dir():
@@ -125,7 +125,7 @@ def pin(source: DatasetSource, cache: Path, hub: HubSettings) -> Snapshot:
         if content is None:
             _git_export(path, revision, tmp)
         else:
-            _copy_files(path, tmp)
+            _copy_files(path, tmp, _home_inside(path, cache))
         copied = directory_revision(tmp, record)  # keys are relative paths and inodes survive the rename
         if content is not None and copied.revision != content.revision:
             raise SourceError(f"{str(path)!r} changed while it was being copied; run again")
@@ -140,7 +140,7 @@ def _local_directory(source: DatasetSource) -> Path:
     return path
 
 
-def _local_revision(path: Path, record: Path | None) -> tuple[str, DirectoryRevision | None]:
+def _local_revision(path: Path, cache: Path | None) -> tuple[str, DirectoryRevision | None]:
     """The revision of a local directory, and its content when that is what the revision names.
 
     The git HEAD sha names the directory only when its files are exactly those committed: no
@@ -154,8 +154,22 @@ def _local_revision(path: Path, record: Path | None) -> tuple[str, DirectoryRevi
         if _git(path, "status", "--porcelain", "--untracked-files=all", "--", ".") == "":
             return head, None
         log.warning("%s differs from git HEAD %s (uncommitted or untracked files): pinned by content", path, head[:12])
-    content = directory_revision(path, record)
+    record = None if cache is None else cache / _RECORDS / "source.json"
+    content = directory_revision(path, record, _home_inside(path, cache))
     return content.revision, content
+
+
+def _home_inside(root: Path, cache: Path | None) -> Path | None:
+    """The directory of ``root`` that holds the pins in ``cache``: a home kept inside the dataset
+    (``lerobot-assets ingest .`` with the default ``./.lerobot_assets``). It is not part of the
+    dataset, and would change at every run: it is neither hashed nor copied."""
+    if cache is None:
+        return None
+    try:
+        relative = cache.resolve().relative_to(root.resolve())
+    except ValueError:
+        return None
+    return root / relative.parts[0] if relative.parts else None
 
 
 def _hashed(content: DirectoryRevision | None) -> int:
@@ -210,20 +224,20 @@ class DirectoryRevision:
     hashed_bytes: int
 
 
-def directory_revision(root: Path, record: Path | None = None) -> DirectoryRevision:
+def directory_revision(root: Path, record: Path | None = None, skip: Path | None = None) -> DirectoryRevision:
     """A sha256 over every file's relative path and content: the revision of a plain directory.
 
-    It covers exactly the files :func:`pin` copies (:func:`_files`: symlinks followed). A file whose
-    size, mtime and inode match the hash cached in ``record`` is not read again. The cache is only
-    an accelerator: anything it does not vouch for (another machine, a moved home, a recent or
-    changed file) is hashed, and a lost or damaged record costs one full read.
+    It covers exactly the files :func:`pin` copies (:func:`_files`: symlinks followed, ``skip`` not
+    entered). A file whose size, mtime and inode match the hash cached in ``record`` is not read
+    again. The cache is only an accelerator: anything it does not vouch for (another machine, a
+    moved home, a recent or changed file) is hashed, and a lost or damaged record costs one full read.
     """
     saved = _read_record(record).get("files", {}) if record is not None else {}
     now = time.time_ns()
     digest = hashlib.sha256()
     files: dict[str, list] = {}
     hashed_files = hashed_bytes = total = 0
-    for relative, path in _files(root):
+    for relative, path in _files(root, skip):
         st = path.stat()
         key = [st.st_size, st.st_mtime_ns, st.st_ino]
         entry = saved.get(relative)
@@ -239,11 +253,12 @@ def directory_revision(root: Path, record: Path | None = None) -> DirectoryRevis
     return DirectoryRevision(digest.hexdigest(), len(files), total, hashed_files, hashed_bytes)
 
 
-def _files(root: Path) -> list[tuple[str, Path]]:
+def _files(root: Path, skip: Path | None = None) -> list[tuple[str, Path]]:
     """Every regular file below ``root`` as (relative POSIX path, path), in path order, following
     symlinked files and directories as the copy does (a symlink loop is an error, a dangling
     symlink is skipped with a warning: neither can be copied)."""
     found: list[tuple[str, Path]] = []
+    skipped = {(st.st_dev, st.st_ino) for st in [_stat(skip)] if st is not None}
 
     def visit(directory: Path, prefix: str, ancestors: frozenset[tuple[int, int]]) -> None:
         with os.scandir(directory) as entries:
@@ -255,6 +270,8 @@ def _files(root: Path) -> list[tuple[str, Path]]:
                     log.warning("skipping %s: a symlink to nothing", path)
                     continue
                 if stat.S_ISDIR(st.st_mode):
+                    if (st.st_dev, st.st_ino) in skipped:
+                        continue
                     if (st.st_dev, st.st_ino) in ancestors:
                         raise SourceError(f"{str(path)!r} is a symlink loop (it leads back to a directory above it)")
                     visit(path, f"{prefix}{entry.name}/", ancestors | {(st.st_dev, st.st_ino)})
@@ -266,11 +283,11 @@ def _files(root: Path) -> list[tuple[str, Path]]:
     return sorted(found, key=lambda item: item[0].split("/"))
 
 
-def _copy_files(source: Path, target: Path) -> None:
+def _copy_files(source: Path, target: Path, skip: Path | None) -> None:
     """Copy what :func:`_files` lists, keeping mtimes: bytes, never a hard link (an in-place edit of the
     source must not reach the pin). ``copy_file_range`` lets the kernel copy within the filesystem,
     and share the blocks (a reflink) where it supports that, as Btrfs and XFS do."""
-    for relative, path in _files(source):
+    for relative, path in _files(source, skip):
         destination = target / relative
         destination.parent.mkdir(parents=True, exist_ok=True)
         with path.open("rb") as src, destination.open("xb") as dst:
@@ -284,6 +301,13 @@ def _copy_files(source: Path, target: Path) -> None:
                 shutil.copyfileobj(src, dst, 1 << 20)
             st = os.fstat(src.fileno())
         os.utime(destination, ns=(st.st_atime_ns, st.st_mtime_ns))
+
+
+def _stat(path: Path | None) -> os.stat_result | None:
+    try:
+        return path.stat() if path is not None else None
+    except OSError:
+        return None
 
 
 def _read_record(path: Path | None) -> dict:

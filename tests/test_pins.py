@@ -139,6 +139,18 @@ def test_dataset_three_levels_deep_in_a_git_work_tree_committed_and_uncommitted(
     assert fourth["revision"] == head and fourth["materialized"] == [] and fourth["version"] == third["version"]
 
 
+def test_home_inside_the_dataset_directory_is_neither_hashed_nor_copied(tmp_path: Path) -> None:
+    """``cd dataset && lerobot-assets ingest .`` keeps the default home ./.lerobot_assets inside the source."""
+    source = _copy_fixture(tmp_path / "src")
+    home = source / ".lerobot_assets"
+    first = ingest(str(source), name="robot", home=home, workers=1)
+    assert first["revision"] == directory_revision(_copy_fixture(tmp_path / "same")).revision
+    pinned = home / "sources" / "robot" / first["revision"]
+    assert sorted(p.name for p in pinned.iterdir()) == ["data", "meta", "videos"]
+    again = ingest(str(source), name="robot", home=home, workers=1)
+    assert (again["revision"], again["materialized"], again["version"]) == (first["revision"], [], first["version"])
+
+
 def test_mistyped_local_path_is_no_such_directory(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     source, home = _copy_fixture(tmp_path / "datasets" / "foo"), tmp_path / "home"
     before = ingest(str(source), name="foo", home=home, workers=1)
