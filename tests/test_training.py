@@ -18,6 +18,7 @@ from torch.utils.data import DataLoader, get_worker_info
 
 from lerobot_assets.codec import decode_rgb, encode_image
 from lerobot_assets.errors import TableError
+from lerobot_assets.home import Home
 from lerobot_assets.launch import ingest, open_snapshot, snapshot
 from lerobot_assets.lerobot_format import read_dataset
 from lerobot_assets.stats import aggregate_stats, episode_stats
@@ -26,6 +27,7 @@ from lerobot_assets.table import INDEX_DTYPES, open_tag
 from lerobot_assets.training import SnapshotDataset, collate
 
 from .conftest import white_block_x
+from .s3_server import S3Server
 
 LENGTHS = (14, 9, 12)
 TASKS = ("Pick up the shrimp", "Wipe the table", "Open the drawer")  # the generator's, one per episode
@@ -367,3 +369,22 @@ def test_cuda_decoding_matches_the_cpu_decoder(snap: dict) -> None:
         got, expected = gpu[i][CAM_HIGH], cpu[i][CAM_HIGH]
         assert got.device.type == "cuda" and got.shape == expected.shape
         assert (got.cpu().int() - expected.int()).abs().float().mean() <= 1.0
+
+
+def test_an_s3_snapshot_gives_the_same_items_as_the_local_one(snap: dict, tmp_path: Path) -> None:
+    """The same source ingested into tables on a real S3-compatible server (moto, 127.0.0.1)."""
+    home = snap["home"]
+    source = Home.at(home).dataset_source("gen").source
+    with S3Server() as s3:
+        ingest(source, name="gen", home=tmp_path / "home", tables=f"s3://{s3.bucket}/tables", workers=1)
+        snapshot("gen", tag="t1", home=tmp_path / "home")
+        remote = SnapshotDataset("gen", "t1", home=tmp_path / "home", delta_timestamps=HISTORY_AND_CHUNK)
+        assert remote.snapshot.table == f"s3://{s3.bucket}/tables/gen"
+        reference = _items_by_index(SnapshotDataset("gen", "t1", home=home, delta_timestamps=HISTORY_AND_CHUNK))
+        assert sorted(_items_by_index(remote)) == sorted(reference)
+        loader = DataLoader(remote, batch_size=5, shuffle=True, num_workers=2, collate_fn=collate)
+        seen = []
+        for batch in loader:
+            _assert_batch_equals(batch, reference)
+            seen += batch["index"].tolist()
+        assert sorted(seen) == sorted(reference)
