@@ -1,21 +1,24 @@
 """Samples per second streamed for training: SnapshotDataset against the alternatives, in one run.
 
-Every loader yields the same thing: batches of 32 shuffled samples with every camera decoded to
-float32 CHW in [0, 1] plus the telemetry, through a DataLoader with 2 worker processes where the
-loader has workers. The loaders:
+Every loader yields batches of 32 shuffled samples with every camera decoded plus the telemetry,
+through a DataLoader with 2 worker processes where the loader has workers. Outputs, each its own
+table: full-size float32 in [0, 1] (LeRobot's), the same with ``delta_timestamps`` (two
+observation frames and 50 future actions per sample), uint8, and (240, 320). The loaders:
 
-- ``snapshot``: :class:`lerobot_assets.training.SnapshotDataset` on a tagged table;
+- ``snapshot``: :class:`lerobot_assets.training.SnapshotDataset` on a tagged table, in that output;
+- ``snapshot_s3``: the same table ingested into an S3-compatible server (moto, on 127.0.0.1);
 - ``deeplake``: Deeplake's own ``batches()`` over a shuffled view, which decodes the images itself;
-- ``lerobot``: LeRobotDataset's way, seeking into the MP4 files and decoding per sample with PyAV;
-- ``jpeg_limit``: decoding the very JPEG bytes of the table, held in memory: the cost of decoding
-  alone, which SnapshotDataset can approach but not beat.
+- ``lerobot``: LeRobotDataset's way, seeking into the MP4 files and decoding per sample with PyAV
+  into float32 (``lerobot_resize``: then an area resize to (240, 320), as a policy at that size would);
+- ``jpeg_limit``: decoding the very JPEG bytes of the table, held in memory, into the same output:
+  the cost of decoding alone, which SnapshotDataset can approach but not beat.
 
-Each is measured again with two observation frames and 50 future actions per sample
-(``delta_timestamps``; Deeplake has no windows, so it is skipped there). Rounds interleave the
-loaders, in a rotated order, so that a busy machine slows all of them alike; the median round is
-reported, with the CPU time the loader's processes used per sample (less sensitive to other load).
+The dataset is written as lerobot writes it (AV1, a keyframe every 2 frames, 50 fps, 14 DOF).
+Rounds interleave the loaders, in a rotated order, so that a busy machine slows all of them alike;
+the median round is reported, with the CPU time the loader's processes used per sample (less
+sensitive to other load) and the peak resident memory of each worker.
 
-    python benchmarks/stream.py            # ~3-4 minutes on 2 cores
+    python benchmarks/stream.py            # ~6-8 minutes on 2 cores
 """
 
 from __future__ import annotations
@@ -41,16 +44,42 @@ from torch.utils.data import DataLoader, Dataset
 from lerobot_assets.launch import info, ingest, open_snapshot, snapshot
 from lerobot_assets.lerobot_format import DatasetMeta, read_dataset, read_episode_telemetry
 from lerobot_assets.synthetic import generate_dataset
-from lerobot_assets.training import TOLERANCE_S, SnapshotDataset, collate, decode_frames, delta_indices
+from lerobot_assets.training import IMAGE_DTYPES, TOLERANCE_S, SnapshotDataset, collate, decode_frames, delta_indices
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from tests.s3_server import S3Server  # noqa: E402  (the repository's S3 test server)
 
 CAMERAS = ("cam_high", "cam_left_wrist", "cam_right_wrist")
 BATCH = 32
 WORKERS = 2
 NAME = "stream_bench"
-GOALS = {"deeplake": 3.0, "lerobot": 2.0, "jpeg_limit": 0.7}
 TAG = "bench"
+SMALL = (240, 320)
 VALUES = ("observation.state", "action", "observation.effort", "timestamp", "frame_index", "episode_index", "index",
           "task_index")
+#: Outputs measured, each a table of loaders: (mode, delta_timestamps?, SnapshotDataset options).
+MODES = {
+    "float32": (False, {}),
+    "float32, 2 obs frames + 50 actions": (True, {}),
+    "uint8": (False, {"image_dtype": "uint8"}),
+    "float32 at 240x320": (False, {"image_size": SMALL}),
+    "uint8 at 240x320": (False, {"image_dtype": "uint8", "image_size": SMALL}),
+}
+#: (what, (mode, loader) measured, (mode, loader) it is compared with, goal for the ratio of their rates).
+GOALS = [
+    ("float32 vs LeRobot-style", ("float32", "snapshot"), ("float32", "lerobot"), 3.0),
+    ("float32 + windows vs LeRobot-style", ("float32, 2 obs frames + 50 actions", "snapshot"),
+     ("float32, 2 obs frames + 50 actions", "lerobot"), 3.0),
+    ("uint8 vs LeRobot-style (float32)", ("uint8", "snapshot"), ("float32", "lerobot"), 5.0),
+    ("240x320 vs LeRobot-style + resize", ("float32 at 240x320", "snapshot"), ("float32 at 240x320", "lerobot_resize"),
+     10.0),
+    ("uint8 240x320 vs LeRobot-style + resize", ("uint8 at 240x320", "snapshot"),
+     ("float32 at 240x320", "lerobot_resize"), None),
+    *[(f"{mode} vs its limit", (mode, "snapshot"), (mode, "jpeg_limit"), 0.8) for mode in MODES],
+    ("float32: S3 vs local", ("float32", "snapshot_s3"), ("float32", "snapshot"), 0.8),
+    ("uint8: S3 vs local", ("uint8", "snapshot_s3"), ("uint8", "snapshot"), 0.8),
+    ("float32: Deeplake batches() vs snapshot", ("float32", "snapshot"), ("float32", "deeplake"), 3.0),
+]
 
 
 def window_deltas(fps: float) -> dict[str, list[float]]:
@@ -101,8 +130,9 @@ class InMemoryJpeg(Dataset):
     """The decoding floor: the table's JPEG bytes already in memory, decoded as SnapshotDataset decodes them."""
 
     def __init__(self, frames: dict[str, list[bytes]], values: dict[str, np.ndarray], tasks: list[str],
-                 windows: _Windows) -> None:
+                 windows: _Windows, image_dtype: str = "float32", image_size: tuple[int, int] | None = None) -> None:
         self.frames, self.values, self.tasks, self.windows = frames, values, tasks, windows
+        self.dtype, self.size = IMAGE_DTYPES[image_dtype], image_size
 
     def __len__(self) -> int:
         return len(self.tasks)
@@ -111,7 +141,7 @@ class InMemoryJpeg(Dataset):
         images = {}
         for camera, frames in self.frames.items():
             rows = np.stack([self.windows.rows(camera, i) for i in indices])
-            decoded = decode_frames([frames[r] for r in rows.ravel()])
+            decoded = decode_frames([frames[r] for r in rows.ravel()], self.dtype, self.size)
             images[camera] = decoded.view(*rows.shape, *decoded.shape[1:])
         return [
             {camera: frames[b] for camera, frames in images.items()} | self.windows.values(self.values, self.tasks, i)
@@ -123,10 +153,11 @@ class LeRobotStyle(Dataset):
     """LeRobotDataset's access pattern: per sample, open each camera's MP4, seek, decode to the frame.
 
     As lerobot's PyAV path does: seek to the keyframe before the first wanted timestamp, convert
-    every decoded frame to RGB until the last wanted one, keep the closest frames.
+    every decoded frame to RGB until the last wanted one, keep the closest frames, as float32 in
+    [0, 1]. With ``size``, the frames are then area-resized, as a policy training at that size would.
     """
 
-    def __init__(self, root: Path, deltas: dict[str, list[float]] | None) -> None:
+    def __init__(self, root: Path, deltas: dict[str, list[float]] | None, size: tuple[int, int] | None = None) -> None:
         self.meta: DatasetMeta = read_dataset(root, "bench")
         tables = [read_episode_telemetry(self.meta, e) for e in sorted(self.meta.episodes)]
         self.values = {
@@ -134,6 +165,7 @@ class LeRobotStyle(Dataset):
         }
         self.tasks = [self.meta.tasks[int(t)] for t in self.values["task_index"]]
         self.windows = _Windows(self.values["episode_index"], deltas, self.meta.fps)
+        self.size = size
 
     def __len__(self) -> int:
         return len(self.tasks)
@@ -152,6 +184,8 @@ class LeRobotStyle(Dataset):
                     break
         closest = np.abs(wanted[:, None] - np.array(times)[None, :]).argmin(axis=1)
         frames = torch.stack([loaded[k] for k in closest]).float().div_(255)
+        if self.size is not None:
+            frames = torch.nn.functional.interpolate(frames, size=self.size, mode="area")
         return frames if np.ndim(timestamps) else frames[0]
 
     def __getitem__(self, i: int) -> dict[str, Any]:
@@ -182,6 +216,7 @@ class Measurement:
 
     samples_per_s: float
     cpu_ms_per_sample: float  # main process and workers: what the loader costs, whatever else runs
+    worker_peak_rss_mb: float  # the largest VmHWM of its workers (0 without workers)
 
 
 def _cpu_seconds(pids: list[int]) -> float:
@@ -193,100 +228,114 @@ def _cpu_seconds(pids: list[int]) -> float:
     return total / os.sysconf("SC_CLK_TCK")
 
 
+def _peak_rss_mb(pid: int) -> float:
+    """Peak resident memory of process ``pid`` (VmHWM; shared-memory batch buffers it touched count too)."""
+    line = next(line for line in Path(f"/proc/{pid}/status").read_text().splitlines() if line.startswith("VmHWM"))
+    return int(line.split()[1]) / 1024
+
+
 def measure(make: Callable[[], Iterator[Any]], batches: int, budget_s: float) -> Measurement:
     """Throughput over ``batches`` batches, or fewer if they take longer than ``budget_s``.
 
-    The first batch is a warm-up: worker start-up and the first reads are not counted.
+    Warm-up, not counted: worker start-up and the batches the workers prefetched meanwhile (the
+    first ``1 + 2 * WORKERS``), so that the rate is the steady one.
     """
     iterator = make()
-    next(iterator)
-    pids = [os.getpid(), *(w.pid for w in getattr(iterator, "_workers", []))]
+    workers = getattr(iterator, "_workers", [])
+    for _ in range(1 + 2 * len(workers)):
+        next(iterator)
+    pids = [os.getpid(), *(w.pid for w in workers)]
     cpu, started = _cpu_seconds(pids), time.perf_counter()
     done = 0
     while done < batches and (done == 0 or time.perf_counter() - started < budget_s):
         next(iterator)
         done += 1
     seconds, cpu = time.perf_counter() - started, _cpu_seconds(pids) - cpu
+    rss = max((_peak_rss_mb(w.pid) for w in workers), default=0.0)
     del iterator
-    return Measurement(done * BATCH / seconds, cpu * 1e3 / (done * BATCH))
+    return Measurement(done * BATCH / seconds, cpu * 1e3 / (done * BATCH), rss)
 
 
-def build(workdir: Path, episodes: int, length: int) -> tuple[Path, Path]:
-    """Generate the v3.0 dataset (AV1, 3 cameras, 480x640), ingest it and tag a snapshot."""
-    source, home = workdir / "source", workdir / "home"
+def build(workdir: Path, episodes: int, length: int, tables: str | None = None) -> tuple[Path, Path]:
+    """Generate the v3.0 dataset as lerobot writes it (AV1, g=2, 3 cameras 480x640, 50 fps, 14 DOF),
+    ingest it (into ``tables``, default the home's) and tag a snapshot."""
+    source, home = workdir / "source", workdir / ("home" if tables is None else "home_s3")
     with quiet(workdir / "build.log"):
         if not (source / "meta" / "info.json").is_file():
             generate_dataset(source, version="v3.0", episode_lengths=[length] * episodes, cameras=CAMERAS,
-                             height=480, width=640, codec="libsvtav1", episodes_per_file=3)
-        ingest(str(source), name=NAME, home=home, workers=2)
+                             height=480, width=640, fps=50, state_dim=14, codec="libsvtav1", gop=2,
+                             episodes_per_file=3)
+        ingest(str(source), name=NAME, home=home, tables=tables, workers=2)
         if TAG not in info(NAME, home=home)["tags"]:
             snapshot(NAME, tag=TAG, home=home)
     return source, home
 
 
-def loaders(source: Path, home: Path) -> dict[str, dict[str, Callable[[], Iterator[Any]]]]:
-    """Every loader to compare, without and with windows, over the same snapshot."""
+def loaders(source: Path, home: Path, s3_home: Path) -> dict[str, dict[str, Callable[[], Iterator[Any]]]]:
+    """Every loader to compare, by output, over the same snapshot."""
     plain = SnapshotDataset(NAME, TAG, home=home)
-    fps, deltas = plain.fps, window_deltas(plain.fps)
+    deltas = window_deltas(plain.fps)
     ds = open_snapshot(NAME, TAG, home)
     order = np.argsort(np.asarray(ds["index"][:]))
     frames = {camera: ds[camera].get_bytes(order.tolist()) for camera in plain.camera_keys}
     values = {key: np.asarray(ds[key][:])[order] for key in VALUES}
     tasks = [ds["task"][int(row)] for row in order]
-    in_memory = {
-        name: InMemoryJpeg(frames, values, tasks, _Windows(values["episode_index"], d, fps))
-        for name, d in (("plain", None), ("windows", deltas))
+    out: dict[str, dict[str, Callable[[], Iterator[Any]]]] = {}
+    for mode, (windowed, options) in MODES.items():
+        window = deltas if windowed else None
+        out[mode] = {
+            "snapshot": loader(SnapshotDataset(NAME, TAG, home=home, delta_timestamps=window, **options), collate),
+            "jpeg_limit": loader(InMemoryJpeg(frames, values, tasks, _Windows(values["episode_index"], window, plain.fps),
+                                              **options), collate),
+        }
+    out["float32"] |= {
+        "snapshot_default_collate": loader(plain),
+        "deeplake": lambda: deeplake_batches(home),
+        "lerobot": loader(LeRobotStyle(source, None)),
+        "snapshot_s3": loader(SnapshotDataset(NAME, TAG, home=s3_home), collate),
     }
-    return {
-        "plain": {
-            "snapshot": loader(plain, collate),
-            "snapshot_default_collate": loader(plain),
-            "deeplake": lambda: deeplake_batches(home),
-            "lerobot": loader(LeRobotStyle(source, None)),
-            "jpeg_limit": loader(in_memory["plain"], collate),
-        },
-        "2 obs frames + 50 actions": {
-            "snapshot": loader(SnapshotDataset(NAME, TAG, home=home, delta_timestamps=deltas), collate),
-            "lerobot": loader(LeRobotStyle(source, deltas)),
-            "jpeg_limit": loader(in_memory["windows"], collate),
-        },
-    }
+    out["float32, 2 obs frames + 50 actions"]["lerobot"] = loader(LeRobotStyle(source, deltas))
+    out["uint8"]["snapshot_s3"] = loader(SnapshotDataset(NAME, TAG, home=s3_home, image_dtype="uint8"), collate)
+    out["float32 at 240x320"]["lerobot_resize"] = loader(LeRobotStyle(source, None, SMALL))
+    return out
 
 
 def report(results: dict[str, dict[str, Measurement]], rounds: int) -> None:
-    print(f"\nmedians of {rounds} rounds; batch {BATCH}, shuffled, {WORKERS} workers, cameras decoded to float32")
+    print(f"\nmedians of {rounds} rounds; batch {BATCH}, shuffled, {WORKERS} workers")
     for mode, by_name in results.items():
-        print(f"\n{mode}:\n  {'loader':26s} {'samples/s':>9s} {'CPU ms/sample':>13s}   snapshot is ... x faster")
-        ours = by_name["snapshot"]
+        print(f"\n{mode}:\n  {'loader':26s} {'samples/s':>9s} {'CPU ms/sample':>13s} {'worker peak RSS MB':>18s}")
         for name, m in by_name.items():
-            line = f"  {name:26s} {m.samples_per_s:9.1f} {m.cpu_ms_per_sample:13.1f}"
-            if name != "snapshot":
-                ratio, cpu_ratio = ours.samples_per_s / m.samples_per_s, m.cpu_ms_per_sample / ours.cpu_ms_per_sample
-                line += f"   {ratio:5.2f}x (by CPU time {cpu_ratio:5.2f}x)"
-                if name in GOALS:
-                    line += f"  goal >= {GOALS[name]}x: {'met' if ratio >= GOALS[name] else 'NOT met'}"
-            print(line)
+            rss = f"{m.worker_peak_rss_mb:18.0f}" if m.worker_peak_rss_mb else f"{'-':>18s}"
+            print(f"  {name:26s} {m.samples_per_s:9.1f} {m.cpu_ms_per_sample:13.1f} {rss}")
+    print(f"\n  {'ratio':42s} {'rate':>6s} {'by CPU':>6s}   goal")
+    for what, (mode, name), (base_mode, base), goal in GOALS:
+        ours, theirs = results[mode][name], results[base_mode][base]
+        ratio, cpu_ratio = ours.samples_per_s / theirs.samples_per_s, theirs.cpu_ms_per_sample / ours.cpu_ms_per_sample
+        verdict = "" if goal is None else f">= {goal}x: {'met' if ratio >= goal else 'NOT met'}"
+        print(f"  {what:42s} {ratio:5.2f}x {cpu_ratio:5.2f}x   {verdict}")
 
 
 def main(argv: list[str] | None = None) -> dict[str, dict[str, Measurement]]:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--workdir", type=Path, help="keep the dataset and table here (default: a temporary dir)")
-    parser.add_argument("--episodes", type=int, default=6)
-    parser.add_argument("--length", type=int, default=80, help="frames per episode")
-    parser.add_argument("--batches", type=int, default=8, help="timed batches per measurement, at most")
+    parser.add_argument("--workdir", type=Path, help="keep the dataset and tables here (default: a temporary dir)")
+    parser.add_argument("--episodes", type=int, default=8)
+    parser.add_argument("--length", type=int, default=120, help="frames per episode")
+    parser.add_argument("--batches", type=int, default=16, help="timed batches per measurement, at most")
     parser.add_argument("--budget", type=float, default=4.0, help="seconds per measurement, about")
     parser.add_argument("--rounds", type=int, default=3)
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
     warnings.filterwarnings("ignore", message="The given NumPy array is not writable")  # Deeplake's batches
     started = time.perf_counter()
-    with tempfile.TemporaryDirectory() as tmp:
+    with tempfile.TemporaryDirectory() as tmp, S3Server() as s3:
         workdir = args.workdir or Path(tmp)
         workdir.mkdir(parents=True, exist_ok=True)
         source, home = build(workdir, args.episodes, args.length)
-        print(f"dataset: {args.episodes} episodes x {args.length} frames, cameras {CAMERAS} at 480x640 (AV1); "
-              f"built and ingested in {time.perf_counter() - started:.0f} s", flush=True)
-        candidates = loaders(source, home)
+        _, s3_home = build(workdir, args.episodes, args.length, tables=f"s3://{s3.bucket}/tables")
+        print(f"dataset: {args.episodes} episodes x {args.length} frames, cameras {CAMERAS} at 480x640 (AV1, g=2); "
+              f"built and ingested (locally and into S3 at {s3.url}) in {time.perf_counter() - started:.0f} s",
+              flush=True)
+        candidates = loaders(source, home, s3_home)
         runs: dict[str, dict[str, list[Measurement]]] = {mode: {n: [] for n in c} for mode, c in candidates.items()}
         for round_ in range(args.rounds):
             for mode, by_name in candidates.items():
@@ -297,8 +346,8 @@ def main(argv: list[str] | None = None) -> dict[str, dict[str, Measurement]]:
                   f"load average {os.getloadavg()[0]:.1f})", flush=True)
     results = {
         mode: {
-            name: Measurement(statistics.median(m.samples_per_s for m in ms),
-                              statistics.median(m.cpu_ms_per_sample for m in ms))
+            name: Measurement(*(statistics.median(getattr(m, field) for m in ms)
+                                for field in ("samples_per_s", "cpu_ms_per_sample", "worker_peak_rss_mb")))
             for name, ms in by_name.items()
         }
         for mode, by_name in runs.items()

@@ -300,7 +300,11 @@ class SnapshotDataset(torch.utils.data.Dataset):
             start, end = self._start[positions, None], self._end[positions, None]
             windows[key] = self._order[np.clip(wanted, start, end - 1)]
             pads[key] = torch.from_numpy((wanted < start) | (wanted >= end))
-        images = {cam: self._frames(cam, windows.get(cam, rows)) for cam in self.camera_keys}
+        # Every camera's bytes are requested at once: on S3 the later cameras arrive while the first decodes.
+        wanted = {cam: np.unique(windows.get(cam, rows), return_inverse=True) for cam in self.camera_keys}
+        fetches = {cam: self._table()[cam].get_bytes_async(unique.tolist()) for cam, (unique, _) in wanted.items()}
+        images = {cam: self._frames(fetches[cam].result(), inverse.reshape(windows.get(cam, rows).shape))
+                  for cam, (_, inverse) in wanted.items()}
         items: list[dict[str, Any]] = []
         for b, row in enumerate(rows):
             item: dict[str, Any] = {}
@@ -313,16 +317,14 @@ class SnapshotDataset(torch.utils.data.Dataset):
             items.append(item)
         return items
 
-    def _frames(self, camera: str, rows: np.ndarray) -> torch.Tensor:
-        """Decoded frames of table ``rows`` (shape ``(B,)`` or ``(B, T)``), shaped ``(*rows.shape, C, H, W)``."""
-        unique, inverse = np.unique(rows, return_inverse=True)
-        encoded = self._table()[camera].get_bytes(unique.tolist())
+    def _frames(self, encoded: list[bytes], inverse: np.ndarray) -> torch.Tensor:
+        """Frames ``encoded[inverse]`` decoded (each distinct one once), shaped ``(*inverse.shape, C, H, W)``."""
         if self.decode_device == "cuda" and is_jpeg(encoded[0]):  # nvJPEG decodes JPEG only
             unique_frames = decode_frames_cuda(encoded, self.image_dtype, self.image_size)
             frames = unique_frames[torch.from_numpy(inverse.ravel()).to(unique_frames.device)]
         else:
             frames = decode_frames([encoded[k] for k in inverse.ravel()], self.image_dtype, self.image_size)
-        return frames.view(*rows.shape, *frames.shape[1:])
+        return frames.view(*inverse.shape, *frames.shape[1:])
 
 
 def _query_index(ds: Any, query: str) -> np.ndarray:
