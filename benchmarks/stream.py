@@ -26,6 +26,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import os
+import shutil
 import statistics
 import sys
 import tempfile
@@ -258,8 +259,10 @@ def measure(make: Callable[[], Iterator[Any]], batches: int, budget_s: float) ->
 
 def build(workdir: Path, episodes: int, length: int, tables: str | None = None) -> tuple[Path, Path]:
     """Generate the v3.0 dataset as lerobot writes it (AV1, g=2, 3 cameras 480x640, 50 fps, 14 DOF),
-    ingest it (into ``tables``, default the home's) and tag a snapshot."""
+    ingest it (into ``tables``, default the home's; another home, anew, as the S3 server is new) and tag a snapshot."""
     source, home = workdir / "source", workdir / ("home" if tables is None else "home_s3")
+    if tables is not None:
+        shutil.rmtree(home, ignore_errors=True)
     with quiet(workdir / "build.log"):
         if not (source / "meta" / "info.json").is_file():
             generate_dataset(source, version="v3.0", episode_lengths=[length] * episodes, cameras=CAMERAS,
