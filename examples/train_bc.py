@@ -2,6 +2,8 @@
 
 The loop a training job should follow: name its data by snapshot (dataset + tag), stream it with
 SnapshotDataset, and log the table version the tag resolved to, so the run can be reproduced.
+Frames arrive as uint8 (the fastest exact configuration: a quarter of float32's memory traffic)
+and become LeRobot's float32 [0, 1] on the training device, in one line.
 
     python examples/train_bc.py                     # the demo dataset (`lerobot-assets demo`), its latest tag
     python examples/train_bc.py --dataset demo --tag run-001 --steps 300
@@ -10,6 +12,7 @@ SnapshotDataset, and log the table version the tag resolved to, so the run can b
 from __future__ import annotations
 
 import argparse
+import time
 from dataclasses import asdict
 from pathlib import Path
 
@@ -61,8 +64,8 @@ class Normalizer:
     def __call__(self, key: str, value: torch.Tensor) -> torch.Tensor:
         if key not in self.stats:
             return value
-        mean = torch.as_tensor(self.stats[key]["mean"], dtype=value.dtype)
-        std = torch.as_tensor(self.stats[key]["std"], dtype=value.dtype)
+        mean = torch.as_tensor(self.stats[key]["mean"], dtype=value.dtype, device=value.device)
+        std = torch.as_tensor(self.stats[key]["std"], dtype=value.dtype, device=value.device)
         return (value - mean) / (std + 1e-8)
 
 
@@ -82,29 +85,35 @@ def main(argv: list[str] | None = None) -> list[float]:
     home = args.home or default_home()
     tag = args.tag or latest_tag(args.dataset, home)
 
-    dataset = SnapshotDataset(args.dataset, tag, home=home)
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    dataset = SnapshotDataset(args.dataset, tag, home=home, image_dtype="uint8")
     print(f"snapshot: {asdict(dataset.snapshot)}", flush=True)
     print(f"{len(dataset)} frames, {dataset.num_episodes} episodes, cameras {dataset.camera_keys}, "
           f"normalization: {'snapshot stats' if dataset.stats else 'none (the table has no stats)'}", flush=True)
     loader = DataLoader(dataset, batch_size=args.batch_size, shuffle=True, num_workers=args.workers,
-                        collate_fn=collate, persistent_workers=args.workers > 0)
+                        collate_fn=collate, persistent_workers=args.workers > 0, pin_memory=device.type == "cuda")
     first = dataset[0]
-    policy = Policy(len(dataset.camera_keys), first["observation.state"].numel(), first["action"].numel())
+    policy = Policy(len(dataset.camera_keys), first["observation.state"].numel(), first["action"].numel()).to(device)
     optimizer = torch.optim.Adam(policy.parameters(), lr=args.lr)
     normalize = Normalizer(dataset.stats)
 
     losses: list[float] = []
+    since, samples = time.perf_counter(), 0
     while len(losses) < args.steps:
         for batch in loader:
-            images = [batch[camera] for camera in dataset.camera_keys]
+            batch = {key: value.to(device, non_blocking=True) if isinstance(value, torch.Tensor) else value
+                     for key, value in batch.items()}
+            images = [batch[camera].float().div_(255) for camera in dataset.camera_keys]  # == the float32 items
             predicted = policy(images, normalize("observation.state", batch["observation.state"]))
             loss = F.mse_loss(predicted, normalize("action", batch["action"]))
             optimizer.zero_grad()
             loss.backward()
             optimizer.step()
             losses.append(loss.item())
+            samples += len(batch["index"])
             if len(losses) == 1 or len(losses) % 25 == 0:
-                print(f"step {len(losses):4d}  loss {losses[-1]:.4f}", flush=True)
+                rate, since, samples = samples / (time.perf_counter() - since), time.perf_counter(), 0
+                print(f"step {len(losses):4d}  loss {losses[-1]:.4f}  {rate:7.1f} samples/s", flush=True)
             if len(losses) == args.steps:
                 break
     window = max(1, min(10, len(losses) // 4))

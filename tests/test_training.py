@@ -270,7 +270,7 @@ def test_fast_jpeg_path_decodes_pillows_pixels(snap: dict) -> None:
             assert np.array_equal(decode_rgb(encoded), np.asarray(image.convert("RGB")))
 
 
-def test_train_bc_example_loss_goes_down(snap: dict) -> None:
+def test_train_bc_example_loss_goes_down(snap: dict, capsys: pytest.CaptureFixture) -> None:
     path = Path(__file__).resolve().parents[1] / "examples" / "train_bc.py"
     spec = importlib.util.spec_from_file_location("train_bc", path)
     module = importlib.util.module_from_spec(spec)
@@ -279,6 +279,7 @@ def test_train_bc_example_loss_goes_down(snap: dict) -> None:
                           "--workers", "0"])
     assert len(losses) == 40
     assert np.mean(losses[-5:]) < 0.5 * np.mean(losses[:5])
+    assert "samples/s" in capsys.readouterr().out.splitlines()[-2]  # the step-25 line, beside the loss
 
 
 def test_uint8_items_equal_float32_items_after_conversion(snap: dict) -> None:
