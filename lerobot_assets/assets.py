@@ -51,6 +51,7 @@ from lerobot_assets.fingerprint import episode_fingerprints
 from lerobot_assets.lerobot_format import DatasetMeta, feature_array, read_dataset, read_episode_telemetry
 from lerobot_assets.partitions import dataset_partitions, episode_dimension, episode_key, episode_partitions
 from lerobot_assets.preview import plot_series, png_markdown, thumbnails_markdown
+from lerobot_assets.relabel import reapply_labels
 from lerobot_assets.resources import HubResource, ImageEncodingResource, StorageResource
 from lerobot_assets.source import pin
 from lerobot_assets.staging import StagedFrames, read_frames, staging_path, write_frames
@@ -383,11 +384,17 @@ def _table_events(
         ds = open_table(url, meta, encoding.image_format)
         set_table_metadata(ds, source=episode_metadata["source"], revision=revision)
         store_episode_stats(ds, index, stats)  # committed with the rows
+        rows, labels = reapply_labels(ds, index, rows)  # merged labels hold across a re-ingest
         deleted, written = replace_episode(ds, index, rows, f"ingest {dataset} episode {index} at revision {revision}")
         table_version = ds.version
         stored = episode_frames(ds, index)
         schema = column_types(ds)
     context.log.info(f"{dataset} episode {index}: wrote {written} rows (replaced {deleted}), table version {table_version}")
+    if labels["reapplied"] or labels["not_reapplied"]:
+        context.log.warning(
+            f"{dataset} episode {index}: re-applied {len(labels['reapplied'])} merged labels to the new rows; "
+            f"could not re-apply {len(labels['not_reapplied'])}: {labels['not_reapplied']}"
+        )
     series = {f.key: feature_array(telemetry, f) for f in meta.value_features if f.key in ("observation.state", "action")}
     expected = episode_metadata["episodes"][index]["length"]
     return [
@@ -400,6 +407,8 @@ def _table_events(
                 "dagster/column_schema": MetadataValue.table_schema(
                     TableSchema(columns=[TableColumn(name, kind) for name, kind in schema.items()])
                 ),
+                "labels_reapplied": MetadataValue.json(labels["reapplied"]),
+                "labels_not_reapplied": MetadataValue.json(labels["not_reapplied"]),
                 "table_version": table_version,
                 "table": MetadataValue.path(url),
                 "revision": revision,

@@ -59,7 +59,7 @@ def cmd_info(args: argparse.Namespace) -> dict[str, Any]:
 def cmd_relabel(args: argparse.Namespace) -> dict[str, Any]:
     from lerobot_assets.relabel_assets import relabel
 
-    return relabel(args.name, args.labels, args.branch, home=_home(args))
+    return relabel(args.name, args.labels, args.branch, home=_home(args), new_columns=args.new_column)
 
 
 def cmd_diff(args: argparse.Namespace) -> dict[str, Any]:
@@ -71,7 +71,7 @@ def cmd_diff(args: argparse.Namespace) -> dict[str, Any]:
 def cmd_merge(args: argparse.Namespace) -> dict[str, Any]:
     from lerobot_assets.relabel_assets import merge
 
-    return merge(args.name, args.branch, home=_home(args))
+    return merge(args.name, args.branch, home=_home(args), prefer=args.prefer)
 
 
 def cmd_query(args: argparse.Namespace) -> dict[str, Any]:
@@ -156,9 +156,17 @@ def build_parser() -> argparse.ArgumentParser:
         help="CSV, parquet or JSON with episode, frame_start, frame_end (exclusive; both optional), column, value",
     )
     p.add_argument("--branch", required=True, help="branch to write onto, created from main if missing (never main)")
+    p.add_argument(
+        "--new-column",
+        action="append",
+        default=[],
+        metavar="NAME:TYPE=DEFAULT",
+        help="declare a new label column, e.g. next.success:bool=false (types: text, bool, int64, float32); "
+        "or put '# new-column: NAME:TYPE=DEFAULT' lines at the top of a CSV label file",
+    )
     p.set_defaults(func=cmd_relabel)
 
-    p = sub.add_parser("diff", parents=[common], help="show how a branch's labels differ from main")
+    p = sub.add_parser("diff", parents=[common], help="show the cells a merge of the branch would write, and conflicts")
     p.add_argument("name")
     p.add_argument("--branch", required=True)
     p.set_defaults(func=cmd_diff)
@@ -166,6 +174,11 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("merge", parents=[common], help="merge a reviewed label branch into main")
     p.add_argument("name")
     p.add_argument("--branch", required=True)
+    p.add_argument(
+        "--prefer",
+        choices=("branch", "main"),
+        help="which side wins cells both the branch and main changed since the branch was made (else: refused)",
+    )
     p.set_defaults(func=cmd_merge)
 
     p = sub.add_parser("ui", parents=[common], help="run `dagster dev` on this home's Dagster instance")
@@ -182,6 +195,7 @@ def main(argv: list[str] | None = None) -> int:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         stream=sys.stderr,
     )
+    log.setLevel(logging.WARNING if args.quiet else logging.INFO)  # Dagster's console follows it (launch._quiet)
     for noisy in ("alembic", "urllib3", "httpx", "filelock"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
     try:

@@ -24,7 +24,9 @@ from pathlib import Path
 from typing import Any
 
 from dagster import (
+    AssetKey,
     AssetMaterialization,
+    AssetRecordsFilter,
     DagsterInstance,
     ExecuteInProcessResult,
     MultiPartitionKey,
@@ -38,11 +40,21 @@ from lerobot_assets.assets import ALL_ASSETS, DATASET_ASSETS, EPISODE_ASSETS, tr
 from lerobot_assets.errors import LeRobotAssetsError
 from lerobot_assets.home import DatasetSource, Home, check_name, name_from_source
 from lerobot_assets.partitions import dataset_partitions, episode_partition
+from lerobot_assets.relabel import episode_labels
 from lerobot_assets.resources import HubResource, ImageEncodingResource, StorageResource
 from lerobot_assets.source import classify_source
 from lerobot_assets.stats import store_episode_stats
 from lerobot_assets.versions import DATA_VERSION_TAG, REMOVED, plan_changes
-from lerobot_assets.table import open_read_only, open_tag, open_writable, replace_episode, summarize, table_url, write_lock
+from lerobot_assets.table import (
+    open_read_only,
+    open_tag,
+    open_writable,
+    refresh_indexes,
+    replace_episode,
+    summarize,
+    table_url,
+    write_lock,
+)
 
 log = logging.getLogger(__name__)
 
@@ -126,12 +138,16 @@ def failure_message(result: ExecuteInProcessResult) -> str:
             error = event.step_failure_data.error
             while error.cause is not None and "Error occurred while executing" in error.message:
                 error = error.cause
-            return error.message.strip().splitlines()[-1] if error.message else "step failed"
+            text = error.message.strip().splitlines()[-1] if error.message else "step failed"
+            return re.sub(rf"^[\w.]*\b{re.escape(error.cls_name)}: ", "", text) if error.cls_name else text
     return "run failed"
 
 
 #: Dagster's console logger at INFO: progress and results, without the per-event DEBUG lines.
 _LOGGING = {"loggers": {"console": {"config": {"log_level": "INFO"}}}}
+#: With ``-q`` (the ``lerobot_assets`` logger set above INFO) Dagster's console logs nothing: a failed step's
+#: traceback would repeat the one-line ``error:`` the command prints.
+_QUIET_LOGGING = {"loggers": {"console": {"config": {"log_level": "CRITICAL"}}}}
 
 
 def run_assets(
@@ -155,8 +171,12 @@ def run_assets(
             instance=instance,
             resources=settings.resources(),
             raise_on_error=False,
-            run_config={**_LOGGING, **(run_config or {})},
+            run_config={**(_QUIET_LOGGING if _quiet() else _LOGGING), **(run_config or {})},
         )
+
+
+def _quiet() -> bool:
+    return logging.getLogger("lerobot_assets").level > logging.INFO
 
 
 def _run(instance: DagsterInstance, settings: Settings, selection: list, partition_key: Any, **kwargs: Any):
@@ -307,10 +327,22 @@ def _ingest(
     fingerprints = {i: metadata["episodes"][i]["fingerprint"] for i in requested}
     plan = plan_changes(instance, entry.name, fingerprints)
     log.info("%s: %d episodes to materialize, %d unchanged", entry.name, len(plan.todo), len(plan.unchanged))
+    latest = instance.fetch_materializations(AssetKey("deeplake_table"), limit=1).records
     failures = _materialize_episodes(settings, entry.name, plan.todo, workers)
+    labels = _label_reports(instance, entry.name, plan.todo, latest[0].storage_id if latest else None)
     removed = [] if episodes is not None else sorted(set(_table_episodes(entry.table)) - set(upstream))
     if removed:
-        _remove_episodes(instance, home_, entry, removed, metadata["revision"])
+        labels["not_reapplied"] += _remove_episodes(instance, home_, entry, removed, metadata["revision"])
+    if removed or plan.changed:  # rows were deleted: Deeplake's indexes would miss rows
+        with write_lock(home_.lock(entry.name)):
+            ds = open_writable(entry.table)
+            refresh_indexes(ds)
+            ds.commit(f"recreate indexes after replacing episodes {sorted(plan.changed + removed)}")
+    if labels["reapplied"] or labels["not_reapplied"]:
+        log.warning(
+            "%s: re-applied %d merged labels to re-ingested episodes; could not re-apply %d: %s",
+            entry.name, len(labels["reapplied"]), len(labels["not_reapplied"]), labels["not_reapplied"],
+        )
     if failures:
         lines = "; ".join(f"episode {i}: {msg}" for i, msg in sorted(failures.items()))
         raise LeRobotAssetsError(f"{len(failures)} of {len(plan.todo)} episodes failed: {lines}")
@@ -327,7 +359,31 @@ def _ingest(
         "changed": plan.changed,
         "unchanged": plan.unchanged,
         "removed": removed,
+        "labels": labels,
     }
+
+
+def _label_reports(
+    instance: DagsterInstance, dataset: str, indices: Sequence[int], after: int | None
+) -> dict[str, list[dict[str, Any]]]:
+    """The merged labels each episode run of this ingest re-applied, or could not, from their materializations."""
+    report: dict[str, list[dict[str, Any]]] = {"reapplied": [], "not_reapplied": []}
+    if not indices:
+        return report
+    records = instance.fetch_materializations(
+        AssetRecordsFilter(
+            asset_key=AssetKey("deeplake_table"),
+            asset_partitions=[str(episode_partition(dataset, i)) for i in indices],
+            after_storage_id=after,
+        ),
+        limit=len(indices) * 4,
+    ).records
+    for record in records:
+        metadata = record.asset_materialization.metadata
+        for key in report:
+            if f"labels_{key}" in metadata:
+                report[key] += metadata[f"labels_{key}"].value
+    return report
 
 
 def _table_episodes(url: str) -> dict[int, int]:
@@ -437,11 +493,14 @@ def _materialize_episodes(
 
 def _remove_episodes(
     instance: DagsterInstance, home: Home, entry: DatasetSource, indices: Sequence[int], revision: str
-) -> None:
-    """Delete the rows of episodes that disappeared upstream, recorded as materializations of their partitions."""
+) -> list[dict[str, Any]]:
+    """Delete the rows of episodes that disappeared upstream, recorded as materializations of their partitions;
+    return the merged labels those rows carried (they cannot be re-applied)."""
+    lost: list[dict[str, Any]] = []
     with write_lock(home.lock(entry.name)):
         ds = open_writable(entry.table)
         for index in indices:
+            lost += [{**label, "reason": "episode removed upstream"} for label in episode_labels(ds, index)]
             store_episode_stats(ds, index, None)
             deleted, _ = replace_episode(ds, index, None, f"remove {entry.name} episode {index}: gone at revision {revision}")
             instance.report_runless_asset_event(
@@ -453,6 +512,7 @@ def _remove_episodes(
                 )
             )
             log.info("%s: removed episode %d (%d rows), gone upstream", entry.name, index, deleted)
+    return lost
 
 
 def snapshot(name: str, *, tag: str | None = None, home: str | Path | None = None) -> dict[str, Any]:

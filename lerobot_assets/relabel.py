@@ -1,25 +1,35 @@
 """Relabelling: changing label values of some episodes on a branch of the table, reviewing, merging.
 
-A label sets one column (task text, ``next.reward``, ``next.success``, or a new label column) to one
-value for an episode, or for a range of its frames. Frame ranges are half-open, like a Python
+A label sets one column (task text, or a label column such as ``next.reward`` / ``next.success``) to
+one value for an episode, or for a range of its frames. Frame ranges are half-open, like a Python
 slice: ``frame_start`` is the first frame changed and ``frame_end`` the first frame *not* changed;
 either one absent means the start / end of the episode, both absent the whole episode.
 
-Labels are only ever written onto a Deeplake branch of the table (created from main on first use),
-so main keeps serving training until a reviewer merges the branch; tags taken before the merge keep
-the old labels. Rows are found from the table's own ``episode_index`` / ``frame_index`` columns, and
-every write holds the table's write lock, the same one ingestion takes.
+A new label column is declared with a name, a type and a default (``next.success:bool=false``): the
+default fills every row no label sets, also rows added later (an ingest) or rows a review branch
+never saw. Labels are only ever written onto a Deeplake branch of the table (created from main on
+first use), so main keeps serving training until a reviewer merges the branch; tags taken before the
+merge keep the old labels. A merge compares three versions, cell by cell: the branch's base (main
+when the branch was made), the branch, and main now; a cell both sides changed is a conflict.
+
+Every applied label set (its file, sha256, branch and the labels it set) is kept in the table's
+metadata, so another machine sees it: an ingest that rewrites an episode re-applies main's labels
+to the frames that still exist and reports the rest. Values written in place leave Deeplake's
+indexes stale, so every write here recreates the indexes of the columns it changed.
 """
 
 from __future__ import annotations
 
 import csv
+import difflib
+import hashlib
+import io
 import json
 import math
 import re
 from collections import defaultdict
-from collections.abc import Collection, Iterable, Sequence
-from dataclasses import dataclass, field, replace
+from collections.abc import Collection, Iterable, Mapping, Sequence
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -28,27 +38,42 @@ import numpy as np
 import pyarrow.parquet as pq
 
 from lerobot_assets.errors import LeRobotAssetsError, TableError, where
-from lerobot_assets.table import INDEX_DTYPES, METADATA_KEY, open_read_only, open_writable, write_lock
+from lerobot_assets.table import (
+    INDEX_DTYPES,
+    open_read_only,
+    open_writable,
+    refresh_indexes,
+    set_table_metadata,
+    table_metadata,
+    write_lock,
+)
 
 LabelValue = bool | int | float | str
 
 MAIN = "main"
-#: Index columns: rows are found and ordered by them, and ``task_index`` points into the source's task table.
+#: Index columns: rows are found and ordered by them; ``task_index`` follows ``task`` (never set directly).
 PROTECTED = frozenset(INDEX_DTYPES)
 CAMERA_PREFIX = "observation.images."
-#: Deeplake types and fill values of new label columns, by the type inferred from their values.
-_NEW_COLUMN_TYPES = {
+#: Types a new label column may be declared with, and their Deeplake types.
+COLUMN_TYPES = {
     "text": deeplake.types.Text,
     "bool": deeplake.types.Bool,
     "int64": deeplake.types.Int64,
     "float32": deeplake.types.Float32,
 }
+#: ``merge --prefer``: which side wins a cell both the branch and main changed since the branch's base.
+PREFER = ("branch", "main")
 _FIELDS = ("episode", "frame_start", "frame_end", "column", "value")
 _COLUMN_NAME = re.compile(r"[A-Za-z][A-Za-z0-9_.-]{0,99}")
 _BRANCH_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,99}")
+_COLUMN_SPEC = re.compile(r"\s*([^:\s]+)\s*:\s*(\w+)\s*=(.*)", re.DOTALL)
+#: A label file's header block: CSV lines ``# new-column: next.success:bool=false`` before the header row;
+#: a JSON object's ``new_columns`` list; a parquet file's ``new_columns`` schema metadata (a JSON list).
+_HEADER_PREFIX = "# new-column:"
 _INT = re.compile(r"[+-]?\d+")
 _BOOL_WORDS = {"true": True, "false": False}
 _EXAMPLES = 10  # diff examples: the first changed row of each (column, episode)
+_CONFLICTS_SHOWN = 10  # conflicting cells named in a refused merge's message (diff lists them all)
 
 
 class LabelError(LeRobotAssetsError):
@@ -61,13 +86,40 @@ class LabelError(LeRobotAssetsError):
 
 @dataclass(frozen=True)
 class Label:
-    """One column set to one value for an episode, or for frames ``frame_start`` <= f < ``frame_end`` of it."""
+    """One column set to one value for an episode, or for frames ``frame_start`` <= f < ``frame_end`` of it.
+
+    ``line`` is where the label was read (a CSV line, else the record's position), for messages.
+    """
 
     episode: int
     column: str
     value: LabelValue
     frame_start: int | None = None
     frame_end: int | None = None
+    line: int | None = field(default=None, compare=False)
+
+    def to_json(self) -> dict[str, Any]:
+        return {key: getattr(self, key) for key in _FIELDS}
+
+
+@dataclass(frozen=True)
+class ColumnSpec:
+    """A declared label column: its name, type (one of :data:`COLUMN_TYPES`) and the value of unlabelled rows."""
+
+    name: str
+    type: str
+    default: LabelValue
+
+    def to_json(self) -> dict[str, Any]:
+        return {"type": self.type, "default": self.default}
+
+
+@dataclass(frozen=True)
+class LabelFile:
+    """What a label file holds: its labels and the new columns its header block declares."""
+
+    labels: list[Label]
+    columns: dict[str, ColumnSpec]
 
 
 @dataclass(frozen=True)
@@ -78,7 +130,7 @@ class RelabelResult:
     version: str  # head of the branch after the commit (unchanged when nothing changed)
     rows: int  # rows with at least one changed value
     episodes: list[int]  # episodes with changed rows
-    columns: list[str]  # columns with changed rows
+    columns: list[str]  # columns with changed rows (task_index when task got a new text)
     new_columns: list[str] = field(default_factory=list)  # columns added on the branch
     created_branch: bool = False
 
@@ -94,59 +146,135 @@ def check_branch(branch: str) -> str:
     return branch
 
 
+def parse_column_spec(spec: str) -> ColumnSpec:
+    """A new column declaration ``name:type=default`` (``next.success:bool=false``); LabelError if malformed."""
+    match = _COLUMN_SPEC.fullmatch(spec) if isinstance(spec, str) else None
+    if not match:
+        raise LabelError(f"new column {spec!r}: declare it as name:type=default, e.g. next.success:bool=false")
+    name, column_type, default = match.group(1), match.group(2), match.group(3).strip()
+    if not _COLUMN_NAME.fullmatch(name):
+        raise LabelError(f"new column {name!r}: use a letter, then letters, digits, '_', '.' or '-'")
+    if column_type not in COLUMN_TYPES:
+        raise LabelError(f"new column {name!r}: type {column_type!r} is not one of {sorted(COLUMN_TYPES)}")
+    try:
+        value = _coerce(default, column_type, empty_ok=True)
+    except ValueError as exc:
+        raise LabelError(f"new column {name!r}: default {default!r}: {exc}") from None
+    return ColumnSpec(name, column_type, value)
+
+
+def column_specs(specs: Iterable[str]) -> dict[str, ColumnSpec]:
+    """Declarations by name; LabelError when one is malformed or a name is declared twice."""
+    out: dict[str, ColumnSpec] = {}
+    for spec in specs:
+        parsed = parse_column_spec(spec)
+        if parsed.name in out and out[parsed.name] != parsed:
+            raise LabelError(f"new column {parsed.name!r} is declared twice, differently")
+        out[parsed.name] = parsed
+    return out
+
+
 # --- reading label files -----------------------------------------------------------------------
 
 
 def read_labels(path: str | Path) -> list[Label]:
-    """Read labels from a CSV, parquet or JSON file with columns ``episode``, ``frame_start``, ``frame_end``,
-    ``column``, ``value`` (the frame columns optional).
+    """The labels of a label file (see :func:`read_label_file`)."""
+    return read_label_file(path).labels
 
-    CSV values stay strings here; they are typed against the table (or, for a new column, from all its
-    values) when validated. Raises :class:`LabelError` listing every bad row.
+
+def read_label_file(path: str | Path) -> LabelFile:
+    """Read a CSV, parquet or JSON label file: labels with fields ``episode``, ``frame_start``, ``frame_end``,
+    ``column``, ``value`` (the frame fields optional), and the new columns its header block declares.
+
+    CSV values stay strings here; they are typed against the table, or the declaration, when
+    validated. Raises :class:`LabelError` listing every bad row.
     """
     path = Path(path)
     if not path.is_file():
         raise LabelError(f"label file {str(path)!r} does not exist")
-    records = _read_records(path)
+    records, specs = _read_records(path)
+    try:
+        columns = column_specs(specs)
+    except LabelError as exc:
+        raise LabelError(f"label file {str(path)!r}: {exc}") from None
     if not records:
         raise LabelError(f"label file {str(path)!r} holds no labels")
     problems: list[str] = []
-    unknown = sorted({str(key) for record in records for key in record} - set(_FIELDS))
+    unknown = sorted({str(key) for _, record in records for key in record} - set(_FIELDS))
     if unknown:
         problems.append(f"unknown fields {unknown}; a label has the fields {list(_FIELDS)}")
     labels = []
-    for row, record in enumerate(records, start=1):
+    for row, (line, record) in enumerate(records, start=1):
         try:
-            labels.append(_label_from_record(record))
+            labels.append(_label_from_record(record, line))
         except ValueError as exc:
             problems.append(f"row {row}: {exc}")
     if problems:
         raise LabelError(f"label file {str(path)!r} is not valid:", problems)
-    return labels
+    return LabelFile(labels, columns)
 
 
-def _read_records(path: Path) -> list[dict[str, Any]]:
+def _at_line(line: int | None) -> str:
+    return "" if line is None else f" (line {line})"
+
+
+def _read_records(path: Path) -> tuple[list[tuple[int | None, dict[str, Any]]], list[str]]:
+    """(line, record) pairs (the line of a CSV file, else None) and the column declarations of a label file."""
     suffix = path.suffix.lower()
     try:
         if suffix == ".csv":
-            with path.open(newline="", encoding="utf-8-sig") as stream:
-                return [dict(row) for row in csv.DictReader(stream)]
+            return _read_csv(path.read_text(encoding="utf-8-sig"))
         if suffix == ".parquet":
-            return pq.read_table(path).to_pylist()
+            table = pq.read_table(path)
+            declared = (table.schema.metadata or {}).get(b"new_columns")
+            return [(None, r) for r in table.to_pylist()], _spec_list(json.loads(declared) if declared else [])
         if suffix == ".json":
-            records = json.loads(path.read_text(encoding="utf-8"))
-            if not isinstance(records, list) or not all(isinstance(r, dict) for r in records):
-                raise LabelError(f"label file {str(path)!r} must hold a JSON list of objects, one per label")
-            return records
+            data = json.loads(path.read_text(encoding="utf-8"))
+            declared = []
+            if isinstance(data, dict) and set(data) <= {"new_columns", "labels"}:
+                declared, data = _spec_list(data.get("new_columns", [])), data.get("labels")
+            if not isinstance(data, list) or not all(isinstance(r, dict) for r in data):
+                raise LabelError(
+                    "must hold a JSON list of objects, one per label, or an object "
+                    '{"new_columns": ["name:type=default", ...], "labels": [...]}'
+                )
+            return [(None, r) for r in data], declared
+    except LabelError as exc:
+        raise LabelError(f"label file {str(path)!r}: {exc}") from None
     except (OSError, UnicodeDecodeError, json.JSONDecodeError, ValueError) as exc:
         raise LabelError(f"cannot read label file {str(path)!r}: {exc}") from exc
     raise LabelError(f"label file {str(path)!r}: unsupported format {suffix!r}; use .csv, .parquet or .json")
 
 
-def _label_from_record(record: dict[str, Any]) -> Label:
+def _spec_list(value: Any) -> list[str]:
+    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+        raise LabelError('new_columns must be a list of "name:type=default" texts')
+    return value
+
+
+def _read_csv(text: str) -> tuple[list[tuple[int, dict[str, Any]]], list[str]]:
+    """Records of a CSV label file with their line numbers, after its ``# new-column:`` header lines."""
+    lines = text.splitlines(keepends=True)
+    declared, skipped = [], 0
+    for line in lines:
+        if not line.startswith("#"):
+            break
+        skipped += 1
+        if line.lower().startswith(_HEADER_PREFIX):
+            declared.append(line[len(_HEADER_PREFIX) :].strip())
+        elif line.strip() != "#":
+            raise LabelError(f"line {skipped}: {line.strip()!r} is not a header line; write {_HEADER_PREFIX} name:type=default")
+    reader = csv.DictReader(io.StringIO("".join(lines[skipped:]), newline=""))
+    records = []
+    for record in reader:
+        records.append((skipped + reader.line_num, dict(record)))
+    return records, declared
+
+
+def _label_from_record(record: dict[str, Any], line: int | None = None) -> Label:
     value = record.get("value")
     missing = [key for key in ("episode", "column") if _absent(record.get(key))]
-    if value is None or (isinstance(value, float) and math.isnan(value)):  # "" is a valid (empty) text value
+    if value is None or (isinstance(value, float) and math.isnan(value)):
         missing.append("value")
     if missing:
         raise ValueError(f"missing {', '.join(missing)}")
@@ -155,12 +283,15 @@ def _label_from_record(record: dict[str, Any]) -> Label:
         raise ValueError(f"column must be a column name, got {column!r}")
     if not isinstance(value, (bool, int, float, str)):
         raise ValueError(f"value {value!r} must be text, a number or true/false")
+    if isinstance(value, str) and not value.strip():
+        raise ValueError("empty value: a label sets a value (an empty task text would blank the episode's task)")
     return Label(
         episode=_as_index(record["episode"], "episode"),
         column=column.strip(),
         value=value,
         frame_start=None if _absent(record.get("frame_start")) else _as_index(record["frame_start"], "frame_start"),
         frame_end=None if _absent(record.get("frame_end")) else _as_index(record["frame_end"], "frame_end"),
+        line=line,
     )
 
 
@@ -195,12 +326,18 @@ def _column_type(dtype: Any) -> str | None:
     return None
 
 
-def _coerce(value: LabelValue, column_type: str) -> LabelValue:
-    """``value`` as the Python value a ``column_type`` column stores; ValueError if it is not one."""
+def _coerce(value: LabelValue, column_type: str, empty_ok: bool = False) -> LabelValue:
+    """``value`` as the Python value a ``column_type`` column stores; ValueError if it is not one.
+
+    The column's type decides: ``"1"`` is 1.0 in a float column and refused in a bool column, so
+    ``true`` and ``0.7`` can never share a column by becoming text.
+    """
     if column_type == "text":
-        if isinstance(value, str):
-            return value
-        raise ValueError("expected text")
+        if not isinstance(value, str):
+            raise ValueError("expected text")
+        if not value.strip() and not empty_ok:
+            raise ValueError("empty value")
+        return value
     if column_type == "bool":
         if isinstance(value, bool):
             return value
@@ -238,31 +375,18 @@ def _number(value: LabelValue) -> int | float | None:
     return None
 
 
-def _infer_type(values: Iterable[LabelValue]) -> str | None:
-    """The type of a new column from all its values: bool, else int64, else float32, else text; None if mixed.
-
-    Every value of the column decides together, so splitting a label file per episode cannot give
-    one column two types.
-    """
-    values = list(values)
-    if all(isinstance(v, bool) or (isinstance(v, str) and v.strip().lower() in _BOOL_WORDS) for v in values):
-        return "bool"
-    numbers = [_number(v) for v in values]
-    if all(isinstance(n, int) for n in numbers):
-        return "int64"
-    if all(n is not None for n in numbers):
-        return "float32"
-    if all(isinstance(v, str) for v in values):
-        return "text"
-    return None
-
-
 def _zero(column_type: str) -> LabelValue:
-    """What a new label column holds for rows no label sets."""
+    """The default of a label column made before columns were declared (its metadata has no spec)."""
     return {"text": "", "bool": False}.get(column_type, 0.0 if column_type.startswith("float") else 0)
 
 
-# --- validating --------------------------------------------------------------------------------
+def _plain(value: Any) -> Any:
+    if isinstance(value, np.ndarray) and value.ndim == 0:
+        value = value[()]
+    return value.item() if isinstance(value, np.generic) else value
+
+
+# --- what a table holds ------------------------------------------------------------------------
 
 
 @dataclass(frozen=True)
@@ -270,16 +394,30 @@ class _TableShape:
     dataset: str
     lengths: dict[int, int]  # episode -> frames
     columns: dict[str, Any]  # name -> Deeplake type
+    label_columns: dict[str, ColumnSpec]  # label columns with their declared type and default
 
 
 def _shape(ds: deeplake.Dataset | deeplake.ReadOnlyDataset) -> _TableShape:
-    metadata = json.loads(ds.metadata[METADATA_KEY]) if METADATA_KEY in ds.metadata.keys() else {}
     lengths: dict[int, int] = {}
     if len(ds):
         values, counts = np.unique(np.asarray(ds["episode_index"][:]), return_counts=True)
         lengths = {int(v): int(c) for v, c in zip(values, counts)}
     columns = {column.name: column.dtype for column in ds.schema.columns}
-    return _TableShape(metadata.get("dataset", "unnamed"), lengths, columns)
+    return _TableShape(table_metadata(ds).get("dataset", "unnamed"), lengths, columns, label_columns(ds))
+
+
+def label_columns(ds: deeplake.Dataset | deeplake.ReadOnlyDataset) -> dict[str, ColumnSpec]:
+    """The declared label columns of ``ds`` (added by relabelling) with their type and default."""
+    declared = table_metadata(ds).get("label_columns", {})
+    return {name: ColumnSpec(name, spec["type"], spec["default"]) for name, spec in declared.items()}
+
+
+def _spec(table: _TableShape, column: str) -> ColumnSpec:
+    """The column's declaration; a column relabelled before declarations existed defaults to its type's zero."""
+    if column in table.label_columns:
+        return table.label_columns[column]
+    column_type = _column_type(table.columns[column])
+    return ColumnSpec(column, column_type, _zero(column_type))
 
 
 def _episode_list(episodes: Sequence[int]) -> str:
@@ -290,17 +428,29 @@ def _episode_list(episodes: Sequence[int]) -> str:
     return f"{len(episodes)} episodes, {episodes[0]}..{episodes[-1]}"
 
 
-def _prepare(table: _TableShape, labels: Sequence[Label]) -> tuple[list[Label], dict[str, str], list[str]]:
-    """Labels with values typed for their columns, each label column's type, and every problem found."""
-    labels = [replace(label, value=_plain(label.value)) for label in labels]  # numpy scalars from Python callers
-    problems: list[str] = []
+def _labelable(table: _TableShape) -> list[str]:
+    return [
+        name
+        for name, dtype in table.columns.items()
+        if name not in PROTECTED and not name.startswith(CAMERA_PREFIX) and _column_type(dtype) is not None
+    ]
+
+
+# --- validating --------------------------------------------------------------------------------
+
+
+def _column_types(
+    table: _TableShape, columns: Iterable[str], declared: Mapping[str, ColumnSpec]
+) -> tuple[dict[str, str], list[str]]:
+    """The type of each labelled column (the table's, or the declaration of a new one) and the problems found."""
     types: dict[str, str] = {}
-    by_column: dict[str, list[LabelValue]] = defaultdict(list)
-    for label in labels:
-        by_column[label.column].append(label.value)
-    for column, values in by_column.items():
+    problems: list[str] = []
+    for column in sorted(set(columns)):
         if column in PROTECTED or column.startswith(CAMERA_PREFIX):
-            problems.append(f"column {column!r} is protected: index, timestamp and camera columns cannot be relabelled")
+            problems.append(
+                f"column {column!r} is protected: index, timestamp and camera columns cannot be relabelled"
+                + (" (task_index follows task)" if column == "task_index" else "")
+            )
         elif column in table.columns:
             column_type = _column_type(table.columns[column])
             if column_type is None:
@@ -308,30 +458,46 @@ def _prepare(table: _TableShape, labels: Sequence[Label]) -> tuple[list[Label], 
                     f"column {column!r} of dataset {table.dataset!r} holds {table.columns[column]}; "
                     "only text and scalar columns can be relabelled"
                 )
+            elif column in declared and declared[column].type != column_type:
+                problems.append(
+                    f"column {column!r} is declared {declared[column].type} but dataset {table.dataset!r} "
+                    f"already has it as {column_type}"
+                )
             else:
                 types[column] = column_type
-        elif not _COLUMN_NAME.fullmatch(column):
-            problems.append(f"new column {column!r}: use a letter, then letters, digits, '_', '.' or '-'")
+        elif column in declared:
+            types[column] = declared[column].type
         else:
-            inferred = _infer_type(values)
-            if inferred is None:
-                kinds = sorted({type(v).__name__ for v in values})
-                problems.append(f"new column {column!r} mixes value types {kinds}; give all its values one type")
-            else:
-                types[column] = inferred
+            close = difflib.get_close_matches(column, _labelable(table), n=1)
+            hint = f"did you mean {close[0]!r}? " if close else ""
+            problems.append(
+                f"column {column!r} does not exist in dataset {table.dataset!r}; {hint}a new label column must be "
+                f"declared with its type and default: --new-column {column}:<{'|'.join(COLUMN_TYPES)}>=<default>, "
+                f"or a '{_HEADER_PREFIX} ...' line at the top of the label file"
+            )
+    return types, problems
+
+
+def _prepare(
+    table: _TableShape, labels: Sequence[Label], declared: Mapping[str, ColumnSpec]
+) -> tuple[list[Label], dict[str, str], list[str]]:
+    """Labels with values typed for their columns, each label column's type, and every problem found."""
+    labels = [replace(label, value=_plain(label.value)) for label in labels]  # numpy scalars from Python callers
+    types, problems = _column_types(table, (label.column for label in labels), declared)
     typed: list[Label] = []
     known = sorted(table.lengths)
     for n, label in enumerate(labels, start=1):
+        name = f"label {n}{_at_line(label.line)}"
         length = table.lengths.get(label.episode)
         if length is None:
             problems.append(
-                f"label {n}: {where(table.dataset, label.episode)} does not exist (the table has {_episode_list(known)})"
+                f"{name}: {where(table.dataset, label.episode)} does not exist (the table has {_episode_list(known)})"
             )
         else:
             start, end = _frames(label, length)
             if not 0 <= start < end <= length:
                 problems.append(
-                    f"label {n}: frames {label.frame_start}..{label.frame_end} (end exclusive) are not inside "
+                    f"{name}: frames {start}..{end} (end exclusive) are not inside "
                     f"{where(table.dataset, label.episode)}, which has frames 0..{length - 1}"
                 )
         if label.column not in types:
@@ -340,7 +506,7 @@ def _prepare(table: _TableShape, labels: Sequence[Label]) -> tuple[list[Label], 
             typed.append(replace(label, value=_coerce(label.value, types[label.column])))
         except ValueError as exc:
             problems.append(
-                f"label {n}: value {label.value!r} for column {label.column!r} of "
+                f"{name}: value {label.value!r} for column {label.column!r} of "
                 f"{where(table.dataset, label.episode)}: {exc}"
             )
     if not problems:
@@ -374,15 +540,19 @@ def _overlaps(table: _TableShape, labels: Sequence[Label]) -> list[str]:
     return problems
 
 
-def validate_labels(ds: deeplake.Dataset | deeplake.ReadOnlyDataset, labels: Sequence[Label]) -> list[str]:
-    """Every reason ``labels`` cannot be applied to ``ds``: unknown episodes, frames out of range, protected or
-    non-scalar columns, values of the wrong type, conflicting overlaps. Empty when they can."""
+def validate_labels(
+    ds: deeplake.Dataset | deeplake.ReadOnlyDataset,
+    labels: Sequence[Label],
+    new_columns: Mapping[str, ColumnSpec] | None = None,
+) -> list[str]:
+    """Every reason ``labels`` cannot be applied to ``ds``: unknown episodes, frames out of range, protected,
+    non-scalar or undeclared columns, values of the wrong type, conflicting overlaps. Empty when they can."""
     if not labels:
         return ["no labels given"]
-    return _prepare(_shape(ds), labels)[2]
+    return _prepare(_shape(ds), labels, new_columns or {})[2]
 
 
-# --- writing onto a branch ---------------------------------------------------------------------
+# --- writing -----------------------------------------------------------------------------------
 
 
 def apply_labels(
@@ -392,32 +562,44 @@ def apply_labels(
     message: str,
     lock_path: Path,
     episodes: Collection[int] | None = None,
+    new_columns: Mapping[str, ColumnSpec] | None = None,
+    source: Mapping[str, Any] | None = None,
 ) -> RelabelResult:
     """Write ``labels`` onto ``branch`` of the table at ``url`` (creating it from main) and commit; main is untouched.
 
-    All ``labels`` are validated (and new columns typed from all their values) even when ``episodes``
-    restricts the write to some episodes, so per-episode runs of one label file agree. Only values
-    that differ are written; when nothing differs nothing is committed. Raises :class:`LabelError`
-    before anything is written, branch creation included, when the labels are invalid.
+    ``new_columns`` declares the label columns the branch does not have yet; ``source`` (``file``,
+    ``sha256``) names the label file in the branch's label history. All ``labels`` are validated
+    even when ``episodes`` restricts the write to some episodes, so per-episode runs of one label
+    file agree. Only values that differ are written; when nothing differs nothing is committed.
+    Raises :class:`LabelError` before anything is written, branch creation included, when the labels
+    are invalid.
     """
     check_branch(branch)
+    declared = dict(new_columns or {})
     with write_lock(lock_path):
         main = open_writable(url)
         created = branch not in main.branches.names()
         target = main if created else main.branches[branch].open()
         shape = _shape(target)
-        typed, types, problems = _prepare(shape, labels) if labels else ([], {}, ["no labels given"])
+        typed, types, problems = _prepare(shape, labels, declared) if labels else ([], {}, ["no labels given"])
         if problems:
             raise LabelError(f"labels for dataset {shape.dataset!r} (branch {branch!r}) are not valid:", problems)
         if created:
             main.branch(branch)
             target = main.branches[branch].open()
         chosen = [label for label in typed if episodes is None or label.episode in episodes]
-        new_columns = sorted({label.column for label in chosen} - set(shape.columns))
-        for column in new_columns:
-            _add_label_column(target, column, types[column])
-        changed = _write(target, chosen, types)
-        if changed or new_columns:
+        added = sorted({label.column for label in chosen} - set(shape.columns))
+        for column in added:
+            _add_label_column(target, declared[column])
+        tasks = task_indices(target)
+        changed = _write(target, chosen, types, tasks)
+        if changed or added:
+            refresh_indexes(target, changed)
+            digest = (source or {}).get("sha256") or hashlib.sha256(
+                json.dumps([label.to_json() for label in typed], sort_keys=True).encode()
+            ).hexdigest()
+            entry = {"file": (source or {}).get("file"), "sha256": digest, "branch": branch}
+            _record(target, [declared[c] for c in added], tasks, entry, [label.to_json() for label in chosen])
             target.commit(message)
         rows = np.unique(np.concatenate(list(changed.values()))) if changed else np.empty(0, dtype=np.int64)
         episodes_changed = np.asarray(target["episode_index"][:])[rows] if changed else []
@@ -427,28 +609,43 @@ def apply_labels(
         version=version,
         rows=len(rows),
         episodes=sorted({int(e) for e in episodes_changed}),
-        columns=sorted(changed),
-        new_columns=new_columns,
+        columns=sorted(set(changed) - {"task_index"}),
+        new_columns=added,
         created_branch=created,
     )
 
 
-def _add_label_column(ds: deeplake.Dataset, column: str, column_type: str) -> None:
-    """Add a label column filled with its zero value; the default also fills rows appended later (re-ingests)."""
-    zero = _zero(column_type)
-    ds.add_column(column, _NEW_COLUMN_TYPES[column_type](), default_value=zero)
+def _add_label_column(ds: deeplake.Dataset, spec: ColumnSpec) -> None:
+    """Add a label column filled with its declared default; the default also fills rows appended later."""
+    ds.add_column(spec.name, COLUMN_TYPES[spec.type](), default_value=spec.default)
     if len(ds):  # Deeplake leaves existing rows empty whatever the default
-        ds[column][0 : len(ds)] = _as_column_values([zero] * len(ds), column_type)
+        ds[spec.name][0 : len(ds)] = _as_column_values([spec.default] * len(ds), spec.type)
 
 
 def _as_column_values(values: Sequence[LabelValue], column_type: str) -> list[str] | np.ndarray:
-    return list(values) if column_type == "text" else np.asarray(values, dtype=np.dtype(column_type))
+    return [str(v) for v in values] if column_type == "text" else np.asarray(values, dtype=np.dtype(column_type))
 
 
-def _write(ds: deeplake.Dataset, labels: Sequence[Label], types: dict[str, str]) -> dict[str, np.ndarray]:
-    """Set the labelled rows whose value differs; return the changed row offsets per column."""
-    episode_index = np.asarray(ds["episode_index"][:])
-    frame_index = np.asarray(ds["frame_index"][:])
+def task_indices(ds: deeplake.Dataset | deeplake.ReadOnlyDataset) -> dict[str, int]:
+    """The table's task list, text -> ``task_index``: the source's tasks as the rows hold them, plus
+    the texts labels introduced (kept in the table metadata)."""
+    known: dict[str, int] = {}
+    if len(ds):
+        known = {str(text): int(i) for text, i in zip(ds["task"][:], np.asarray(ds["task_index"][:]))}
+    return {**known, **table_metadata(ds).get("tasks", {})}
+
+
+def _task_index(tasks: dict[str, int], text: str) -> int:
+    """``text``'s index in ``tasks``, appending it (the next free index) when it is new."""
+    if text not in tasks:
+        tasks[text] = max(tasks.values(), default=-1) + 1
+    return tasks[text]
+
+
+def _targets(
+    episode_index: np.ndarray, frame_index: np.ndarray, labels: Iterable[Label], tasks: dict[str, int]
+) -> dict[str, dict[int, LabelValue]]:
+    """The value each labelled row (an offset into the arrays) gets, per column; ``task_index`` follows ``task``."""
     targets: dict[str, dict[int, LabelValue]] = defaultdict(dict)
     for label in labels:
         mask = episode_index == label.episode
@@ -457,19 +654,64 @@ def _write(ds: deeplake.Dataset, labels: Sequence[Label], types: dict[str, str])
         if label.frame_end is not None:
             mask &= frame_index < label.frame_end
         targets[label.column].update(dict.fromkeys(np.flatnonzero(mask).tolist(), label.value))
+    if "task" in targets:
+        targets["task_index"] = {row: _task_index(tasks, str(text)) for row, text in targets["task"].items()}
+    return targets
+
+
+def _write(
+    ds: deeplake.Dataset, labels: Sequence[Label], types: Mapping[str, str], tasks: dict[str, int]
+) -> dict[str, np.ndarray]:
+    """Set the labelled rows whose value differs; return the changed row offsets per column."""
+    targets = _targets(np.asarray(ds["episode_index"][:]), np.asarray(ds["frame_index"][:]), labels, tasks)
+    types = {**types, "task_index": "int64"}
     changed: dict[str, np.ndarray] = {}
     for column, values_by_offset in targets.items():
         offsets = np.array(sorted(values_by_offset), dtype=np.int64)
-        wanted = _as_column_values([values_by_offset[o] for o in offsets], types[column])
-        current = np.asarray(ds[column][:], dtype=object)[offsets]
-        differs = np.flatnonzero(current != np.asarray(wanted, dtype=object))
-        if not len(differs):
-            continue
-        for run in np.split(differs, np.flatnonzero(np.diff(offsets[differs]) != 1) + 1):
-            first = int(offsets[run[0]])
-            ds[column][first : first + len(run)] = _as_column_values([wanted[i] for i in run], types[column])
-        changed[column] = offsets[differs]
+        done = _set_cells(ds, column, offsets, [values_by_offset[o] for o in offsets], types[column])
+        if len(done):
+            changed[column] = done
     return changed
+
+
+def _set_cells(
+    ds: deeplake.Dataset, column: str, offsets: np.ndarray, values: Sequence[LabelValue], column_type: str
+) -> np.ndarray:
+    """Write ``values`` at the sorted row ``offsets`` of ``column`` where they differ, in contiguous runs;
+    return the offsets written."""
+    wanted = np.empty(len(values), dtype=object)
+    wanted[:] = list(values)
+    current = np.asarray(ds[column][:], dtype=object)[offsets]
+    differs = np.flatnonzero(current != wanted)
+    if not len(differs):
+        return offsets[differs]
+    for run in np.split(differs, np.flatnonzero(np.diff(offsets[differs]) != 1) + 1):
+        first = int(offsets[run[0]])
+        ds[column][first : first + len(run)] = _as_column_values([wanted[i] for i in run], column_type)
+    return offsets[differs]
+
+
+def _record(
+    ds: deeplake.Dataset,
+    added: Iterable[ColumnSpec],
+    tasks: Mapping[str, int],
+    entry: dict[str, Any],
+    labels: list[dict[str, Any]],
+) -> None:
+    """Keep new column declarations, the task list and the label set in the table metadata (with the commit).
+
+    Per-episode runs of one label file extend one entry of the history.
+    """
+    metadata = table_metadata(ds)
+    columns = {**metadata.get("label_columns", {}), **{spec.name: spec.to_json() for spec in added}}
+    history = metadata.get("label_sets", [])
+    for existing in history:
+        if all(existing.get(key) == entry.get(key) for key in ("sha256", "branch", "merged_from")):
+            existing["labels"] = existing["labels"] + [label for label in labels if label not in existing["labels"]]
+            break
+    else:
+        history.append({**entry, "labels": labels})
+    set_table_metadata(ds, label_columns=columns, tasks=dict(tasks), label_sets=history)
 
 
 # --- reviewing and merging ---------------------------------------------------------------------
@@ -482,115 +724,260 @@ def _open_branch(main: deeplake.ReadOnlyDataset | deeplake.Dataset, url: str, br
     return main.branches[branch]
 
 
-def diff_branch(url: str, branch: str) -> dict[str, Any]:
-    """How the label columns (text and scalar columns) of ``branch`` differ from main's head, row by row.
+def _keys(ds: Any) -> np.ndarray:
+    """One integer per row: (episode_index, frame_index), which identify a frame across versions and re-ingests."""
+    if not len(ds):
+        return np.empty(0, dtype=np.int64)
+    episode = np.asarray(ds["episode_index"][:], dtype=np.int64)
+    return (episode << 32) | np.asarray(ds["frame_index"][:], dtype=np.int64)  # frame indices stay far below 2**32
 
-    Rows are matched by (episode_index, frame_index), so the answer holds even when main was
-    re-ingested since the branch was made. A column that exists only on the branch compares with its
-    zero value. Returns counts per column, the episodes involved, and a few examples.
+
+def _lookup(haystack: np.ndarray, needles: np.ndarray) -> np.ndarray:
+    """The offset in ``haystack`` of each of ``needles``, -1 where it has none."""
+    if not len(haystack):
+        return np.full(len(needles), -1, dtype=np.int64)
+    order = np.argsort(haystack, kind="stable")
+    position = np.minimum(np.searchsorted(haystack[order], needles), len(haystack) - 1)
+    return np.where(haystack[order][position] == needles, order[position], -1)
+
+
+def _values_at(ds: Any, column: str, offsets: np.ndarray, default: LabelValue) -> np.ndarray:
+    """``column``'s values at ``offsets`` of ``ds``; ``default`` where the row or the column is missing."""
+    out = np.empty(len(offsets), dtype=object)
+    out[:] = [default] * len(offsets)
+    if column in {c.name for c in ds.schema.columns}:
+        values = np.asarray(ds[column][:], dtype=object)
+        found = offsets >= 0
+        out[found] = [_plain(v) for v in values[offsets[found]]]
+    return out
+
+
+@dataclass
+class _Cells:
+    """The cells of one column a merge writes onto main, with their three versions."""
+
+    spec: ColumnSpec
+    rows: np.ndarray  # offsets in main, sorted
+    episodes: np.ndarray
+    frames: np.ndarray
+    base: np.ndarray
+    main: np.ndarray
+    branch: np.ndarray
+
+    @property
+    def conflicts(self) -> np.ndarray:
+        """Cells main also changed since the base, to another value than the branch's."""
+        return self.main != self.base
+
+    def subset(self, keep: np.ndarray) -> _Cells:
+        return _Cells(self.spec, *(getattr(self, name)[keep] for name in _CELL_ARRAYS))
+
+
+_CELL_ARRAYS = ("rows", "episodes", "frames", "base", "main", "branch")
+
+
+@dataclass
+class _MergePlan:
+    cells: list[_Cells]
+    new_columns: list[ColumnSpec]
+    base_version: str | None
+    rows_only_on_main: int
+    rows_only_on_branch: int
+
+
+def _plan_merge(main: Any, other: Any, base: Any, base_version: str | None) -> _MergePlan:
+    """Three-way: a cell is written when the branch changed it since its base and main does not hold that value yet.
+
+    Rows are matched by (episode_index, frame_index), so rows main added since the branch was made
+    (an ingest) are left as they are, with the column's default when the column is new.
     """
-    main = open_read_only(url)
-    handle = _open_branch(main, url, branch)
-    other = handle.open()
-    base_version = handle.base[1] if handle.base else None
-    main_rows, branch_rows = _aligned_rows(main, other)
-    episodes_of_rows = np.asarray(other["episode_index"][:])[branch_rows]
-    frames_of_rows = np.asarray(other["frame_index"][:])[branch_rows]
-    main_columns = {c.name: c.dtype for c in main.schema.columns}
-    per_column: dict[str, int] = {}
-    changed_rows = np.zeros(len(branch_rows), dtype=bool)
-    examples: list[dict[str, Any]] = []
-    new_columns = []
-    for column in other.schema.columns:
-        column_type = _column_type(column.dtype)
-        if column_type is None or column.name in ("episode_index", "frame_index"):
-            continue
-        after = np.asarray(other[column.name][:], dtype=object)[branch_rows]
-        if column.name in main_columns:
-            before = np.asarray(main[column.name][:], dtype=object)[main_rows]
-        else:
-            new_columns.append(column.name)
-            before = np.full(len(after), _zero(column_type), dtype=object)
-        differs = before != after
-        if not differs.any():
-            continue
-        per_column[column.name] = int(differs.sum())
-        changed_rows |= differs
-        _, first_per_episode = np.unique(episodes_of_rows[differs], return_index=True)
-        for i in np.flatnonzero(differs)[first_per_episode]:
-            examples.append(
-                {
-                    "episode": int(episodes_of_rows[i]),
-                    "frame": int(frames_of_rows[i]),
-                    "column": column.name,
-                    "main": _plain(before[i]) if column.name in main_columns else None,
-                    "branch": _plain(after[i]),
-                }
+    branch_shape, main_columns = _shape(other), {c.name for c in main.schema.columns}
+    branch_keys = _keys(other)
+    in_main = _lookup(_keys(main), branch_keys)
+    in_base = _lookup(_keys(base), branch_keys) if base is not None else in_main
+    episodes, frames = branch_keys >> 32, branch_keys & 0xFFFFFFFF
+    cells = []
+    for column in _labelable(branch_shape):
+        spec = _spec(branch_shape, column)
+        after = _values_at(other, column, np.arange(len(other)), spec.default)
+        before = _values_at(base if base is not None else main, column, in_base, spec.default)
+        current = _values_at(main, column, in_main, spec.default)
+        write = (after != before) & (in_base >= 0) & (in_main >= 0) & (current != after)
+        if write.any():
+            picked = np.flatnonzero(write)
+            picked = picked[np.argsort(in_main[picked])]
+            cells.append(
+                _Cells(spec, in_main[picked], episodes[picked], frames[picked], before[picked], current[picked], after[picked])
             )
+    new_columns = [_spec(branch_shape, c) for c in _labelable(branch_shape) if c not in main_columns]
+    seen = int((in_main >= 0).sum())
+    return _MergePlan(cells, new_columns, base_version, len(main) - seen, len(other) - seen)
+
+
+def _branch_plan(main: Any, url: str, branch: str) -> _MergePlan:
+    handle = _open_branch(main, url, branch)
+    base_version = handle.base[1] if handle.base else None
+    base = main.history[base_version].open() if base_version else None
+    return _plan_merge(main, handle.open(), base, base_version)
+
+
+def _cell(cells: _Cells, i: int, **sides: np.ndarray) -> dict[str, Any]:
+    return {
+        "episode": int(cells.episodes[i]),
+        "frame": int(cells.frames[i]),
+        "column": cells.spec.name,
+        **{side: _plain(values[i]) for side, values in sides.items()},
+    }
+
+
+def _report(url: str, branch: str, main: Any, plan: _MergePlan) -> dict[str, Any]:
+    """What merging ``plan`` writes: rows, episodes, cells per column, conflicts (cell by cell) and examples."""
+    new = {spec.name for spec in plan.new_columns}
+    rows = np.unique(np.concatenate([c.rows for c in plan.cells])) if plan.cells else np.empty(0, dtype=np.int64)
+    examples, conflicts = [], []
+    for cells in plan.cells:
+        _, first_per_episode = np.unique(cells.episodes, return_index=True)
+        for i in first_per_episode:
+            example = _cell(cells, int(i), main=cells.main, branch=cells.branch)
+            examples.append({**example, "main": None if cells.spec.name in new else example["main"]})
+        conflicts.extend(
+            _cell(cells, int(i), base=cells.base, main=cells.main, branch=cells.branch)
+            for i in np.flatnonzero(cells.conflicts)
+        )
     return {
         "table": url,
         "branch": branch,
         "main_version": main.version,
-        "branch_version": other.version,
-        "base_version": base_version,
-        "main_moved": base_version is not None and base_version != main.version,
-        "rows": int(changed_rows.sum()),
-        "episodes": sorted({int(e) for e in episodes_of_rows[changed_rows]}),
-        "columns": per_column,
-        "new_columns": new_columns,
-        "rows_only_on_main": len(main) - len(main_rows),
-        "rows_only_on_branch": len(other) - len(branch_rows),
+        "base_version": plan.base_version,
+        "main_moved": plan.base_version is not None and plan.base_version != main.version,
+        "rows": len(rows),
+        "episodes": sorted({int(e) for c in plan.cells for e in c.episodes}),
+        "columns": {cells.spec.name: len(cells.rows) for cells in plan.cells},
+        "new_columns": sorted(new),
+        "conflicts": conflicts,
+        "rows_only_on_main": plan.rows_only_on_main,
+        "rows_only_on_branch": plan.rows_only_on_branch,
         "examples": examples[:_EXAMPLES],
     }
 
 
-def _aligned_rows(a: Any, b: Any) -> tuple[np.ndarray, np.ndarray]:
-    """Offsets in ``a`` and ``b`` of the rows both hold, matched by (episode_index, frame_index)."""
-    keys = []
-    for ds in (a, b):
-        episode = np.asarray(ds["episode_index"][:], dtype=np.int64)
-        frame = np.asarray(ds["frame_index"][:], dtype=np.int64)
-        keys.append((episode << 32) | frame)  # frame indices stay far below 2**32
-    _, in_a, in_b = np.intersect1d(keys[0], keys[1], return_indices=True)
-    return in_a, in_b
+def diff_branch(url: str, branch: str) -> dict[str, Any]:
+    """Exactly the cells merging ``branch`` would write onto main: those the branch changed since its base
+    (main when the branch was made) and main does not hold yet, counted per column, with the cells
+    main changed too (``conflicts``: base, main and branch values) and a few examples.
+
+    Rows are matched by (episode_index, frame_index). A column that exists only on the branch compares
+    with its declared default.
+    """
+    main = open_read_only(url)
+    return _report(url, branch, main, _branch_plan(main, url, branch))
 
 
-def _plain(value: Any) -> Any:
-    return value.item() if isinstance(value, np.generic) else value
+def merge_branch(url: str, branch: str, lock_path: Path, prefer: str | None = None) -> dict[str, Any]:
+    """Write the cells ``branch`` changed since its base onto main, commit, and return what changed.
 
-
-def merge_branch(url: str, branch: str, lock_path: Path) -> dict[str, Any]:
-    """Merge ``branch`` into main (Deeplake commits the merge) and return main's new version and what changed.
-
-    Refuses when main deleted rows since the branch was made (a re-ingest replaces an episode's
-    rows): Deeplake merges by row identity, so labels on replaced rows would silently be dropped.
-    Merging a branch main already matches changes nothing.
+    A cell main changed too, to another value, is a conflict: the merge is refused, listing them,
+    unless ``prefer`` says which side wins. Rows main added since the branch was made keep their
+    values (the declared default in a new column). Refuses when main deleted rows since the branch
+    was made (a re-ingest replaced an episode's rows): review the labels on the re-ingested rows again.
+    Merging a branch main already matches changes nothing. The indexes of the changed columns are
+    recreated, and the merged label set joins main's label history, so later ingests re-apply it.
     """
     check_branch(branch)
+    if prefer not in (None, *PREFER):
+        raise LabelError(f"--prefer must be one of {list(PREFER)}, got {prefer!r}")
     with write_lock(lock_path):
         main = open_writable(url)
-        handle = _open_branch(main, url, branch)
-        diff = diff_branch(url, branch)
-        if diff["rows"] == 0 and not diff["new_columns"]:
-            return {**_merge_summary(url, branch, diff), "version": main.version, "merged": False}
-        replaced = _deletions_since(main, handle.base[1] if handle.base else None)
+        plan = _branch_plan(main, url, branch)
+        report = _report(url, branch, main, plan)
+        summary = {key: report[key] for key in ("table", "branch", "new_columns", "conflicts")}
+        if not plan.cells and not plan.new_columns:
+            return {**summary, "rows": 0, "episodes": [], "columns": {}, "version": main.version, "merged": False}
+        if report["conflicts"] and prefer is None:
+            raise TableError(_conflict_message(url, branch, report["conflicts"]))
+        replaced = _deletions_since(main, plan.base_version)
         if replaced:
             raise TableError(
                 f"cannot merge branch {branch!r} into main of table {url}: main replaced or removed rows since the "
                 f"branch was made ({'; '.join(replaced)}), so labels on those rows would be lost; apply the "
                 "labels again onto a new branch and merge that one"
             )
-        main.merge(
-            branch,
-            message=f"merge labels from branch {branch}: {diff['rows']} rows of episodes {diff['episodes']}, "
-            f"columns {sorted(diff['columns'])}",
+        cells = [c.subset(~c.conflicts) for c in plan.cells] if prefer == MAIN else plan.cells
+        cells = [c for c in cells if len(c.rows)]
+        written = _write_cells(main, cells, plan.new_columns, branch, _branch_sources(main, branch))
+        rows = np.unique(np.concatenate(list(written.values()))) if written else np.empty(0, dtype=np.int64)
+        episodes = sorted({int(e) for c in cells for e in c.episodes})
+        columns = {name: len(offsets) for name, offsets in written.items() if name != "task_index"}
+        main.commit(
+            f"merge labels from branch {branch}: {len(rows)} rows of episodes {episodes}, columns {sorted(columns)}"
+            + (f", {len(report['conflicts'])} conflicting cells resolved for {prefer}" if report["conflicts"] else "")
         )
-        return {**_merge_summary(url, branch, diff), "version": main.version, "merged": True}
+        return {
+            **summary,
+            "rows": len(rows),
+            "episodes": episodes,
+            "columns": columns,
+            "prefer": prefer,
+            "version": main.version,
+            "merged": True,
+        }
 
 
-def _merge_summary(url: str, branch: str, diff: dict[str, Any]) -> dict[str, Any]:
-    keys = ("rows", "episodes", "columns", "new_columns")
-    return {"table": url, "branch": branch, **{key: diff[key] for key in keys}}
+def _conflict_message(url: str, branch: str, conflicts: list[dict[str, Any]]) -> str:
+    shown = "; ".join(
+        f"episode {c['episode']} frame {c['frame']} column {c['column']!r}: base {c['base']!r}, "
+        f"main {c['main']!r}, branch {c['branch']!r}"
+        for c in conflicts[:_CONFLICTS_SHOWN]
+    )
+    more = f"; and {len(conflicts) - _CONFLICTS_SHOWN} more (see diff)" if len(conflicts) > _CONFLICTS_SHOWN else ""
+    return (
+        f"cannot merge branch {branch!r} into main of table {url}: {len(conflicts)} cells were changed on main "
+        f"and on the branch since the branch was made: {shown}{more}; merge with --prefer branch or --prefer main"
+    )
+
+
+def _branch_sources(main: deeplake.Dataset, branch: str) -> list[dict[str, Any]]:
+    """The label files applied on ``branch`` (file, sha256), from its label history."""
+    history = table_metadata(main.branches[branch].open()).get("label_sets", [])
+    return [{"file": e.get("file"), "sha256": e.get("sha256")} for e in history if e.get("branch") == branch]
+
+
+def _write_cells(
+    main: deeplake.Dataset, cells: list[_Cells], new_columns: list[ColumnSpec], branch: str, sources: list[dict]
+) -> dict[str, np.ndarray]:
+    """Add the new columns, write the merged cells (``task_index`` from main's task list), recreate the indexes
+    of the changed columns and record the label set; the caller commits."""
+    for spec in new_columns:
+        _add_label_column(main, spec)
+    tasks = task_indices(main)
+    written: dict[str, np.ndarray] = {}
+    for c in cells:
+        done = _set_cells(main, c.spec.name, c.rows, list(c.branch), c.spec.type)
+        if len(done):
+            written[c.spec.name] = done
+        if c.spec.name == "task":
+            indices = [_task_index(tasks, str(text)) for text in c.branch]
+            done = _set_cells(main, "task_index", c.rows, indices, "int64")
+            if len(done):
+                written["task_index"] = done
+    refresh_indexes(main, written)
+    labels = [run for c in cells for run in _runs(c)]
+    _record(main, new_columns, tasks, {"branch": branch, "merged_from": branch, "files": sources}, labels)
+    return written
+
+
+def _runs(cells: _Cells) -> list[dict[str, Any]]:
+    """The cells as labels: one per run of consecutive frames of an episode with one value."""
+    order = np.lexsort((cells.frames, cells.episodes))
+    runs: list[dict[str, Any]] = []
+    for i in order:
+        episode, frame, value = int(cells.episodes[i]), int(cells.frames[i]), _plain(cells.branch[i])
+        last = runs[-1] if runs else None
+        if last and (last["episode"], last["frame_end"], last["value"]) == (episode, frame, value):
+            last["frame_end"] = frame + 1
+        else:
+            runs.append(Label(episode, cells.spec.name, value, frame, frame + 1).to_json())
+    return runs
 
 
 def _deletions_since(main: deeplake.Dataset, base_version: str | None) -> list[str]:
@@ -601,3 +988,61 @@ def _deletions_since(main: deeplake.Dataset, base_version: str | None) -> list[s
             messages.append(version.message or version.id)
         found = found or version.id == base_version
     return messages
+
+
+# --- labels across re-ingests ------------------------------------------------------------------
+
+
+def episode_labels(ds: deeplake.Dataset | deeplake.ReadOnlyDataset, episode: int) -> list[dict[str, Any]]:
+    """The labels main's label history holds for ``episode``, oldest first, each with the branch it came from."""
+    return [
+        {**label, "branch": entry.get("branch")}
+        for entry in table_metadata(ds).get("label_sets", [])
+        for label in entry.get("labels", [])
+        if label["episode"] == episode
+    ]
+
+
+def reapply_labels(
+    ds: deeplake.Dataset, episode: int, rows: Mapping[str, Any]
+) -> tuple[dict[str, Any], dict[str, list[dict[str, Any]]]]:
+    """``rows`` (an episode's new rows from an ingest) with every label column at its declared default and
+    main's labels of the episode re-applied to the frames that still exist; and a report of the labels
+    re-applied and of those (or the frames of them) that could not be.
+
+    An ingest replaces an episode's rows with the source's values; without this, merged labels would be
+    reset to the source's values or the column's default without a word.
+    """
+    out = dict(rows)
+    count = len(out["episode_index"])
+    present = {c.name for c in ds.schema.columns}
+    specs = {name: spec for name, spec in label_columns(ds).items() if name in present and name not in out}
+    for spec in specs.values():
+        out[spec.name] = [spec.default] * count
+    labels = episode_labels(ds, episode)
+    report: dict[str, list[dict[str, Any]]] = {"reapplied": [], "not_reapplied": []}
+    frames = np.asarray(out["frame_index"], dtype=np.int64)
+    length = int(frames.max()) + 1 if count else 0
+    tasks, shape = task_indices(ds), _shape(ds)
+    types = {name: _spec(shape, name).type for name in {label["column"] for label in labels} if name in present}
+    types["task_index"] = "int64"
+    for record in labels:
+        label = Label(**{key: record[key] for key in _FIELDS})
+        if label.column not in types:
+            report["not_reapplied"].append({**record, "reason": f"the table has no column {label.column!r}"})
+            continue
+        targets = _targets(np.full(count, episode), frames, [label], tasks)
+        for column, values in targets.items():
+            cells = list(out[column])
+            for row, value in values.items():
+                cells[row] = value
+            out[column] = cells
+        start, end = label.frame_start or 0, length if label.frame_end is None else label.frame_end
+        missing = sorted(set(range(start, end)) - set(frames.tolist()))
+        if len(targets.get(label.column, {})):
+            report["reapplied"].append({**record, "frames": len(targets[label.column])})
+        if missing or not count:
+            gone = [missing[0], missing[-1] + 1] if missing else [start, end]
+            report["not_reapplied"].append({**record, "missing_frames": gone, "reason": "frames no longer exist"})
+    typed = {**{name: spec.type for name, spec in specs.items()}, **types}
+    return {**out, **{name: _as_column_values(out[name], t) for name, t in typed.items() if name in out}}, report

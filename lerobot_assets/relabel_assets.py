@@ -10,6 +10,7 @@ launchers at the bottom run that sequence through the home's persistent instance
 """
 
 import hashlib
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -41,9 +42,10 @@ from lerobot_assets.relabel import (
     LabelError,
     apply_labels,
     check_branch,
+    column_specs,
     diff_branch,
     merge_branch,
-    read_labels,
+    read_label_file,
     validate_labels,
 )
 from lerobot_assets.resources import StorageResource
@@ -58,6 +60,7 @@ class LabelFileConfig(Config):
 
     path: str  # CSV, parquet or JSON with episode, frame_start, frame_end, column, value
     branch: str  # the table branch the labels go to (created from main if missing); never main
+    new_columns: list[str] = []  # declarations name:type=default, besides the file's header block
 
 
 @asset(
@@ -82,25 +85,33 @@ def label_file(context: AssetExecutionContext, config: LabelFileConfig, storage:
     dataset = context.partition_key
     path = Path(config.path).expanduser().resolve()
     branch = check_branch(config.branch)
-    labels = read_labels(path)
+    label_set = read_label_file(path)
+    labels = label_set.labels
+    declared = column_specs(config.new_columns)
+    clashing = sorted(name for name, spec in declared.items() if label_set.columns.get(name, spec) != spec)
+    columns = {**label_set.columns, **declared}
+    if clashing:
+        raise LabelError(f"label file {str(path)!r} declares columns {clashing} differently from --new-column")
     digest = hashlib.sha256(path.read_bytes()).hexdigest()
     episodes = sorted({label.episode for label in labels})
-    columns = sorted({label.column for label in labels})
-    context.log.info(f"{dataset}: {len(labels)} labels for episodes {episodes}, columns {columns}")
+    labelled = sorted({label.column for label in labels})
+    context.log.info(f"{dataset}: {len(labels)} labels for episodes {episodes}, columns {labelled}")
     yield Output(
-        {"path": str(path), "sha256": digest, "branch": branch, "labels": labels},
+        {"path": str(path), "sha256": digest, "branch": branch, "labels": labels, "columns": columns},
         metadata={
             "label_file": MetadataValue.path(str(path)),
             "sha256": digest,
             "branch": branch,
             "labels": len(labels),
             "episodes": MetadataValue.json(episodes),
-            "columns": MetadataValue.json(columns),
+            "columns": MetadataValue.json(labelled),
+            "new_columns": MetadataValue.json({name: spec.to_json() for name, spec in columns.items()}),
             "preview": MetadataValue.md(_preview(labels)),
         },
     )
     main = open_read_only(storage.table_url(dataset))  # must outlive the branch opened from it
-    problems = validate_labels(main.branches[branch].open() if branch in main.branches.names() else main, labels)
+    target = main.branches[branch].open() if branch in main.branches.names() else main
+    problems = validate_labels(target, labels, columns)
     yield AssetCheckResult(
         check_name="labels_fit_table",
         passed=not problems,
@@ -145,6 +156,8 @@ def episode_labels(context: AssetExecutionContext, label_file: dict, storage: St
         f"relabel {dataset} episode {index} from {Path(label_file['path']).name} ({label_file['sha256'][:12]})",
         storage.home.lock(dataset),
         episodes=[index],
+        new_columns=label_file["columns"],
+        source={"file": label_file["path"], "sha256": label_file["sha256"]},
     )
     context.log.info(
         f"{dataset} episode {index}: {result.rows} rows changed in {result.columns} on branch {branch!r}, "
@@ -180,21 +193,30 @@ def _run(
     return result
 
 
-def relabel(name: str, labels_path: str | Path, branch: str, home: str | Path | None = None) -> dict[str, Any]:
+def relabel(
+    name: str,
+    labels_path: str | Path,
+    branch: str,
+    home: str | Path | None = None,
+    new_columns: Sequence[str] = (),
+) -> dict[str, Any]:
     """Validate a label file against dataset ``name``'s table, then write it onto ``branch``, one run per episode.
 
-    Returns the JSON-able result printed by ``lerobot-assets relabel``.
+    ``new_columns`` declares new label columns (``next.success:bool=false``) besides the file's header
+    block. Returns the JSON-able result printed by ``lerobot-assets relabel``.
     """
     home_ = Home.at(home)
     entry = home_.dataset_source(name)
     check_branch(branch)
     instance, settings = dagster_instance(home_), Settings(home_.root)
     path = Path(labels_path).expanduser().resolve()
-    run_config = {"ops": {label_file.op.name: {"config": {"path": str(path), "branch": branch}}}}
+    column_specs(new_columns)  # a malformed declaration fails here, in one line, before any run
+    config = {"path": str(path), "branch": branch, "new_columns": list(new_columns)}
+    run_config = {"ops": {label_file.op.name: {"config": config}}}
     checked = _run(instance, settings, [label_file], name, run_config=run_config)
     labels: list[Label] = checked.output_for_node(label_file.op.name)["labels"]
     affected = sorted({label.episode for label in labels})
-    rows, episodes, columns, new_columns = 0, [], set[str](), set[str]()
+    rows, episodes, columns, added = 0, [], set[str](), set[str]()
     for index in affected:
         run = _run(instance, settings, [episode_labels], episode_partition(name, index))
         event = run.get_asset_materialization_events()[0].event_specific_data.materialization
@@ -203,7 +225,7 @@ def relabel(name: str, labels_path: str | Path, branch: str, home: str | Path | 
         if values["rows_changed"]:
             episodes.append(index)
         columns.update(values["columns"])
-        new_columns.update(values["new_columns"])
+        added.update(values["new_columns"])
     main = open_read_only(entry.table)  # must outlive the branch opened from it
     version = main.branches[branch].open().version
     return {
@@ -213,7 +235,7 @@ def relabel(name: str, labels_path: str | Path, branch: str, home: str | Path | 
         "rows": rows,
         "episodes": episodes,
         "columns": sorted(columns),
-        "new_columns": sorted(new_columns),
+        "new_columns": sorted(added),
         "materialized": affected,
         "version": version,
     }
@@ -224,7 +246,7 @@ def diff(name: str, branch: str, home: str | Path | None = None) -> dict[str, An
     return {"dataset": name, **diff_branch(Home.at(home).dataset_source(name).table, branch)}
 
 
-def merge(name: str, branch: str, home: str | Path | None = None) -> dict[str, Any]:
-    """Merge ``branch`` into main of dataset ``name``'s table (``lerobot-assets merge``)."""
+def merge(name: str, branch: str, home: str | Path | None = None, prefer: str | None = None) -> dict[str, Any]:
+    """Merge ``branch`` into main of dataset ``name``'s table (``lerobot-assets merge``); ``prefer`` resolves conflicts."""
     home_ = Home.at(home)
-    return {"dataset": name, **merge_branch(home_.dataset_source(name).table, branch, home_.lock(name))}
+    return {"dataset": name, **merge_branch(home_.dataset_source(name).table, branch, home_.lock(name), prefer)}

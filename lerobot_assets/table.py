@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 import logging
 import os
-from collections.abc import Iterator, Mapping
+from collections.abc import Collection, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -58,12 +58,15 @@ RUN_METADATA_COLUMN = "episode_index"
 #: vector of fixed size) so that it carries a vector index.
 EMBEDDING_KEY = "observation.state"
 #: Indexes every new table gets: episode lookups, task filters (``==``, ``CONTAINS``), and the
-#: embedding column's vector index (added by its type). Deeplake keeps the first two current at each commit;
-#: the vector index is rebuilt by :func:`build_indexes`.
+#: embedding column's vector index (added by its type). Deeplake 4.7 keeps them current for appended rows
+#: only: after values are set in place (relabel, merge) or rows deleted (a re-ingest replacing an episode)
+#: they answer from the old rows, so :func:`refresh_indexes` recreates them then.
 _INDEXES = {
     "episode_index": deeplake.types.NumericIndex(deeplake.types.Inverted),
     "task": deeplake.types.TextIndex(deeplake.types.Inverted),
 }
+#: The vector index Deeplake gives an ``Embedding`` column.
+_VECTOR_INDEX = deeplake.types.EmbeddingIndex(deeplake.types.Clustered)
 
 
 def table_url(tables_root: str | Path, name: str) -> str:
@@ -276,6 +279,23 @@ def set_table_metadata(ds: deeplake.Dataset, **values: Any) -> None:
     current = _json_entry(metadata)
     if {**current, **values} != current:
         metadata[METADATA_KEY] = json.dumps({**current, **values})
+
+
+def refresh_indexes(ds: deeplake.Dataset, columns: Collection[str] | None = None) -> list[str]:
+    """Recreate the indexes of ``columns`` (all indexed columns when None); return the columns done.
+
+    Deeplake 4.7 indexes appended rows but leaves its indexes stale when values are overwritten in
+    place (``CONTAINS(task, ...)`` and ``==`` then answer from the old values) or rows are deleted
+    (rows go missing from ``==``, ``CONTAINS`` and ``COSINE_SIMILARITY`` results). Dropping and
+    creating an index reindexes every row. The caller holds the write lock and commits.
+    """
+    indexes = {**_INDEXES, EMBEDDING_KEY: _VECTOR_INDEX}
+    present = {column.name for column in ds.schema.columns}
+    done = [name for name in indexes if name in present and ds[name].indexes and (columns is None or name in columns)]
+    for name in done:
+        ds[name].drop_index(indexes[name])
+        ds[name].create_index(indexes[name])
+    return done
 
 
 def open_read_only(url: str) -> deeplake.ReadOnlyDataset:

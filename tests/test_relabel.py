@@ -20,7 +20,7 @@ from lerobot_assets.errors import TableError
 from lerobot_assets.home import Home
 from lerobot_assets.launch import ingest, open_snapshot, snapshot
 from lerobot_assets.partitions import episode_partition
-from lerobot_assets.relabel import Label, LabelError, apply_labels, merge_branch, read_labels
+from lerobot_assets.relabel import ColumnSpec, Label, LabelError, apply_labels, merge_branch, read_labels
 from lerobot_assets.relabel_assets import diff, merge, relabel
 from lerobot_assets.table import open_read_only, open_writable, replace_episode
 
@@ -32,8 +32,10 @@ LABELS = [
 ]
 
 
-def _write_csv(path: Path, labels: list[dict]) -> Path:
+def _write_csv(path: Path, labels: list[dict], header: tuple[str, ...] = ()) -> Path:
+    """A CSV label file; ``header`` holds new-column declarations (``next.reward:float32=0``)."""
     with path.open("w", newline="") as stream:
+        stream.writelines(f"# new-column: {spec}\n" for spec in header)
         writer = csv.DictWriter(stream, fieldnames=["episode", "frame_start", "frame_end", "column", "value"])
         writer.writeheader()
         writer.writerows([{k: "" if v is None else v for k, v in label.items()} for label in labels])
@@ -70,7 +72,7 @@ def state(official_dataset: Path, tmp_path_factory: pytest.TempPathFactory) -> d
     ingest(str(official_dataset), name="small", home=home, workers=1)
     table = Home(home).dataset_source("small").table
     main_version = open_read_only(table).version
-    labels_path = _write_csv(home / "labels.csv", LABELS)
+    labels_path = _write_csv(home / "labels.csv", LABELS, header=("next.reward:float32=0",))
     result = relabel("small", labels_path, "fix", home)
     return {"home": home, "table": table, "main_version": main_version, "labels": labels_path, "result": result}
 
@@ -105,9 +107,12 @@ def test_relabel_changes_only_the_labelled_rows_on_the_branch(state: dict) -> No
     assert branch.version == result["version"]
     names = ("episode_index", "frame_index", "task", "index", "task_index", "observation.state", "action")
     before, after = _columns(main, *names), _columns(branch, *names)
-    for name in ("episode_index", "frame_index", "index", "task_index", "observation.state", "action"):
+    for name in ("episode_index", "frame_index", "index", "observation.state", "action"):
         assert np.array_equal(before[name], after[name]), name
     episode, frame = before["episode_index"], before["frame_index"]
+    # task_index follows task: the new text gets the next index of the table's task list
+    assert np.array_equal(after["task_index"][episode != 1], before["task_index"][episode != 1])
+    assert set(after["task_index"][episode == 1]) == {before["task_index"].max() + 1}
     assert set(before["task"][episode == 1]) == {OLD_TASK}
     assert set(after["task"][episode == 1]) == {NEW_TASK}
     assert np.array_equal(after["task"][episode != 1], before["task"][episode != 1])
@@ -214,7 +219,8 @@ def test_merge_refuses_when_main_replaced_rows_since_the_branch(state: dict) -> 
     """Deeplake merges by row identity: labels on rows a re-ingest replaced would silently vanish."""
     home, table = state["home"], state["table"]
     lock = Home(home).lock("small")
-    apply_labels(table, [Label(0, "next.success", True)], "stale", "label episode 0", lock)
+    declared = {"next.success": ColumnSpec("next.success", "bool", False)}
+    apply_labels(table, [Label(0, "next.success", True)], "stale", "label episode 0", lock, new_columns=declared)
     _reingest_episode(table, 0)
     version = open_read_only(table).version
     with pytest.raises(TableError, match="replaced or removed rows since the branch was made"):
