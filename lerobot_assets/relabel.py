@@ -466,6 +466,12 @@ def _column_types(
             else:
                 types[column] = column_type
         elif column in declared:
+            earlier = table.label_columns.get(column)
+            if earlier is not None and earlier != declared[column]:
+                problems.append(
+                    f"column {column!r} is declared {earlier.type} with default {earlier.default!r} on another "
+                    f"branch of dataset {table.dataset!r}; declare it the same way or choose another name"
+                )
             types[column] = declared[column].type
         else:
             close = difflib.get_close_matches(column, _labelable(table), n=1)
@@ -700,13 +706,15 @@ def _record(
 ) -> None:
     """Keep new column declarations, the task list and the label set in the table metadata (with the commit).
 
-    Per-episode runs of one label file extend one entry of the history.
+    Deeplake's dataset metadata is one store for all branches and versions (not versioned), so the
+    history holds every branch's label sets; those a merge wrote onto main carry ``merged_from``.
+    Per-episode runs of one label file onto a branch extend one entry.
     """
     metadata = table_metadata(ds)
     columns = {**metadata.get("label_columns", {}), **{spec.name: spec.to_json() for spec in added}}
     history = metadata.get("label_sets", [])
     for existing in history:
-        if all(existing.get(key) == entry.get(key) for key in ("sha256", "branch", "merged_from")):
+        if "merged_from" not in entry and all(existing.get(k) == entry.get(k) for k in ("sha256", "branch", "merged_from")):
             existing["labels"] = existing["labels"] + [label for label in labels if label not in existing["labels"]]
             break
     else:
@@ -938,8 +946,12 @@ def _conflict_message(url: str, branch: str, conflicts: list[dict[str, Any]]) ->
 
 def _branch_sources(main: deeplake.Dataset, branch: str) -> list[dict[str, Any]]:
     """The label files applied on ``branch`` (file, sha256), from its label history."""
-    history = table_metadata(main.branches[branch].open()).get("label_sets", [])
-    return [{"file": e.get("file"), "sha256": e.get("sha256")} for e in history if e.get("branch") == branch]
+    history = table_metadata(main).get("label_sets", [])
+    return [
+        {"file": e.get("file"), "sha256": e.get("sha256")}
+        for e in history
+        if e.get("branch") == branch and "merged_from" not in e
+    ]
 
 
 def _write_cells(
@@ -962,7 +974,7 @@ def _write_cells(
                 written["task_index"] = done
     refresh_indexes(main, written)
     labels = [run for c in cells for run in _runs(c)]
-    _record(main, new_columns, tasks, {"branch": branch, "merged_from": branch, "files": sources}, labels)
+    _record(main, new_columns, tasks, {"merged_from": branch, "files": sources}, labels)
     return written
 
 
@@ -994,10 +1006,11 @@ def _deletions_since(main: deeplake.Dataset, base_version: str | None) -> list[s
 
 
 def episode_labels(ds: deeplake.Dataset | deeplake.ReadOnlyDataset, episode: int) -> list[dict[str, Any]]:
-    """The labels main's label history holds for ``episode``, oldest first, each with the branch it came from."""
+    """The labels merges wrote onto main for ``episode``, oldest first, each with the branch it came from."""
     return [
-        {**label, "branch": entry.get("branch")}
+        {**label, "branch": entry["merged_from"]}
         for entry in table_metadata(ds).get("label_sets", [])
+        if "merged_from" in entry
         for label in entry.get("labels", [])
         if label["episode"] == episode
     ]

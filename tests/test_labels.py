@@ -15,12 +15,13 @@ import pytest
 import torch
 from torch.utils.data import DataLoader
 
-from lerobot_assets.errors import TableError
+from lerobot_assets.errors import LeRobotAssetsError, TableError
+from lerobot_assets.relabel import LabelError
 from lerobot_assets.home import Home
 from lerobot_assets.launch import ingest, snapshot
 from lerobot_assets.relabel_assets import diff, merge, relabel
 from lerobot_assets.synthetic import generate_dataset
-from lerobot_assets.table import open_read_only, open_tag
+from lerobot_assets.table import open_read_only, open_tag, table_metadata
 from lerobot_assets.training import SnapshotDataset, collate
 
 from .test_relabel import _write_csv
@@ -141,3 +142,187 @@ def test_indexes_answer_as_a_full_scan_after_relabel_merge_snapshot_and_reingest
 
 def _table(home: Path, name: str = "gen") -> str:
     return Home(home).dataset_source(name).table
+
+
+# --- 3. label columns are declared --------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def small(official_dataset: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The official sample ingested once (episodes of 37, 33 and 31 frames); tests write onto their own branches."""
+    home = tmp_path_factory.mktemp("labels-home")
+    ingest(str(official_dataset), name="small", home=home, workers=1)
+    return home
+
+
+def _refused(home: Path, tmp_path: Path, labels: list[dict], header: tuple[str, ...] = (), **kwargs) -> str:
+    path = _labels(tmp_path / "bad.csv", labels, header)
+    before = open_read_only(_table(home, "small"))
+    with pytest.raises(LeRobotAssetsError) as error:  # LabelError, or the failed run's message for a bad file
+        relabel("small", path, "refused", home, **kwargs)
+    after = open_read_only(_table(home, "small"))
+    assert after.version == before.version and "refused" not in after.branches.names()
+    return str(error.value)
+
+
+def test_a_typo_in_a_column_name_is_refused_with_the_closest_name(small: Path, tmp_path: Path) -> None:
+    message = _refused(small, tmp_path, [{"episode": 1, "column": "taks", "value": "Fold"}])
+    assert "column 'taks' does not exist in dataset 'small'; did you mean 'task'?" in message
+    assert "--new-column taks:" in message
+
+
+def test_a_new_column_needs_a_declared_type_and_its_values_must_fit_it(small: Path, tmp_path: Path) -> None:
+    mixed = [{"episode": 0, "column": "next.quality", "value": "true"},
+             {"episode": 1, "column": "next.quality", "value": "0.7"}]
+    assert "column 'next.quality' does not exist" in _refused(small, tmp_path, mixed)
+    message = _refused(small, tmp_path, mixed, header=("next.quality:float32=0",))
+    assert "label 1 (line 3): value 'true' for column 'next.quality' of dataset 'small', episode 0: expected a number" \
+        in message
+    message = _refused(small, tmp_path, mixed, new_columns=["next.quality:bool=false"])
+    assert "label 2 (line 3): value '0.7' for column 'next.quality'" in message and "expected true or false" in message
+    empty = [{"episode": 1, "column": "task", "value": ""}]
+    assert "row 1: empty value" in _refused(small, tmp_path, empty)
+    with pytest.raises(LabelError, match="declare it as name:type=default"):
+        relabel("small", _labels(tmp_path / "ok.csv", mixed), "refused", small, new_columns=["next.quality:float32"])
+
+
+def test_the_declared_type_decides_not_the_first_values(small: Path, tmp_path: Path) -> None:
+    first = _labels(tmp_path / "a.csv", [{"episode": 0, "column": "next.q", "value": "1"},
+                                         {"episode": 1, "column": "next.q", "value": "0"}], header=("next.q:float32=0.25",))
+    relabel("small", first, "typed", small)
+    second = _labels(tmp_path / "b.csv", [{"episode": 2, "frame_start": 3, "frame_end": 5, "column": "next.q",
+                                           "value": "0.5"}])
+    relabel("small", second, "typed", small)
+    main = open_read_only(_table(small, "small"))  # must outlive the branch opened from it
+    branch = main.branches["typed"].open()
+    values, episode = np.asarray(branch["next.q"][:]), np.asarray(branch["episode_index"][:])
+    assert values.dtype == np.float32
+    assert set(values[episode == 0]) == {1.0} and set(values[episode == 1]) == {0.0}
+    assert sorted(values[episode == 2]) == [0.25] * 29 + [0.5, 0.5]
+
+
+def test_out_of_range_messages_name_both_frame_ends(small: Path, tmp_path: Path) -> None:
+    message = _refused(small, tmp_path, [{"episode": 2, "frame_start": 31, "column": "task", "value": "x"}])
+    assert "frames 31..31 (end exclusive) are not inside dataset 'small', episode 2, which has frames 0..30" in message
+    assert "None" not in message
+
+
+# --- 6. one-line errors, quiet means quiet --------------------------------------------------------
+
+
+def test_cli_errors_are_one_line_without_class_names_or_tracebacks(small: Path, tmp_path: Path) -> None:
+    path = _labels(tmp_path / "bad.csv", [{"episode": 1, "column": "taks", "value": "Fold"}])
+    cli = [sys.executable, "-m", "lerobot_assets.cli"]
+    run = subprocess.run([*cli, "relabel", "small", "--labels", str(path), "--branch", "q", "--home", str(small), "-q"],
+                         capture_output=True, text=True, timeout=300)
+    assert run.returncode == 1 and run.stdout == ""
+    assert run.stderr.splitlines() == [run.stderr.strip()], run.stderr
+    assert run.stderr.startswith("error: labels for dataset 'small' were rejected") and "did you mean 'task'" in run.stderr
+    (tmp_path / "broken.json").write_text("[1, 2]")
+    run = subprocess.run([*cli, "relabel", "small", "--labels", str(tmp_path / "broken.json"), "--branch", "q",
+                          "--home", str(small), "-q"], capture_output=True, text=True, timeout=300)
+    assert run.returncode == 1 and len(run.stderr.strip().splitlines()) == 1, run.stderr
+    assert run.stderr.startswith(f"error: label file {str(tmp_path / 'broken.json')!r}: must hold a JSON list")
+    assert "LabelError" not in run.stderr and "lerobot_assets." not in run.stderr
+
+
+# --- 4. task_index follows task ------------------------------------------------------------------
+
+
+def test_task_index_follows_task_and_new_texts_get_their_own_index(small: Path, tmp_path: Path) -> None:
+    labels = _labels(tmp_path / "t.csv", [
+        {"episode": 0, "column": "task", "value": "Fold the towel"},
+        {"episode": 1, "frame_start": 0, "frame_end": 4, "column": "task", "value": "Fold the towel"},
+        {"episode": 2, "column": "task", "value": "Wipe the table"},  # an existing text keeps its index
+    ])
+    relabel("small", labels, "tasks", small)
+    main = open_read_only(_table(small, "small"))
+    before = dict(zip(main["task"][:], np.asarray(main["task_index"][:]).tolist()))
+    branch = main.branches["tasks"].open()
+    pairs = set(zip(branch["task"][:], np.asarray(branch["task_index"][:]).tolist()))
+    fold = max(before.values()) + 1
+    assert pairs == {("Fold the towel", fold), ("Wipe the table", before["Wipe the table"])}
+
+
+# --- 5. two review branches: three-way merge -----------------------------------------------------
+
+
+def test_two_review_branches_conflict_cell_by_cell_and_diff_is_what_merge_writes(tmp_path: Path,
+                                                                               official_dataset: Path) -> None:
+    home = tmp_path / "home"
+    ingest(str(official_dataset), name="small", home=home, workers=1)
+    first = _labels(tmp_path / "a.csv", [
+        {"episode": 1, "column": "task", "value": "Wipe the table twice"},
+        {"episode": 0, "frame_start": 0, "frame_end": 5, "column": "next.success", "value": "true"},
+    ], header=("next.success:bool=false",))
+    second = _labels(tmp_path / "b.csv", [
+        {"episode": 1, "frame_start": 0, "frame_end": 10, "column": "task", "value": "Wipe the counter"},
+        {"episode": 1, "frame_start": 10, "frame_end": 33, "column": "task", "value": "Wipe the table twice"},
+        {"episode": 2, "frame_start": 0, "frame_end": 4, "column": "task", "value": "Open the drawer slowly"},
+    ])
+    relabel("small", first, "a", home)
+    relabel("small", second, "b", home)
+    assert merge("small", "a", home)["rows"] == 33 + 5
+    report = diff("small", "b", home)
+    # against b's base: b changed 37 task cells; 23 of them main already holds (a set the same text)
+    assert (report["rows"], report["columns"], report["episodes"]) == (14, {"task": 14}, [1, 2])
+    assert len(report["conflicts"]) == 10
+    assert report["conflicts"][0] == {"episode": 1, "frame": 0, "column": "task", "base": "Wipe the table",
+                                      "main": "Wipe the table twice", "branch": "Wipe the counter"}
+    version = open_read_only(_table(home, "small")).version
+    with pytest.raises(TableError) as error:
+        merge("small", "b", home)
+    assert "10 cells were changed on main and on the branch since the branch was made" in str(error.value)
+    assert "episode 1 frame 0 column 'task': base 'Wipe the table', main 'Wipe the table twice', branch " \
+           "'Wipe the counter'" in str(error.value)
+    assert open_read_only(_table(home, "small")).version == version
+    kept = merge("small", "b", home, prefer="main")
+    assert (kept["rows"], kept["columns"]) == (4, {"task": 4})
+    main = open_read_only(_table(home, "small"))
+    task, episode = np.asarray(main["task"][:], dtype=object), np.asarray(main["episode_index"][:])
+    assert set(task[episode == 1]) == {"Wipe the table twice"}
+    assert list(task[episode == 2][:5]) == ["Open the drawer slowly"] * 4 + ["Open the drawer"]
+    assert np.asarray(main["next.success"][:]).sum() == 5  # a's labels were not touched
+    taken = merge("small", "b", home, prefer="branch")  # the conflicts that remain: episode 1 frames 0..9
+    assert (taken["rows"], taken["columns"]) == (10, {"task": 10})
+    assert diff("small", "b", home)["rows"] == 0
+
+
+# --- 6. labels across a re-ingest ----------------------------------------------------------------
+
+
+def test_a_reingest_reapplies_merged_labels_and_reports_what_it_could_not(tmp_path: Path,
+                                                                        caplog: pytest.LogCaptureFixture) -> None:
+    home = tmp_path / "home"
+    source = _source(tmp_path / "src")
+    ingest(str(source), name="gen", home=home, workers=1)
+    labels = _labels(tmp_path / "l.csv", [
+        {"episode": 1, "column": "task", "value": NEW_TASK},
+        {"episode": 1, "frame_start": 2, "frame_end": 10, "column": "next.success", "value": "true"},
+        {"episode": 2, "column": "next.success", "value": "true"},
+    ], header=("next.success:bool=false",))
+    relabel("gen", labels, "b", home)
+    merge("gen", "b", home)
+    history = table_metadata(open_read_only(_table(home)))["label_sets"]
+    assert [(h.get("branch"), h.get("merged_from"), h.get("file")) for h in history] == [
+        ("b", None, str(labels)), (None, "b", None)]
+    assert history[1]["files"] == [{"file": str(labels), "sha256": history[0]["sha256"]}]
+    _source(source, (9, 7, 8))  # upstream: episode 1 now has 7 frames
+    with caplog.at_level(logging.WARNING, logger="lerobot_assets"):
+        result = ingest(str(source), name="gen", home=home, workers=1)
+    assert result["changed"] == [1, 2]  # episode 2's global index moved
+    reapplied = {(r["episode"], r["column"], r["frame_start"], r["frame_end"], r["frames"])
+                 for r in result["labels"]["reapplied"]}
+    assert reapplied == {(1, "task", 0, 11, 7), (1, "next.success", 2, 10, 5), (2, "next.success", 0, 8, 8)}
+    lost = [(r["column"], r["missing_frames"]) for r in result["labels"]["not_reapplied"]]
+    assert sorted(lost) == [("next.success", [7, 10]), ("task", [7, 11])]
+    assert any("could not re-apply 2" in r.getMessage() for r in caplog.records)
+    main = open_read_only(_table(home))
+    episode = np.asarray(main["episode_index"][:])
+    assert set(np.asarray(main["task"][:], dtype=object)[episode == 1]) == {NEW_TASK}
+    success = np.asarray(main["next.success"][:])
+    frames = np.asarray(main["frame_index"][:])
+    assert sorted(frames[(episode == 1) & success]) == [2, 3, 4, 5, 6]
+    assert success[episode == 2].all() and not success[episode == 0].any()
+    assert len(set(np.asarray(main["task_index"][:])[episode == 1])) == 1
+    assert _scan_vs_index(main) == []
