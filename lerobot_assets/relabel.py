@@ -466,12 +466,6 @@ def _column_types(
             else:
                 types[column] = column_type
         elif column in declared:
-            earlier = table.label_columns.get(column)
-            if earlier is not None and earlier != declared[column]:
-                problems.append(
-                    f"column {column!r} is declared {earlier.type} with default {earlier.default!r} on another "
-                    f"branch of dataset {table.dataset!r}; declare it the same way or choose another name"
-                )
             types[column] = declared[column].type
         else:
             close = difflib.get_close_matches(column, _labelable(table), n=1)
@@ -706,9 +700,9 @@ def _record(
 ) -> None:
     """Keep new column declarations, the task list and the label set in the table metadata (with the commit).
 
-    Deeplake's dataset metadata is one store for all branches and versions (not versioned), so the
-    history holds every branch's label sets; those a merge wrote onto main carry ``merged_from``.
-    Per-episode runs of one label file onto a branch extend one entry.
+    The metadata is versioned with the rows (:func:`set_table_metadata`): a branch's history holds
+    the label files applied on it, main's the label sets merges wrote (``merged_from``). Per-episode
+    runs of one label file onto a branch extend one entry.
     """
     metadata = table_metadata(ds)
     columns = {**metadata.get("label_columns", {}), **{spec.name: spec.to_json() for spec in added}}
@@ -786,6 +780,7 @@ _CELL_ARRAYS = ("rows", "episodes", "frames", "base", "main", "branch")
 
 @dataclass
 class _MergePlan:
+    sources: list[dict[str, Any]]  # the label files applied on the branch
     cells: list[_Cells]
     new_columns: list[ColumnSpec]
     base_version: str | None
@@ -793,7 +788,7 @@ class _MergePlan:
     rows_only_on_branch: int
 
 
-def _plan_merge(main: Any, other: Any, base: Any, base_version: str | None) -> _MergePlan:
+def _plan_merge(main: Any, other: Any, other_name: str, base: Any, base_version: str | None) -> _MergePlan:
     """Three-way: a cell is written when the branch changed it since its base and main does not hold that value yet.
 
     Rows are matched by (episode_index, frame_index), so rows main added since the branch was made
@@ -819,14 +814,15 @@ def _plan_merge(main: Any, other: Any, base: Any, base_version: str | None) -> _
             )
     new_columns = [_spec(branch_shape, c) for c in _labelable(branch_shape) if c not in main_columns]
     seen = int((in_main >= 0).sum())
-    return _MergePlan(cells, new_columns, base_version, len(main) - seen, len(other) - seen)
+    sources = _branch_sources(other, other_name)
+    return _MergePlan(sources, cells, new_columns, base_version, len(main) - seen, len(other) - seen)
 
 
 def _branch_plan(main: Any, url: str, branch: str) -> _MergePlan:
     handle = _open_branch(main, url, branch)
     base_version = handle.base[1] if handle.base else None
     base = main.history[base_version].open() if base_version else None
-    return _plan_merge(main, handle.open(), base, base_version)
+    return _plan_merge(main, handle.open(), branch, base, base_version)
 
 
 def _cell(cells: _Cells, i: int, **sides: np.ndarray) -> dict[str, Any]:
@@ -912,7 +908,7 @@ def merge_branch(url: str, branch: str, lock_path: Path, prefer: str | None = No
             )
         cells = [c.subset(~c.conflicts) for c in plan.cells] if prefer == MAIN else plan.cells
         cells = [c for c in cells if len(c.rows)]
-        written = _write_cells(main, cells, plan.new_columns, branch, _branch_sources(main, branch))
+        written = _write_cells(main, cells, plan.new_columns, branch, plan.sources)
         rows = np.unique(np.concatenate(list(written.values()))) if written else np.empty(0, dtype=np.int64)
         episodes = sorted({int(e) for c in cells for e in c.episodes})
         columns = {name: len(offsets) for name, offsets in written.items() if name != "task_index"}
@@ -944,14 +940,10 @@ def _conflict_message(url: str, branch: str, conflicts: list[dict[str, Any]]) ->
     )
 
 
-def _branch_sources(main: deeplake.Dataset, branch: str) -> list[dict[str, Any]]:
+def _branch_sources(other: Any, branch: str) -> list[dict[str, Any]]:
     """The label files applied on ``branch`` (file, sha256), from its label history."""
-    history = table_metadata(main).get("label_sets", [])
-    return [
-        {"file": e.get("file"), "sha256": e.get("sha256")}
-        for e in history
-        if e.get("branch") == branch and "merged_from" not in e
-    ]
+    history = table_metadata(other).get("label_sets", [])
+    return [{"file": e.get("file"), "sha256": e.get("sha256")} for e in history if e.get("branch") == branch]
 
 
 def _write_cells(

@@ -3,6 +3,7 @@ after every write, declared label columns, three-way merges, and labels re-appli
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import shutil
@@ -304,9 +305,10 @@ def test_a_reingest_reapplies_merged_labels_and_reports_what_it_could_not(tmp_pa
     relabel("gen", labels, "b", home)
     merge("gen", "b", home)
     history = table_metadata(open_read_only(_table(home)))["label_sets"]
-    assert [(h.get("branch"), h.get("merged_from"), h.get("file")) for h in history] == [
-        ("b", None, str(labels)), (None, "b", None)]
-    assert history[1]["files"] == [{"file": str(labels), "sha256": history[0]["sha256"]}]
+    sha256 = hashlib.sha256(labels.read_bytes()).hexdigest()
+    assert [(h["merged_from"], h["files"]) for h in history] == [("b", [{"file": str(labels), "sha256": sha256}])]
+    assert {(r["episode"], r["column"], r["frame_start"], r["frame_end"]) for r in history[0]["labels"]} == {
+        (1, "task", 0, 11), (1, "next.success", 2, 10), (2, "next.success", 0, 8)}
     _source(source, (9, 7, 8))  # upstream: episode 1 now has 7 frames
     with caplog.at_level(logging.WARNING, logger="lerobot_assets"):
         result = ingest(str(source), name="gen", home=home, workers=1)
