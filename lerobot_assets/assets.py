@@ -47,6 +47,7 @@ from dagster import (
     multi_asset,
 )
 
+from lerobot_assets.errors import where
 from lerobot_assets.fingerprint import episode_fingerprints
 from lerobot_assets.lerobot_format import DatasetMeta, feature_array, read_dataset, read_episode_telemetry
 from lerobot_assets.partitions import dataset_partitions, episode_dimension, episode_key, episode_partitions
@@ -58,10 +59,12 @@ from lerobot_assets.staging import StagedFrames, read_frames, staging_path, writ
 from lerobot_assets.stats import episode_stats, store_episode_stats
 from lerobot_assets.table import (
     build_indexes,
+    check_table_fits,
     column_types,
     create_tag,
     episode_frames,
     episode_rows,
+    ingest_metadata,
     open_table,
     open_writable,
     replace_episode,
@@ -139,14 +142,23 @@ def hf_snapshot(context: AssetExecutionContext, storage: StorageResource, hub: H
 
 
 @asset(partitions_def=dataset_partitions, code_version=CODE_VERSION, group_name=INGEST_GROUP, kinds={"json", "parquet"})
-def episode_metadata(context: AssetExecutionContext, hf_snapshot: dict) -> Output[dict]:
-    """``meta/`` of the pinned dataset: episodes, tasks, cameras, and a fingerprint of every episode's inputs.
+def episode_metadata(
+    context: AssetExecutionContext, hf_snapshot: dict, storage: StorageResource, encoding: ImageEncodingResource
+) -> Output[dict]:
+    """``meta/`` of the pinned dataset, checked: episodes, tasks, cameras, and a fingerprint of every episode's inputs.
 
+    Refuses a dataset whose metadata disagrees with its files (totals, dtypes, fps) or that its
+    existing table cannot hold (a new camera, another shape), before any episode is written.
     Registers the dataset's episodes as partitions of the shared ``episode`` dimension.
     """
     name = context.partition_key
     meta = read_dataset(hf_snapshot["path"], name)
-    fingerprints = episode_fingerprints(meta)
+    if meta.empty_episodes:
+        context.log.warning(
+            f"{name}: skipping episodes {list(meta.empty_episodes)}: meta/ lists them with 0 frames, nothing to store"
+        )
+    fingerprints = episode_fingerprints(meta, storage.home.error_details(name))
+    check_table_fits(storage.table_url(name), meta, encoding.image_format)
     existing = set(context.instance.get_dynamic_partitions(episode_dimension.name))
     new_keys = [episode_key(i) for i in sorted(meta.episodes) if episode_key(i) not in existing]
     if new_keys:
@@ -169,6 +181,7 @@ def episode_metadata(context: AssetExecutionContext, hf_snapshot: dict) -> Outpu
         "fps": meta.fps,
         "cameras": meta.cameras,
         "episodes": episodes,
+        "skipped": list(meta.empty_episodes),
     }
     return Output(
         value,
@@ -377,12 +390,13 @@ def _table_events(
     """Replace the episode's rows in the table (one commit, with its statistics)."""
     dataset, index = _episode_of(context)
     rows = episode_rows(meta, telemetry, staged.images)
-    stats = episode_stats({k: v for k, v in rows.items() if k not in meta.cameras}, {}) | staged.stats
+    data_file = where(dataset, index, meta.root / meta.episode(index).data_path)
+    stats = episode_stats({k: v for k, v in rows.items() if k not in meta.cameras}, {}, data_file) | staged.stats
     url = storage.table_url(dataset)
     revision = episode_metadata["revision"]
     with write_lock(storage.home.lock(dataset)):
         ds = open_table(url, meta, encoding.image_format)
-        set_table_metadata(ds, source=episode_metadata["source"], revision=revision)
+        set_table_metadata(ds, **ingest_metadata(meta, encoding.image_format), source=episode_metadata["source"], revision=revision)
         store_episode_stats(ds, index, stats)  # committed with the rows
         rows, labels = reapply_labels(ds, index, rows)  # merged labels hold across a re-ingest
         deleted, written = replace_episode(ds, index, rows, f"ingest {dataset} episode {index} at revision {revision}")

@@ -6,6 +6,8 @@ expected, so that a failed overnight backfill can be fixed from its message alon
 
 from __future__ import annotations
 
+import json
+from collections.abc import Mapping
 from pathlib import Path
 
 
@@ -35,3 +37,25 @@ def where(dataset: str | None = None, episode: int | None = None, file: str | Pa
     if file is not None:
         parts.append(f"file {str(file)!r}")
     return ", ".join(parts)
+
+
+#: How many problems an error line shows; the rest go to a details file.
+SHOWN = 3
+
+
+def bounded(head: str, problems: Mapping[int, str], details: Path | None, shown: int = SHOWN) -> str:
+    """One error line of bounded size: ``head``, the first ``shown`` problems (by key) and how many more.
+
+    When some are left out, every one of them is written to ``details`` (JSON: key -> message) and
+    the line names that file.
+    """
+    items = [problems[key] for key in sorted(problems)]
+    line = f"{head}: {'; '.join(items[:shown])}"
+    if len(items) <= shown:
+        return line
+    line += f"; ... and {len(items) - shown} more"
+    if details is not None:
+        details.parent.mkdir(parents=True, exist_ok=True)
+        details.write_text(json.dumps({str(key): problems[key] for key in sorted(problems)}, indent=1))
+        line += f" (all {len(items)} in {str(details)!r})"
+    return line

@@ -17,6 +17,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -92,6 +93,11 @@ class Home:
 
     def lock(self, name: str) -> Path:
         return self.root / "locks" / f"{check_name(name)}.lock"
+
+    def error_details(self, name: str) -> Path:
+        """A new file for the full list of problems an error line of ``name`` can only summarize."""
+        stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
+        return self.root / "errors" / check_name(name) / f"{stamp}-{os.getpid()}.json"
 
     def events_lock(self) -> Path:
         """Held while an episode run records its materializations (not a dataset name: leading dot)."""

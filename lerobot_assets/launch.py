@@ -37,7 +37,7 @@ from dagster._core.instance.types import CachingDynamicPartitionsLoader
 from filelock import FileLock
 
 from lerobot_assets.assets import ALL_ASSETS, DATASET_ASSETS, EPISODE_ASSETS, training_snapshot
-from lerobot_assets.errors import LeRobotAssetsError
+from lerobot_assets.errors import LeRobotAssetsError, bounded
 from lerobot_assets.home import DatasetSource, Home, check_name, name_from_source
 from lerobot_assets.partitions import dataset_partitions, episode_partition
 from lerobot_assets.relabel import episode_labels
@@ -225,6 +225,18 @@ def _return_free_memory() -> None:
         _MALLOC_TRIM(0)
 
 
+def spans(indices: Sequence[int], shown: int = 5) -> str:
+    """Sorted episode indices as ranges, at most ``shown`` of them: ``0-3, 7, 9-1000000``, then how many more."""
+    runs: list[list[int]] = []
+    for i in sorted(indices):
+        if runs and i == runs[-1][1] + 1:
+            runs[-1][1] = i
+        else:
+            runs.append([i, i])
+    text = ", ".join(str(a) if a == b else f"{a}-{b}" for a, b in runs[:shown])
+    return text + (f" and {len(runs) - shown} more ranges" if len(runs) > shown else "") if runs else "none"
+
+
 def parse_episodes(spec: str) -> list[int]:
     """Parse ``"0,3,7-9"`` into ``[0, 3, 7, 8, 9]``."""
     out: set[int] = set()
@@ -321,8 +333,8 @@ def _ingest(
     unknown = sorted(set(requested) - set(upstream))
     if unknown:
         raise LeRobotAssetsError(
-            f"dataset {entry.name!r} has no episodes {unknown} at revision {metadata['revision'][:12]} "
-            f"(it has {len(upstream)} episodes: {upstream[0]}..{upstream[-1]})"
+            f"dataset {entry.name!r} has no episodes {spans(unknown)} at revision {metadata['revision'][:12]} "
+            f"(it has {len(upstream)} episodes: {spans(upstream)})"
         )
     fingerprints = {i: metadata["episodes"][i]["fingerprint"] for i in requested}
     plan = plan_changes(instance, entry.name, fingerprints)
@@ -344,8 +356,9 @@ def _ingest(
             entry.name, len(labels["reapplied"]), len(labels["not_reapplied"]), labels["not_reapplied"],
         )
     if failures:
-        lines = "; ".join(f"episode {i}: {msg}" for i, msg in sorted(failures.items()))
-        raise LeRobotAssetsError(f"{len(failures)} of {len(plan.todo)} episodes failed: {lines}")
+        head = f"{len(failures)} of {len(plan.todo)} episodes failed"
+        lines = {i: f"episode {i}: {message}" for i, message in failures.items()}
+        raise LeRobotAssetsError(bounded(head, lines, home_.error_details(entry.name)))
     summary = summarize(open_read_only(entry.table), entry.table)
     return {
         "dataset": entry.name,
@@ -360,6 +373,7 @@ def _ingest(
         "unchanged": plan.unchanged,
         "removed": removed,
         "labels": labels,
+        "skipped": metadata["skipped"],
     }
 
 

@@ -13,6 +13,7 @@ import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
@@ -25,6 +26,18 @@ SUPPORTED_VERSIONS = ("v2.0", "v2.1", "v3.0")
 #: Columns every LeRobot frame carries, besides its features.
 INDEX_COLUMNS = ("timestamp", "frame_index", "episode_index", "index", "task_index")
 NUMERIC_DTYPES = ("float32", "float64", "int8", "int16", "int32", "int64", "uint8", "uint16", "uint32", "bool")
+#: The dtype each index column is stored (and fingerprinted) as.
+INDEX_DTYPES = {
+    "timestamp": np.float32,
+    "frame_index": np.int64,
+    "episode_index": np.int64,
+    "index": np.int64,
+    "task_index": np.int64,
+}
+#: LeRobot's ``check_timestamps_sync`` tolerance: consecutive timestamps must be 1/fps apart within it.
+TIMESTAMP_TOLERANCE_S = 1e-4
+#: How a Git LFS pointer file starts: what a clone without ``git lfs`` holds instead of the content.
+LFS_POINTER = b"version https://git-lfs.github.com/spec/v1"
 
 
 @dataclass(frozen=True)
@@ -78,6 +91,8 @@ class DatasetMeta:
     features: Mapping[str, Feature]
     tasks: Mapping[int, str]
     episodes: Mapping[int, Episode]
+    #: Episodes ``meta/`` lists with 0 frames: nothing to store, so they are skipped (with a warning).
+    empty_episodes: tuple[int, ...] = ()
 
     @property
     def cameras(self) -> list[str]:
@@ -123,10 +138,51 @@ def read_dataset(root: str | Path, name: str | None = None) -> DatasetMeta:
     if version == "v3.0":
         tasks = _read_tasks_v3(root, name)
         episodes = _read_episodes_v3(root, name, info, features)
+        index_file = "meta/episodes/"
     else:
         tasks = _read_tasks_v2(root, name)
         episodes = _read_episodes_v2(root, name, info, features)
-    return DatasetMeta(name, root, version, float(fps), info.get("robot_type"), features, tasks, episodes)
+        index_file = "meta/episodes.jsonl"
+    _check_totals(root / index_file, name, info, episodes)
+    empty = tuple(sorted(i for i, e in episodes.items() if e.length == 0))
+    episodes = {i: e for i, e in episodes.items() if e.length > 0}
+    return DatasetMeta(name, root, version, float(fps), info.get("robot_type"), features, tasks, episodes, empty)
+
+
+def _check_totals(index_file: Path, name: str, info: dict, episodes: Mapping[int, Episode]) -> None:
+    """Refuse an episode index that disagrees with ``info.json``'s totals (e.g. a truncated ``episodes.jsonl``)."""
+    frames = sum(e.length for e in episodes.values())
+    declared = {key: info.get(key) for key in ("total_episodes", "total_frames")}
+    found = {"total_episodes": len(episodes), "total_frames": frames}
+    wrong = [key for key, value in declared.items() if isinstance(value, int) and value != found[key]]
+    if wrong:
+        span = f" ({min(episodes)}..{max(episodes)})" if episodes else ""
+        raise DatasetFormatError(
+            f"{where(name, file=index_file)}: lists {len(episodes)} episodes{span} with {frames} frames, but "
+            f"meta/info.json declares {' and '.join(f'{key} {declared[key]}' for key in wrong)}; "
+            "the episode index may be truncated or info.json out of date"
+        )
+
+
+def lfs_pointer_error(path: Path, location: str) -> str | None:
+    """The message for a Git LFS pointer file at ``path`` (a clone without ``git lfs``), else None."""
+    try:
+        with open(path, "rb") as file:
+            head = file.read(len(LFS_POINTER))
+    except OSError:
+        return None
+    if head != LFS_POINTER:
+        return None
+    return (
+        f"{location}: is a Git LFS pointer file, not the file's content; "
+        "run `git lfs pull` in the source repository (or clone it with Git LFS installed)"
+    )
+
+
+def _refuse_lfs_pointer(path: Path, location: str) -> None:
+    message = lfs_pointer_error(path, location)
+    if message:
+        raise DatasetFormatError(message)
 
 
 def _read_info(root: Path, name: str) -> dict:
@@ -135,6 +191,7 @@ def _read_info(root: Path, name: str) -> dict:
         raise DatasetFormatError(
             f"{where(name, file=path)}: meta/info.json is missing; expected the root of a LeRobot dataset"
         )
+    _refuse_lfs_pointer(path, where(name, file=path))
     try:
         info = json.loads(path.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
@@ -166,6 +223,7 @@ def _read_parquet(path: Path, name: str, episode: int | None = None, **kwargs) -
     try:
         return pq.read_table(path, **kwargs)
     except (pa.ArrowException, OSError) as exc:
+        _refuse_lfs_pointer(path, where(name, episode, path))
         raise DatasetFormatError(
             f"{where(name, episode, path)}: cannot be read as parquet, the file may be truncated ({exc})"
         ) from None
@@ -174,6 +232,7 @@ def _read_parquet(path: Path, name: str, episode: int | None = None, **kwargs) -
 def _read_jsonl(path: Path, name: str) -> list[dict]:
     if not path.is_file():
         raise DatasetFormatError(f"{where(name, file=path)}: file is missing")
+    _refuse_lfs_pointer(path, where(name, file=path))
     rows = []
     for number, line in enumerate(path.read_text().splitlines(), start=1):
         if not line.strip():
@@ -240,12 +299,13 @@ def _read_episodes_v3(root: Path, name: str, info: dict, features: Mapping[str, 
     return episodes
 
 
-def _read_parquet_schema(path: Path, name: str) -> pa.Schema:
+def _read_parquet_schema(path: Path, name: str, episode: int | None = None) -> pa.Schema:
     try:
         return pq.read_schema(path)
     except (pa.ArrowException, OSError) as exc:
+        _refuse_lfs_pointer(path, where(name, episode, path))
         raise DatasetFormatError(
-            f"{where(name, file=path)}: cannot be read as parquet, the file may be truncated ({exc})"
+            f"{where(name, episode, path)}: cannot be read as parquet, the file may be truncated ({exc})"
         ) from None
 
 
@@ -274,29 +334,62 @@ def read_episode_telemetry(meta: DatasetMeta, index: int) -> pa.Table:
     """Read one episode's telemetry rows and check them against ``meta/``.
 
     Returns the index columns and every numeric feature, in frame order. Raises
-    :class:`DatasetFormatError` when columns are missing, vector lengths disagree with ``info.json``,
-    the row count differs from the episode length, ``frame_index`` has gaps or repeats, or
-    timestamps do not increase.
+    :class:`DatasetFormatError` when columns are missing, their dtypes or vector lengths disagree
+    with ``info.json``, the row count differs from the episode length, ``frame_index`` has gaps or
+    repeats, or timestamps are not 1/fps apart (LeRobot's ``check_timestamps_sync``).
     """
     episode = meta.episode(index)
     path = meta.root / episode.data_path
-    columns = list(INDEX_COLUMNS) + [f.key for f in meta.value_features if f.key not in INDEX_COLUMNS]
-    schema = _read_parquet_schema(path, meta.name) if path.is_file() else None
-    if schema is None:
+    if not path.is_file():
         raise DatasetFormatError(f"{where(meta.name, index, path)}: file is missing")
-    missing = [c for c in columns if c not in schema.names]
-    if missing:
-        raise DatasetFormatError(
-            f"{where(meta.name, index, path)}: columns {missing} listed in meta/info.json are missing; "
-            f"the file has {schema.names}"
-        )
-    table = _read_parquet(path, meta.name, index, columns=columns, filters=[("episode_index", "=", index)])
+    problem = schema_problem(meta, _read_parquet_schema(path, meta.name, index), path, index)
+    if problem:
+        raise DatasetFormatError(problem)
+    table = _read_parquet(path, meta.name, index, columns=telemetry_columns(meta), filters=[("episode_index", "=", index)])
     table = table.sort_by("frame_index")
-    _check_rows(meta, episode, table, path)
+    check_rows(meta, episode, table, path)
     return table
 
 
-def _check_rows(meta: DatasetMeta, episode: Episode, table: pa.Table, path: Path) -> None:
+def telemetry_columns(meta: DatasetMeta) -> list[str]:
+    """The parquet columns an episode's rows are read with: index columns, then numeric features."""
+    return list(INDEX_COLUMNS) + [f.key for f in meta.value_features if f.key not in INDEX_COLUMNS]
+
+
+def schema_problem(meta: DatasetMeta, schema: pa.Schema, path: Path, episode: int | None = None) -> str | None:
+    """What in a data file's schema disagrees with ``info.json`` (missing columns, dtypes, vector lengths), or None.
+
+    Values of another dtype would be cast silently when stored, and vectors of another length
+    would not fit the table's column, so both are refused rather than converted.
+    """
+    at = where(meta.name, episode, path)
+    columns = telemetry_columns(meta)
+    missing = [c for c in columns if c not in schema.names]
+    if missing:
+        return f"{at}: columns {missing} listed in meta/info.json are missing; the file has {schema.names}"
+    for feature in meta.value_features:
+        if feature.key in INDEX_COLUMNS:
+            continue
+        kind = schema.field(feature.key).type
+        width = math.prod(feature.shape)
+        if pa.types.is_fixed_size_list(kind) and kind.list_size != width:
+            return (f"{at}: column {feature.key!r} has vectors of length {kind.list_size}; "
+                    f"meta/info.json declares shape {list(feature.shape)}")
+        if pa.types.is_list(kind) or pa.types.is_large_list(kind) or pa.types.is_fixed_size_list(kind):
+            kind = kind.value_type
+        elif width != 1:
+            return f"{at}: column {feature.key!r} holds scalars; meta/info.json declares shape {list(feature.shape)}"
+        try:
+            dtype = np.dtype(kind.to_pandas_dtype()).name
+        except (NotImplementedError, TypeError):
+            dtype = str(kind)
+        if dtype != feature.dtype:
+            return f"{at}: column {feature.key!r} holds {dtype} values; meta/info.json declares dtype {feature.dtype}"
+    return None
+
+
+def check_rows(meta: DatasetMeta, episode: Episode, table: pa.Table, path: Path) -> None:
+    """Check one episode's rows (sorted by ``frame_index``) against ``meta/``; :class:`DatasetFormatError` if not."""
     at = where(meta.name, episode.index, path)
     if table.num_rows != episode.length:
         raise DatasetFormatError(
@@ -317,6 +410,14 @@ def _check_rows(meta: DatasetMeta, episode: Episode, table: pa.Table, path: Path
         raise DatasetFormatError(
             f"{at}: timestamps must increase; frame {bad} has {timestamps[bad]:.6f} after {timestamps[bad - 1]:.6f}"
         )
+    off = off_fps_steps(timestamps, meta.fps)
+    if len(off):
+        bad = int(off[0]) + 1
+        raise DatasetFormatError(
+            f"{at}: frame {bad} comes {float(timestamps[bad]) - float(timestamps[bad - 1]):.6f} s after frame "
+            f"{bad - 1}; at {meta.fps:g} fps (meta/info.json) frames are {1 / meta.fps:.6f} s apart, within "
+            f"{TIMESTAMP_TOLERANCE_S:g} s ({len(off)} steps of {len(steps)} are not)"
+        )
     for feature in meta.value_features:
         if feature.key in INDEX_COLUMNS:
             continue
@@ -330,10 +431,21 @@ def _check_rows(meta: DatasetMeta, episode: Episode, table: pa.Table, path: Path
                     f"{at}: column {feature.key!r} has vectors of length {int(lengths[bad])} at frame {bad}; "
                     f"meta/info.json declares shape {list(feature.shape)}"
                 )
-        elif width != 1:
-            raise DatasetFormatError(
-                f"{at}: column {feature.key!r} holds scalars; meta/info.json declares shape {list(feature.shape)}"
-            )
+
+
+def off_fps_steps(timestamps: np.ndarray, fps: float) -> np.ndarray:
+    """Positions of the steps between consecutive ``timestamps`` that are not 1/fps, as LeRobot's
+    ``check_timestamps_sync`` (tolerance 1e-4 s), widened by the rounding of the timestamps' own
+    dtype (float32 timestamps late in a long episode are only that precise)."""
+    if len(timestamps) < 2:
+        return np.empty(0, dtype=np.int64)
+    steps = np.diff(timestamps.astype(np.float64))
+    return np.flatnonzero(np.abs(steps - 1 / fps) > fps_tolerance(timestamps))
+
+
+def fps_tolerance(timestamps: np.ndarray) -> float:
+    """LeRobot's 1e-4 s, plus twice the rounding step of ``timestamps``' dtype at their largest value."""
+    return TIMESTAMP_TOLERANCE_S + 2 * float(np.spacing(np.abs(timestamps).max()))
 
 
 def feature_array(table: pa.Table, feature: Feature) -> np.ndarray:
@@ -343,6 +455,23 @@ def feature_array(table: pa.Table, feature: Feature) -> np.ndarray:
         values = column.flatten().to_numpy(zero_copy_only=False)
         return values.reshape((len(column), *feature.shape))
     return column.to_numpy(zero_copy_only=False)
+
+
+def episode_values(meta: DatasetMeta, telemetry: pa.Table) -> dict[str, Any]:
+    """One episode's stored values, by column: numeric features and index columns as numpy arrays
+    of their declared dtype and shape, and the task text of every row.
+
+    These are what the table holds for the episode, and what its fingerprint hashes: equal values
+    give equal columns however the parquet file encodes them.
+    """
+    values: dict[str, Any] = {
+        feature.key: feature_array(telemetry, feature).astype(np.dtype(feature.dtype), copy=False)
+        for feature in meta.value_features
+    }
+    for key, dtype in INDEX_DTYPES.items():
+        values[key] = telemetry[key].to_numpy().astype(dtype, copy=False)
+    values["task"] = episode_task(meta, telemetry)
+    return values
 
 
 def episode_task(meta: DatasetMeta, table: pa.Table) -> list[str]:

@@ -40,6 +40,7 @@ from typing import Any
 import numpy as np
 
 from lerobot_assets.codec import decode_rgb
+from lerobot_assets.errors import DatasetFormatError
 
 Stats = dict[str, dict[str, np.ndarray]]  # feature -> statistic -> value
 
@@ -88,8 +89,16 @@ def _quantile(hist: np.ndarray, edges: np.ndarray, target: float) -> Any:
 
 
 def _quantiles(values: np.ndarray, low: Any, high: Any, total: int, weights: np.ndarray | None = None) -> dict[str, Any]:
-    """The ``QUANTILES`` of one column from its ``_BINS``-bin histogram over ``[low - 1e-10, high + 1e-10]``."""
+    """The ``QUANTILES`` of one column from its ``_BINS``-bin histogram over ``[low - 1e-10, high + 1e-10]``.
+
+    The edges are computed in the values' dtype, as LeRobot does. A near-constant float32 column
+    (e.g. 152.50363..152.54759) has fewer float32 values in its range than bins, so those edges
+    would not increase (numpy: "Too many bins for data range"): it is binned in float64 instead.
+    """
     edges = np.linspace(low - 1e-10, high + 1e-10, _BINS + 1)
+    if np.isfinite(edges[[0, -1]]).all() and not (np.diff(edges) > 0).all():
+        values, low, high = values.astype(np.float64), np.float64(low), np.float64(high)
+        edges = np.linspace(low - 1e-10, high + 1e-10, _BINS + 1)
     if np.isfinite(edges[[0, -1]]).all():  # equal-width bins: numpy's arithmetic path, same counts, 2-3x faster
         hist = np.histogram(values, bins=_BINS, range=(edges[0], edges[-1]), weights=weights)[0]
     else:  # NaN telemetry (flagged by a check): the arithmetic path refuses it, ``edges`` give LeRobot's result
@@ -171,14 +180,22 @@ def image_stats(frames: Sequence[bytes]) -> dict[str, np.ndarray]:
     return image_stats_from_counts(sum(channel_counts(decode_rgb(frames[i])) for i in sampled), len(sampled))
 
 
-def episode_stats(values: Mapping[str, Any], images: Mapping[str, Sequence[bytes]]) -> Stats:
+def episode_stats(values: Mapping[str, Any], images: Mapping[str, Sequence[bytes]], location: str = "") -> Stats:
     """Stats of one episode: ``values`` maps features to per-frame arrays, ``images`` cameras to encoded frames.
 
-    Non-numeric values (the ``task`` text) are skipped, as LeRobot skips string features.
+    Non-numeric values (the ``task`` text) are skipped, as LeRobot skips string features. A
+    failure raises :class:`DatasetFormatError` naming ``location`` (dataset, episode, file) and the column.
     """
-    arrays = {key: np.asarray(value) for key, value in values.items()}
-    stats = {key: feature_stats(array) for key, array in arrays.items() if array.dtype.kind in "iuf"}
-    stats.update({key: image_stats(frames) for key, frames in images.items() if len(frames)})
+    stats: Stats = {}
+    for key, value in [*values.items(), *images.items()]:
+        try:
+            if key in images:
+                if len(value):
+                    stats[key] = image_stats(value)
+            elif (array := np.asarray(value)).dtype.kind in "iuf":
+                stats[key] = feature_stats(array)
+        except (ValueError, ArithmeticError) as exc:
+            raise DatasetFormatError(f"{location}: statistics of column {key!r} cannot be computed ({exc})") from None
     return stats
 
 

@@ -25,7 +25,7 @@ from filelock import FileLock
 
 from lerobot_assets.errors import TableError, where
 from lerobot_assets.home import check_name
-from lerobot_assets.lerobot_format import DatasetMeta, Feature, episode_task, feature_array
+from lerobot_assets.lerobot_format import INDEX_DTYPES, DatasetMeta, Feature, episode_values
 
 log = logging.getLogger(__name__)
 
@@ -40,14 +40,6 @@ _SCALAR_TYPES = {
     "uint16": deeplake.types.UInt16,
     "uint32": deeplake.types.UInt32,
     "bool": deeplake.types.Bool,
-}
-#: Index columns of every table, with the numpy dtype rows are converted to.
-INDEX_DTYPES = {
-    "timestamp": np.float32,
-    "frame_index": np.int64,
-    "episode_index": np.int64,
-    "index": np.int64,
-    "task_index": np.int64,
 }
 _COMPRESSION = {"jpeg": "jpg", "png": "png"}
 METADATA_KEY = "lerobot_assets"
@@ -120,6 +112,21 @@ def _value_type(feature: Feature) -> Any:
     return deeplake.types.Array(scalar, shape=list(feature.shape)) if feature.is_vector else scalar
 
 
+def ingest_metadata(meta: DatasetMeta, image_format: str) -> dict[str, Any]:
+    """What the table's metadata says about the dataset its rows come from: written at creation,
+    then recorded with the rows of every episode write that changes it (:func:`set_table_metadata`),
+    so it follows the dataset (``SnapshotDataset`` takes fps from it)."""
+    return {
+        "dataset": meta.name,
+        "fps": meta.fps,
+        "codebase_version": meta.version,
+        "robot_type": meta.robot_type,
+        "cameras": meta.cameras,
+        "features": {f.key: {"dtype": f.dtype, "shape": list(f.shape)} for f in meta.features.values()},
+        "image_format": image_format,
+    }
+
+
 def open_table(url: str, meta: DatasetMeta, image_format: str) -> deeplake.Dataset:
     """Open the table at ``url``, creating it with ``meta``'s schema on first use.
 
@@ -133,28 +140,41 @@ def open_table(url: str, meta: DatasetMeta, image_format: str) -> deeplake.Datas
             ds.add_column(name, dtype)
         for name, index in _INDEXES.items():
             ds[name].create_index(index)
-        ds.metadata[METADATA_KEY] = json.dumps(
-            {
-                "dataset": meta.name,
-                "fps": meta.fps,
-                "codebase_version": meta.version,
-                "robot_type": meta.robot_type,
-                "cameras": meta.cameras,
-                "image_format": image_format,
-            }
-        )
+        ds.metadata[METADATA_KEY] = json.dumps(ingest_metadata(meta, image_format))
         ds.commit(f"create table for dataset {meta.name}")
         log.info("created table %s", url)
         return ds
     ds = deeplake.open(url, creds=creds)
-    present = {column.name: column.dtype for column in ds.schema.columns}
-    extra = {name for name in set(present) - set(expected) if not _is_label_column(present[name])}
-    if set(expected) - set(present) or extra:
-        raise TableError(
-            f"{where(meta.name)}: table {url} has columns {sorted(present)}, but the dataset now has "
-            f"{sorted(expected)}; ingest it under a new --name"
-        )
+    _refuse_misfit(ds, url, meta, expected)
     return ds
+
+
+def check_table_fits(url: str, meta: DatasetMeta, image_format: str) -> None:
+    """:class:`TableError` when the existing table at ``url`` cannot hold ``meta``'s rows (a camera
+    or feature added or gone, a shape or dtype changed); nothing when there is no table yet.
+
+    Checked before any episode is written, so a refused ingest leaves the table as it was.
+    """
+    creds = storage_creds(url)
+    if deeplake.exists(url, creds=creds):
+        _refuse_misfit(deeplake.open_read_only(url, creds=creds), url, meta, table_columns(meta, image_format))
+
+
+def _refuse_misfit(ds: deeplake.Dataset | deeplake.ReadOnlyDataset, url: str, meta: DatasetMeta, expected: dict[str, Any]) -> None:
+    present = {column.name: column.dtype for column in ds.schema.columns}
+    new = sorted(set(expected) - set(present))
+    gone = sorted(n for n in set(present) - set(expected) if not _is_label_column(present[n]))
+    changed = [
+        f"{n!r} is {present[n]} in the table but {expected[n]} now"
+        for n in sorted(set(expected) & set(present))
+        if str(present[n]) != str(expected[n])
+    ]
+    problems = ([f"new columns {new}"] if new else []) + ([f"columns {gone} are gone"] if gone else []) + changed
+    if problems:
+        raise TableError(
+            f"{where(meta.name)}: the table {url} cannot hold the dataset as it is now ({'; '.join(problems)}); "
+            "it was left unchanged: ingest the dataset under a new --name"
+        )
 
 
 def _is_label_column(dtype: Any) -> bool:
@@ -175,12 +195,7 @@ def write_lock(lock_path: Path) -> Iterator[None]:
 def episode_rows(meta: DatasetMeta, telemetry: pa.Table, images: Mapping[str, list[bytes]]) -> dict[str, Any]:
     """The columns of one episode's rows, ready for ``Dataset.append``; shapes follow ``info.json``."""
     rows: dict[str, Any] = {camera: list(images[camera]) for camera in meta.cameras}
-    for feature in meta.value_features:
-        values = feature_array(telemetry, feature)
-        rows[feature.key] = values.astype(np.dtype(feature.dtype), copy=False)
-    for key, dtype in INDEX_DTYPES.items():
-        rows[key] = telemetry[key].to_numpy().astype(dtype, copy=False)
-    rows["task"] = episode_task(meta, telemetry)
+    rows.update(episode_values(meta, telemetry))
     lengths = {key: len(values) for key, values in rows.items()}
     if len(set(lengths.values())) != 1:
         raise TableError(f"{where(meta.name, int(rows['episode_index'][0]))}: columns differ in length {lengths}")
@@ -252,8 +267,9 @@ def summarize(ds: deeplake.Dataset | deeplake.ReadOnlyDataset, url: str) -> Tabl
 
 
 def table_metadata(ds: deeplake.Dataset | deeplake.ReadOnlyDataset) -> dict[str, Any]:
-    """The table's ingest metadata: what was fixed at creation (dataset, fps, cameras, image format),
-    updated with what :func:`set_table_metadata` recorded with the rows (source, revision)."""
+    """The table's ingest metadata: what was written at creation (:func:`ingest_metadata`), updated
+    with what :func:`set_table_metadata` recorded with the rows (fps, features, cameras, source,
+    revision as of the latest ingest at this version)."""
     metadata = _json_entry(ds.metadata)
     metadata.update(_json_entry(ds[RUN_METADATA_COLUMN].metadata))
     return metadata
@@ -263,8 +279,9 @@ def _json_entry(metadata: Any) -> dict[str, Any]:
     return json.loads(metadata[METADATA_KEY]) if METADATA_KEY in metadata.keys() else {}
 
 
-def set_table_metadata(ds: deeplake.Dataset, **values: Any) -> None:
-    """Record ``values`` (source, revision) with the next commit, and only when they change.
+def set_table_metadata(ds: deeplake.Dataset, **values: Any) -> bool:
+    """Record ``values`` (:func:`ingest_metadata`, source, revision) with the next commit, and only
+    when they change; return whether they did.
 
     They go to :data:`RUN_METADATA_COLUMN`'s metadata, versioned with the rows (a tag shows the
     revision its rows came from), not to the dataset's own metadata, which is written once, at
@@ -277,8 +294,10 @@ def set_table_metadata(ds: deeplake.Dataset, **values: Any) -> None:
     """
     metadata = ds[RUN_METADATA_COLUMN].metadata
     current = _json_entry(metadata)
-    if {**current, **values} != current:
-        metadata[METADATA_KEY] = json.dumps({**current, **values})
+    if {**current, **values} == current:
+        return False
+    metadata[METADATA_KEY] = json.dumps({**current, **values})
+    return True
 
 
 def refresh_indexes(ds: deeplake.Dataset, columns: Collection[str] | None = None) -> list[str]:

@@ -17,7 +17,6 @@ shared across a ``fork``.
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 import os
@@ -35,7 +34,7 @@ from lerobot_assets.batch_buffers import batch_storage, lend
 from lerobot_assets.codec import decode_rgb, is_jpeg
 from lerobot_assets.errors import TableError
 from lerobot_assets.home import Home
-from lerobot_assets.table import INDEX_DTYPES, METADATA_KEY, open_tag
+from lerobot_assets.table import INDEX_DTYPES, open_tag, table_metadata
 
 log = logging.getLogger(__name__)
 
@@ -212,7 +211,7 @@ class SnapshotDataset(torch.utils.data.Dataset):
         url = Home.at(home).dataset_source(dataset).table
         ds = open_tag(url, tag)
         self.snapshot = SnapshotInfo(dataset, tag, ds.version, url)
-        metadata = json.loads(ds.metadata[METADATA_KEY]) if METADATA_KEY in ds.metadata.keys() else {}
+        metadata = table_metadata(ds)
         schema = {column.name: str(column.dtype) for column in ds.schema.columns}
         cameras = [name for name, dtype in schema.items() if dtype.startswith("kind=image")]
         features = [name for name in schema if name not in cameras and name not in INDEX_DTYPES and name != "task"]

@@ -12,8 +12,10 @@ from dagster import AssetKey, DagsterEventType, DagsterInstance
 
 from lerobot_assets.partitions import episode_partition
 
-#: Bump when a stage's output changes for the same input; part of each episode's data version.
-CODE_VERSION = "2"
+#: Bump when a stage's output changes for the same input, or the fingerprint's format changes (3:
+#: fingerprints of values, not of their parquet encoding); part of each episode's data version, so
+#: a bump makes the next ingest rewrite every episode rather than keep rows judged by another rule.
+CODE_VERSION = "3"
 DATA_VERSION_TAG = "dagster/data_version"
 #: Data version recorded for an episode whose rows were removed because it vanished upstream.
 REMOVED = "removed"

@@ -22,7 +22,7 @@ from av.video.reformatter import VideoReformatter
 
 from lerobot_assets.codec import encode_image
 from lerobot_assets.errors import VideoDecodeError, where
-from lerobot_assets.lerobot_format import DatasetMeta
+from lerobot_assets.lerobot_format import DatasetMeta, lfs_pointer_error
 from lerobot_assets.stats import channel_counts, image_stats_from_counts, sample_indices
 
 log = logging.getLogger(__name__)
@@ -103,7 +103,9 @@ def decode_segment(
                         found[k], errors[k] = convert(frame, k), error
                     k += 1
     except av.FFmpegError as exc:
-        raise VideoDecodeError(f"{at}: cannot decode the video, it may be corrupt or truncated ({exc})") from None
+        raise VideoDecodeError(
+            lfs_pointer_error(path, at) or f"{at}: cannot decode the video, it may be corrupt or truncated ({exc})"
+        ) from None
     missing = [i for i, f in enumerate(found) if f is None]
     if missing:
         i = missing[0]

@@ -135,8 +135,9 @@ CASES: dict[str, tuple[Callable[[Path], None], tuple[str, ...]]] = {
         ("info.json", "'v9.9' is not supported", "v3.0"),
     ),
     "fps of zero": (lambda s: _edit_info(s, lambda i: i.update(fps=0)), ("info.json", "fps is 0", "positive")),
-    "length differs from rows": (
-        lambda s: _edit_parquet(s / "meta/episodes/chunk-000/file-001.parquet", _episode_length_plus_one),
+    "length differs from rows": (  # info.json's total_frames agrees: the rows are what disagrees
+        lambda s: (_edit_parquet(s / "meta/episodes/chunk-000/file-001.parquet", _episode_length_plus_one),
+                   _edit_info(s, lambda i: i.update(total_frames=i["total_frames"] + 1))),
         ("episode 1", "file-001.parquet", "12 rows", "declares length 13"),
     ),
     "gap in frame_index": (
