@@ -182,6 +182,8 @@ def episode_metadata(
         "cameras": meta.cameras,
         "episodes": episodes,
         "skipped": list(meta.empty_episodes),
+        "table_metadata": ingest_metadata(meta, encoding.image_format)
+        | {"source": hf_snapshot["source"], "revision": hf_snapshot["revision"]},
     }
     return Output(
         value,
@@ -396,7 +398,7 @@ def _table_events(
     revision = episode_metadata["revision"]
     with write_lock(storage.home.lock(dataset)):
         ds = open_table(url, meta, encoding.image_format)
-        set_table_metadata(ds, **ingest_metadata(meta, encoding.image_format), source=episode_metadata["source"], revision=revision)
+        set_table_metadata(ds, **episode_metadata["table_metadata"])
         store_episode_stats(ds, index, stats)  # committed with the rows
         rows, labels = reapply_labels(ds, index, rows)  # merged labels hold across a re-ingest
         deleted, written = replace_episode(ds, index, rows, f"ingest {dataset} episode {index} at revision {revision}")

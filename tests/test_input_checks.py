@@ -23,7 +23,7 @@ from lerobot_assets.errors import LeRobotAssetsError
 from lerobot_assets.launch import info, ingest, snapshot
 from lerobot_assets.stats import QUANTILES, episode_stats
 from lerobot_assets.synthetic import generate_dataset
-from lerobot_assets.table import METADATA_KEY, open_read_only
+from lerobot_assets.table import open_read_only, table_metadata
 
 LFS_POINTER = (
     "version https://git-lfs.github.com/spec/v1\n"
@@ -61,8 +61,7 @@ def _refused(source: Path, home: Path, name: str, *fragments: str) -> str:
 
 
 def _table_meta(home: Path, name: str) -> dict:
-    ds = open_read_only(info(name, home=home)["table"])
-    return json.loads(ds.metadata[METADATA_KEY])
+    return table_metadata(open_read_only(info(name, home=home)["table"]))
 
 
 def test_fps_that_disagrees_with_timestamps_is_refused_and_table_metadata_follows_the_dataset(tmp_path: Path) -> None:
@@ -78,6 +77,7 @@ def test_fps_that_disagrees_with_timestamps_is_refused_and_table_metadata_follow
     fixed = ingest(str(source), name="r", home=home, workers=1)
     assert (fixed["changed"], fixed["unchanged"]) == ([], [0, 1, 2])
     assert _table_meta(home, "r")["fps"] == 30
+    assert _table_meta(home, "r")["revision"] == fixed["revision"]  # info.json is reformatted: a new revision
 
     # Re-recorded at 15 fps under the same name: every episode is rewritten, and the table's
     # metadata (which SnapshotDataset takes fps from) says 15 now, not the 30 of its creation.
