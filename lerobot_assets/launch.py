@@ -226,7 +226,8 @@ def _return_free_memory() -> None:
 
 
 def spans(indices: Sequence[int], shown: int = 5) -> str:
-    """Sorted episode indices as ranges, at most ``shown`` of them: ``0-3, 7, 9-1000000``, then how many more."""
+    """Sorted episode indices as ranges in brackets, at most ``shown`` of them: ``[0-3, 7, 9-1000000]``,
+    then how many more: a bounded text however many indices there are."""
     runs: list[list[int]] = []
     for i in sorted(indices):
         if runs and i == runs[-1][1] + 1:
@@ -234,7 +235,7 @@ def spans(indices: Sequence[int], shown: int = 5) -> str:
         else:
             runs.append([i, i])
     text = ", ".join(str(a) if a == b else f"{a}-{b}" for a, b in runs[:shown])
-    return text + (f" and {len(runs) - shown} more ranges" if len(runs) > shown else "") if runs else "none"
+    return f"[{text}]" + (f" and {len(runs) - shown} more ranges" if len(runs) > shown else "")
 
 
 def parse_episodes(spec: str) -> list[int]:

@@ -279,9 +279,9 @@ def _json_entry(metadata: Any) -> dict[str, Any]:
     return json.loads(metadata[METADATA_KEY]) if METADATA_KEY in metadata.keys() else {}
 
 
-def set_table_metadata(ds: deeplake.Dataset, **values: Any) -> bool:
+def set_table_metadata(ds: deeplake.Dataset, **values: Any) -> None:
     """Record ``values`` (:func:`ingest_metadata`, source, revision) with the next commit, and only
-    when they change; return whether they did.
+    when they change.
 
     They go to :data:`RUN_METADATA_COLUMN`'s metadata, versioned with the rows (a tag shows the
     revision its rows came from), not to the dataset's own metadata, which is written once, at
@@ -294,10 +294,8 @@ def set_table_metadata(ds: deeplake.Dataset, **values: Any) -> bool:
     """
     metadata = ds[RUN_METADATA_COLUMN].metadata
     current = _json_entry(metadata)
-    if {**current, **values} == current:
-        return False
-    metadata[METADATA_KEY] = json.dumps({**current, **values})
-    return True
+    if {**current, **values} != current:
+        metadata[METADATA_KEY] = json.dumps({**current, **values})
 
 
 def refresh_indexes(ds: deeplake.Dataset, columns: Collection[str] | None = None) -> list[str]:
