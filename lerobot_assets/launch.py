@@ -346,11 +346,12 @@ def _ingest(
     removed = [] if episodes is not None else sorted(set(_table_episodes(entry.table)) - set(upstream))
     if removed:
         labels["not_reapplied"] += _remove_episodes(instance, home_, entry, removed, metadata["revision"])
-    if removed or plan.changed:  # rows were deleted: Deeplake's indexes would miss rows
+    replaced = [i for i in plan.changed if i not in failures]  # a failed episode's rows are as they were
+    if removed or replaced:  # rows were deleted: Deeplake's indexes would miss rows
         with write_lock(home_.lock(entry.name)):
             ds = open_writable(entry.table)
             refresh_indexes(ds)
-            ds.commit(f"recreate indexes after replacing episodes {sorted(plan.changed + removed)}")
+            ds.commit(f"recreate indexes after replacing episodes {sorted(replaced + removed)}")
     if labels["reapplied"] or labels["not_reapplied"]:
         log.warning(
             "%s: re-applied %d merged labels to re-ingested episodes; could not re-apply %d: %s",
