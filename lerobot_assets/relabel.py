@@ -1020,17 +1020,18 @@ def reapply_labels(
     """
     out = dict(rows)
     count = len(out["episode_index"])
-    present = {c.name for c in ds.schema.columns}
-    specs = {name: spec for name, spec in label_columns(ds).items() if name in present and name not in out}
+    schema = {column.name: column.dtype for column in ds.schema.columns}
+    specs = {name: spec for name, spec in label_columns(ds).items() if name in schema and name not in out}
     for spec in specs.values():
         out[spec.name] = [spec.default] * count
     labels = episode_labels(ds, episode)
     report: dict[str, list[dict[str, Any]]] = {"reapplied": [], "not_reapplied": []}
-    frames = np.asarray(out["frame_index"], dtype=np.int64)
-    length = int(frames.max()) + 1 if count else 0
-    tasks, shape = task_indices(ds), _shape(ds)
-    types = {name: _spec(shape, name).type for name in {label["column"] for label in labels} if name in present}
-    types["task_index"] = "int64"
+    types = {name: spec.type for name, spec in specs.items()}
+    if labels:  # reads the task column: only for episodes that carry labels
+        types.update({label["column"]: _column_type(schema[label["column"]]) for label in labels if label["column"] in schema})
+        types["task_index"] = "int64"
+        frames = np.asarray(out["frame_index"], dtype=np.int64)
+        tasks, length = task_indices(ds), int(frames.max()) + 1 if count else 0
     for record in labels:
         label = Label(**{key: record[key] for key in _FIELDS})
         if label.column not in types:
@@ -1049,5 +1050,4 @@ def reapply_labels(
         if missing or not count:
             gone = [missing[0], missing[-1] + 1] if missing else [start, end]
             report["not_reapplied"].append({**record, "missing_frames": gone, "reason": "frames no longer exist"})
-    typed = {**{name: spec.type for name, spec in specs.items()}, **types}
-    return {**out, **{name: _as_column_values(out[name], t) for name, t in typed.items() if name in out}}, report
+    return {**out, **{name: _as_column_values(out[name], t) for name, t in types.items() if name in out}}, report

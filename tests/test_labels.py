@@ -20,7 +20,7 @@ from hypothesis import strategies as st
 from torch.utils.data import DataLoader
 
 from lerobot_assets.errors import LeRobotAssetsError, TableError
-from lerobot_assets.relabel import PREFER, LabelError
+from lerobot_assets.relabel import PREFER, ColumnSpec, LabelError, read_label_file
 from lerobot_assets.home import Home
 from lerobot_assets.launch import ingest, snapshot
 from lerobot_assets.relabel_assets import diff, merge, relabel
@@ -408,3 +408,23 @@ def _assert_merged_labels_hold(main) -> None:
     if "task" in columns:  # task_index follows task: one index per text
         pairs = set(zip(columns["task"], np.asarray(main["task_index"][:]).tolist()))
         assert len(pairs) == len({text for text, _ in pairs})
+
+
+def test_every_label_format_can_declare_new_columns(tmp_path: Path) -> None:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    labels = [{"episode": 0, "column": "next.success", "value": "true"}]
+    expected = {"next.success": ColumnSpec("next.success", "bool", False)}
+    csv_file = read_label_file(_labels(tmp_path / "l.csv", labels, header=("next.success:bool=false",)))
+    (tmp_path / "l.json").write_text(json.dumps({"new_columns": ["next.success:bool=false"], "labels": labels}))
+    table = pa.Table.from_pylist(labels).replace_schema_metadata({"new_columns": json.dumps(["next.success:bool=false"])})
+    pq.write_table(table, tmp_path / "l.parquet")
+    for path in (tmp_path / "l.json", tmp_path / "l.parquet"):
+        assert read_label_file(path) == csv_file
+    assert csv_file.columns == expected and csv_file.labels[0].line == 3
+    for spec, problem in (("next.success:boolean=false", "type 'boolean' is not one of"),
+                          ("next.success:bool=maybe", "default 'maybe': expected true or false"),
+                          ("9lives:int64=0", "use a letter")):
+        with pytest.raises(LabelError, match=problem):
+            read_label_file(_labels(tmp_path / "bad.csv", labels, header=(spec,)))
