@@ -337,6 +337,8 @@ def _ingest(
             f"dataset {entry.name!r} has no episodes {spans(unknown)} at revision {metadata['revision'][:12]} "
             f"(it has {len(upstream)} episodes: {spans(upstream)})"
         )
+    if metadata["skipped"]:
+        log.warning("%s: skipped episodes %s: meta/ lists them with 0 frames", entry.name, spans(metadata["skipped"]))
     fingerprints = {i: metadata["episodes"][i]["fingerprint"] for i in requested}
     plan = plan_changes(instance, entry.name, fingerprints)
     log.info("%s: %d episodes to materialize, %d unchanged", entry.name, len(plan.todo), len(plan.unchanged))

@@ -95,6 +95,19 @@ def test_fps_that_disagrees_with_timestamps_is_refused_and_table_metadata_follow
     np.testing.assert_array_equal(item["action"].numpy(), np.array([actions[3], actions[5]], dtype=np.float32))
 
 
+def test_one_episode_off_the_fps_fails_alone(tmp_path: Path) -> None:
+    source, home = _generate(tmp_path / "src"), tmp_path / "home"
+    ingest(str(source), name="f", home=home, workers=1)
+    path = source / "data/chunk-000/file-001.parquet"
+    table = pq.read_table(path)
+    timestamps = table["timestamp"].to_numpy().copy()
+    timestamps[5:] += np.float32(1 / 30)  # a dropped frame: frames 4 and 5 are 2/30 s apart
+    column = table.schema.get_field_index("timestamp")
+    pq.write_table(table.set_column(column, table.schema.field(column), pa.array(timestamps)), path)
+    _refused(source, home, "f", "1 of 1 episodes failed: episode 1: ", "file-001.parquet",
+             "frame 5 comes 0.066667 s after frame 4", "at 30 fps (meta/info.json) frames are 0.033333 s apart")
+
+
 def test_truncated_episode_index_is_refused(tmp_path: Path) -> None:
     source = _generate(tmp_path / "src", version="v2.1", episode_lengths=(5, 6, 5, 7, 6, 5, 6, 5))
     home = tmp_path / "home"
@@ -177,12 +190,13 @@ def _empty_episode(source: Path, index: int) -> None:
     _edit_info(source, total_frames=total - frames)
 
 
-def test_zero_frame_episode_is_skipped_with_a_warning(tmp_path: Path) -> None:
+def test_zero_frame_episode_is_skipped_with_a_warning(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     source, home = _generate(tmp_path / "src"), tmp_path / "home"
     ingest(str(source), name="z", home=home, workers=1)
     _empty_episode(source, 1)
     result = ingest(str(source), name="z", home=home, workers=1)
     assert (result["skipped"], result["removed"], result["episodes"], result["rows"]) == ([1], [1], [0, 2], 17)
+    assert "z: skipped episodes [1]: meta/ lists them with 0 frames" in caplog.text
     again = ingest(str(source), name="z", home=home, workers=1)  # every run, not an error
     assert (again["skipped"], again["unchanged"], again["materialized"]) == ([1], [0, 2], [])
 
