@@ -6,7 +6,8 @@ table: full-size float32 in [0, 1] (LeRobot's), the same with ``delta_timestamps
 observation frames and 50 future actions per sample), uint8, and (240, 320). The loaders:
 
 - ``snapshot``: :class:`lerobot_assets.training.SnapshotDataset` on a tagged table, in that output;
-- ``snapshot_s3``: the same table ingested into an S3-compatible server (moto, on 127.0.0.1);
+- ``snapshot_s3``: the same table ingested into an S3-compatible server (moto, on 127.0.0.1), read
+  with :class:`~lerobot_assets.training.ReadAheadBatches` (``_no_read_ahead``: without);
 - ``deeplake``: Deeplake's own ``batches()`` over a shuffled view, which decodes the images itself;
 - ``lerobot``: LeRobotDataset's way, seeking into the MP4 files and decoding per sample with PyAV
   into float32 (``lerobot_resize``: then an area resize to (240, 320), as a policy at that size would);
@@ -45,7 +46,8 @@ from torch.utils.data import DataLoader, Dataset
 from lerobot_assets.launch import info, ingest, open_snapshot, snapshot
 from lerobot_assets.lerobot_format import DatasetMeta, read_dataset, read_episode_telemetry
 from lerobot_assets.synthetic import generate_dataset
-from lerobot_assets.training import IMAGE_DTYPES, TOLERANCE_S, SnapshotDataset, collate, decode_frames, delta_indices
+from lerobot_assets.training import (IMAGE_DTYPES, TOLERANCE_S, ReadAheadBatches, SnapshotDataset, collate,
+                                     decode_frames, delta_indices)
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from tests.s3_server import S3Server  # noqa: E402  (the repository's S3 test server)
@@ -79,7 +81,9 @@ GOALS = [
     *[(f"{mode} vs its limit", (mode, "snapshot"), (mode, "jpeg_limit"), 0.8) for mode in MODES],
     ("float32: S3 vs local", ("float32", "snapshot_s3"), ("float32", "snapshot"), 0.8),
     ("uint8: S3 vs local", ("uint8", "snapshot_s3"), ("uint8", "snapshot"), 0.8),
-    ("float32: Deeplake batches() vs snapshot", ("float32", "snapshot"), ("float32", "deeplake"), 3.0),
+    ("uint8: S3 read-ahead vs none", ("uint8", "snapshot_s3"), ("uint8", "snapshot_s3_no_read_ahead"), None),
+    ("uint8: local read-ahead vs none", ("uint8", "snapshot_read_ahead"), ("uint8", "snapshot"), None),
+    ("float32: snapshot vs Deeplake batches()", ("float32", "snapshot"), ("float32", "deeplake"), 3.0),
 ]
 
 
@@ -206,8 +210,12 @@ def deeplake_batches(home: Path) -> Iterator[dict[str, torch.Tensor]]:
         yield images | {k: torch.from_numpy(np.asarray(batch[k])) for k in VALUES} | {"task": batch["task"]}
 
 
-def loader(dataset: Dataset, collate_fn: Callable[[list[Any]], Any] | None = None) -> Callable[[], Iterator[Any]]:
-    """A new shuffled DataLoader iterator over ``dataset`` on each call."""
+def loader(dataset: Dataset, collate_fn: Callable[[list[Any]], Any] | None = None,
+           read_ahead: bool = False) -> Callable[[], Iterator[Any]]:
+    """A new shuffled DataLoader iterator over ``dataset`` on each call (``read_ahead``: with :class:`ReadAheadBatches`)."""
+    if read_ahead:
+        batches = ReadAheadBatches(len(dataset), BATCH, num_workers=WORKERS)
+        return lambda: iter(DataLoader(dataset, batch_sampler=batches, num_workers=WORKERS, collate_fn=collate_fn))
     return lambda: iter(DataLoader(dataset, BATCH, shuffle=True, num_workers=WORKERS, collate_fn=collate_fn))
 
 
@@ -295,10 +303,14 @@ def loaders(source: Path, home: Path, s3_home: Path) -> dict[str, dict[str, Call
         "snapshot_default_collate": loader(plain),
         "deeplake": lambda: deeplake_batches(home),
         "lerobot": loader(LeRobotStyle(source, None)),
-        "snapshot_s3": loader(SnapshotDataset(NAME, TAG, home=s3_home), collate),
+        "snapshot_s3": loader(SnapshotDataset(NAME, TAG, home=s3_home), collate, read_ahead=True),
     }
     out["float32, 2 obs frames + 50 actions"]["lerobot"] = loader(LeRobotStyle(source, deltas))
-    out["uint8"]["snapshot_s3"] = loader(SnapshotDataset(NAME, TAG, home=s3_home, image_dtype="uint8"), collate)
+    s3_uint8 = SnapshotDataset(NAME, TAG, home=s3_home, image_dtype="uint8")
+    out["uint8"] |= {"snapshot_s3": loader(s3_uint8, collate, read_ahead=True),
+                     "snapshot_s3_no_read_ahead": loader(s3_uint8, collate),
+                     "snapshot_read_ahead": loader(SnapshotDataset(NAME, TAG, home=home, image_dtype="uint8"), collate,
+                                                   read_ahead=True)}
     out["float32 at 240x320"]["lerobot_resize"] = loader(LeRobotStyle(source, None, SMALL))
     return out
 

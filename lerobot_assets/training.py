@@ -20,7 +20,7 @@ from __future__ import annotations
 import logging
 import math
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -261,6 +261,7 @@ class SnapshotDataset(torch.utils.data.Dataset):
         self.stats: stats.Stats | None = stats.load_stats(ds, sorted_episode[firsts].tolist())
         self._ds: Any = None
         self._ds_pid = -1
+        self._ahead: tuple[int, tuple[int, ...], dict[str, tuple[Any, np.ndarray]]] = (0, (), {})  # (pid, indices, reads)
 
     def __len__(self) -> int:
         return len(self._samples)
@@ -274,7 +275,7 @@ class SnapshotDataset(torch.utils.data.Dataset):
         return len(self.episodes)
 
     def __getstate__(self) -> dict[str, Any]:
-        return {**self.__dict__, "_ds": None, "_ds_pid": -1}
+        return {**self.__dict__, "_ds": None, "_ds_pid": -1, "_ahead": (0, (), {})}
 
     def _table(self) -> Any:
         """The Deeplake dataset, opened once per process (a handle must not cross a fork)."""
@@ -296,16 +297,10 @@ class SnapshotDataset(torch.utils.data.Dataset):
         positions = self._samples[np.asarray(indices, dtype=np.int64)]
         rows = self._order[positions]
         windows, pads = {}, {}
-        for key, offsets in self._delta.items():
-            wanted = positions[:, None] + offsets[None, :]
-            start, end = self._start[positions, None], self._end[positions, None]
-            windows[key] = self._order[np.clip(wanted, start, end - 1)]
-            pads[key] = torch.from_numpy((wanted < start) | (wanted >= end))
-        # Every camera's bytes are requested at once: on S3 the later cameras arrive while the first decodes.
-        wanted = {cam: np.unique(windows.get(cam, rows), return_inverse=True) for cam in self.camera_keys}
-        fetches = {cam: self._table()[cam].get_bytes_async(unique.tolist()) for cam, (unique, _) in wanted.items()}
-        images = {cam: self._frames(fetches[cam].result(), inverse.reshape(windows.get(cam, rows).shape))
-                  for cam, (_, inverse) in wanted.items()}
+        for key in self._delta:
+            windows[key], pad = self._window(key, positions)
+            pads[key] = torch.from_numpy(pad)
+        images = {cam: self._frames(future.result(), inverse) for cam, (future, inverse) in self._reads(indices).items()}
         items: list[dict[str, Any]] = []
         for b, row in enumerate(rows):
             item: dict[str, Any] = {}
@@ -318,6 +313,33 @@ class SnapshotDataset(torch.utils.data.Dataset):
             items.append(item)
         return items
 
+    def _window(self, key: str, positions: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Table rows of ``key``'s window around each sample position, clamped to its episode, and the padding mask."""
+        wanted = positions[:, None] + self._delta[key][None, :]
+        start, end = self._start[positions, None], self._end[positions, None]
+        return self._order[np.clip(wanted, start, end - 1)], (wanted < start) | (wanted >= end)
+
+    def _reads(self, indices: Sequence[int]) -> dict[str, tuple[Any, np.ndarray]]:
+        """The reads of batch ``indices``' frames: those started ahead for it, else started now. A
+        :class:`ReadAheadBatches` batch also starts the reads of the worker's next batch."""
+        pid, started_for, started = self._ahead
+        reads = started if pid == os.getpid() and started_for == tuple(indices) else self._read(indices)
+        upcoming = getattr(indices, "ahead", [])
+        self._ahead = (os.getpid(), tuple(upcoming), self._read(upcoming) if upcoming else {})
+        return reads
+
+    def _read(self, indices: Sequence[int]) -> dict[str, tuple[Any, np.ndarray]]:
+        """Start reading the encoded frames of samples ``indices``, every camera at once (on S3 the later
+        ones arrive while the first decodes), each row once: per camera, the Deeplake future of the
+        distinct rows' bytes and where each of the batch's frames is among them."""
+        positions = self._samples[np.asarray(indices, dtype=np.int64)]
+        reads = {}
+        for cam in self.camera_keys:
+            wanted = self._window(cam, positions)[0] if cam in self._delta else self._order[positions]
+            unique, inverse = np.unique(wanted, return_inverse=True)
+            reads[cam] = (self._table()[cam].get_bytes_async(unique.tolist()), inverse.reshape(wanted.shape))
+        return reads
+
     def _frames(self, encoded: list[bytes], inverse: np.ndarray) -> torch.Tensor:
         """Frames ``encoded[inverse]`` decoded (each distinct one once), shaped ``(*inverse.shape, C, H, W)``."""
         if self.decode_device == "cuda" and is_jpeg(encoded[0]):  # nvJPEG decodes JPEG only
@@ -326,6 +348,39 @@ class SnapshotDataset(torch.utils.data.Dataset):
         else:
             frames = decode_frames([encoded[k] for k in inverse.ravel()], self.image_dtype, self.image_size)
         return frames.view(*inverse.shape, *frames.shape[1:])
+
+
+class ReadAheadBatches(torch.utils.data.Sampler[list[int]]):
+    """Batches of sample indices, shuffled or in order, each telling the worker its next batch, to read ahead.
+
+    Give it to the DataLoader as ``batch_sampler``, with the same ``num_workers``. The DataLoader
+    deals batches to its workers in turn, so a worker's next batch comes ``num_workers`` batches
+    later; a :class:`SnapshotDataset` worker starts reading that batch's encoded frames while it
+    decodes the current one. Worth it where a read waits on the network (an S3 snapshot). If the
+    batch a worker gets is not the one it read ahead, it simply reads it then: items never change.
+    """
+
+    def __init__(self, size: int, batch_size: int, num_workers: int, shuffle: bool = True, drop_last: bool = False,
+                 generator: torch.Generator | None = None) -> None:
+        self.size, self.batch_size, self.step = size, batch_size, max(1, num_workers)
+        self.shuffle, self.drop_last, self.generator = shuffle, drop_last, generator
+
+    def __len__(self) -> int:
+        return self.size // self.batch_size if self.drop_last else math.ceil(self.size / self.batch_size)
+
+    def __iter__(self) -> Iterator[list[int]]:
+        order = torch.randperm(self.size, generator=self.generator).tolist() if self.shuffle else list(range(self.size))
+        batches = [order[k : k + self.batch_size] for k in range(0, len(self) * self.batch_size, self.batch_size)]
+        for k, batch in enumerate(batches):
+            yield _Batch(batch, batches[k + self.step] if k + self.step < len(batches) else [])
+
+
+class _Batch(list):
+    """A batch of indices that also names the indices its worker will get next (pickled with it)."""
+
+    def __init__(self, indices: list[int], ahead: list[int]) -> None:
+        super().__init__(indices)
+        self.ahead = ahead
 
 
 def _query_index(ds: Any, query: str) -> np.ndarray:

@@ -24,7 +24,7 @@ from lerobot_assets.lerobot_format import read_dataset
 from lerobot_assets.stats import aggregate_stats, episode_stats
 from lerobot_assets.synthetic import block_x, generate_dataset
 from lerobot_assets.table import INDEX_DTYPES, open_tag
-from lerobot_assets.training import SnapshotDataset, collate
+from lerobot_assets.training import ReadAheadBatches, SnapshotDataset, collate
 
 from .conftest import white_block_x
 from .s3_server import S3Server
@@ -373,7 +373,8 @@ def test_cuda_decoding_matches_the_cpu_decoder(snap: dict) -> None:
 
 
 def test_an_s3_snapshot_gives_the_same_items_as_the_local_one(snap: dict, tmp_path: Path) -> None:
-    """The same source ingested into tables on a real S3-compatible server (moto, 127.0.0.1)."""
+    """The same source ingested into tables on a real S3-compatible server (moto, 127.0.0.1), read
+    through workers that read each next batch ahead."""
     home = snap["home"]
     source = Home.at(home).dataset_source("gen").source
     with S3Server() as s3:
@@ -383,9 +384,30 @@ def test_an_s3_snapshot_gives_the_same_items_as_the_local_one(snap: dict, tmp_pa
         assert remote.snapshot.table == f"s3://{s3.bucket}/tables/gen"
         reference = _items_by_index(SnapshotDataset("gen", "t1", home=home, delta_timestamps=HISTORY_AND_CHUNK))
         assert sorted(_items_by_index(remote)) == sorted(reference)
-        loader = DataLoader(remote, batch_size=5, shuffle=True, num_workers=2, collate_fn=collate)
+        loader = DataLoader(remote, batch_sampler=ReadAheadBatches(len(remote), 5, num_workers=2), num_workers=2,
+                            collate_fn=collate)
         seen = []
         for batch in loader:
             _assert_batch_equals(batch, reference)
             seen += batch["index"].tolist()
         assert sorted(seen) == sorted(reference)
+
+
+def test_read_ahead_batches_name_each_workers_next_batch_and_leave_items_unchanged(snap: dict) -> None:
+    sampler = ReadAheadBatches(23, 4, num_workers=2, generator=torch.Generator().manual_seed(0))
+    batches = list(sampler)
+    assert len(batches) == len(sampler) == 6 and sorted(i for b in batches for i in b) == list(range(23))
+    assert [b.ahead for b in batches] == [*batches[2:], [], []]
+    assert len(list(ReadAheadBatches(23, 4, num_workers=2, drop_last=True))) == 5
+    assert list(ReadAheadBatches(10, 4, num_workers=0, shuffle=False)) == [[0, 1, 2, 3], [4, 5, 6, 7], [8, 9]]
+
+    dataset = SnapshotDataset("gen", "t1", home=snap["home"], delta_timestamps=HISTORY_AND_CHUNK)
+    reference = _items_by_index(dataset)
+    in_order = list(ReadAheadBatches(len(dataset), 6, num_workers=0))
+    for batch, upcoming in zip(in_order, [*in_order[1:], []]):
+        items = dataset.__getitems__(batch)
+        assert dataset._ahead[1] == tuple(upcoming)  # reading the next batch has started
+        for item in items:
+            expected = reference[int(item["index"])]
+            assert all(item[k] == v if k == "task" else torch.equal(item[k], v) for k, v in expected.items())
+    assert dataset._ahead[1] == ()
