@@ -226,6 +226,7 @@ class Measurement:
     samples_per_s: float
     cpu_ms_per_sample: float  # main process and workers: what the loader costs, whatever else runs
     worker_peak_rss_mb: float  # the largest VmHWM of its workers (0 without workers)
+    worker_private_mb: float  # the largest memory a worker alone holds, at the end (USS: its private pages)
 
 
 def _cpu_seconds(pids: list[int]) -> float:
@@ -237,10 +238,13 @@ def _cpu_seconds(pids: list[int]) -> float:
     return total / os.sysconf("SC_CLK_TCK")
 
 
-def _peak_rss_mb(pid: int) -> float:
-    """Peak resident memory of process ``pid`` (VmHWM; shared-memory batch buffers it touched count too)."""
-    line = next(line for line in Path(f"/proc/{pid}/status").read_text().splitlines() if line.startswith("VmHWM"))
-    return int(line.split()[1]) / 1024
+def _memory_mb(pid: int) -> tuple[float, float]:
+    """Peak resident memory of process ``pid`` (VmHWM: with the pages it shares with the process it was
+    forked from, and the shared-memory batch buffers it touched) and the memory only it holds (USS)."""
+    status = dict(line.split(":", 1) for line in Path(f"/proc/{pid}/status").read_text().splitlines())
+    rollup = dict(line.split(":", 1) for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines()[1:])
+    private = sum(int(rollup[key].split()[0]) for key in ("Private_Clean", "Private_Dirty"))
+    return int(status["VmHWM"].split()[0]) / 1024, private / 1024
 
 
 def measure(make: Callable[[], Iterator[Any]], batches: int, budget_s: float) -> Measurement:
@@ -260,9 +264,10 @@ def measure(make: Callable[[], Iterator[Any]], batches: int, budget_s: float) ->
         next(iterator)
         done += 1
     seconds, cpu = time.perf_counter() - started, _cpu_seconds(pids) - cpu
-    rss = max((_peak_rss_mb(w.pid) for w in workers), default=0.0)
+    memory = [_memory_mb(w.pid) for w in workers] or [(0.0, 0.0)]
     del iterator
-    return Measurement(done * BATCH / seconds, cpu * 1e3 / (done * BATCH), rss)
+    return Measurement(done * BATCH / seconds, cpu * 1e3 / (done * BATCH), max(m[0] for m in memory),
+                       max(m[1] for m in memory))
 
 
 def build(workdir: Path, episodes: int, length: int, tables: str | None = None) -> tuple[Path, Path]:
@@ -318,9 +323,10 @@ def loaders(source: Path, home: Path, s3_home: Path) -> dict[str, dict[str, Call
 def report(results: dict[str, dict[str, Measurement]], rounds: int) -> None:
     print(f"\nmedians of {rounds} rounds; batch {BATCH}, shuffled, {WORKERS} workers")
     for mode, by_name in results.items():
-        print(f"\n{mode}:\n  {'loader':26s} {'samples/s':>9s} {'CPU ms/sample':>13s} {'worker peak RSS MB':>18s}")
+        print(f"\n{mode}:\n  {'loader':26s} {'samples/s':>9s} {'CPU ms/sample':>13s} {'worker MB: peak RSS':>19s}"
+              f" {'private':>7s}")
         for name, m in by_name.items():
-            rss = f"{m.worker_peak_rss_mb:18.0f}" if m.worker_peak_rss_mb else f"{'-':>18s}"
+            rss = f"{m.worker_peak_rss_mb:19.0f} {m.worker_private_mb:7.0f}" if m.worker_peak_rss_mb else f"{'-':>19s}"
             print(f"  {name:26s} {m.samples_per_s:9.1f} {m.cpu_ms_per_sample:13.1f} {rss}")
     print(f"\n  {'ratio':42s} {'rate':>6s} {'by CPU':>6s}   goal")
     for what, (mode, name), (base_mode, base), goal in GOALS:
@@ -362,7 +368,7 @@ def main(argv: list[str] | None = None) -> dict[str, dict[str, Measurement]]:
     results = {
         mode: {
             name: Measurement(*(statistics.median(getattr(m, field) for m in ms)
-                                for field in ("samples_per_s", "cpu_ms_per_sample", "worker_peak_rss_mb")))
+                                for field in Measurement.__dataclass_fields__))
             for name, ms in by_name.items()
         }
         for mode, by_name in runs.items()
