@@ -786,6 +786,7 @@ class _MergePlan:
     base_version: str | None
     rows_only_on_main: int
     rows_only_on_branch: int
+    clashes: list[str]  # label columns whose type differs between main and the branch
 
 
 def _plan_merge(main: Any, other: Any, other_name: str, base: Any, base_version: str | None) -> _MergePlan:
@@ -815,7 +816,13 @@ def _plan_merge(main: Any, other: Any, other_name: str, base: Any, base_version:
     new_columns = [_spec(branch_shape, c) for c in _labelable(branch_shape) if c not in main_columns]
     seen = int((in_main >= 0).sum())
     sources = _branch_sources(other, other_name)
-    return _MergePlan(sources, cells, new_columns, base_version, len(main) - seen, len(other) - seen)
+    main_types = {c.name: _column_type(c.dtype) for c in main.schema.columns}
+    clashes = [
+        f"column {name!r} is {main_types[name]} on main but {_column_type(branch_shape.columns[name])} on the branch"
+        for name in _labelable(branch_shape)
+        if name in main_types and main_types[name] != _column_type(branch_shape.columns[name])
+    ]
+    return _MergePlan(sources, cells, new_columns, base_version, len(main) - seen, len(other) - seen, clashes)
 
 
 def _branch_plan(main: Any, url: str, branch: str) -> _MergePlan:
@@ -859,6 +866,7 @@ def _report(url: str, branch: str, main: Any, plan: _MergePlan) -> dict[str, Any
         "columns": {cells.spec.name: len(cells.rows) for cells in plan.cells},
         "new_columns": sorted(new),
         "conflicts": conflicts,
+        "type_clashes": plan.clashes,
         "rows_only_on_main": plan.rows_only_on_main,
         "rows_only_on_branch": plan.rows_only_on_branch,
         "examples": examples[:_EXAMPLES],
@@ -895,6 +903,8 @@ def merge_branch(url: str, branch: str, lock_path: Path, prefer: str | None = No
         plan = _branch_plan(main, url, branch)
         report = _report(url, branch, main, plan)
         summary = {key: report[key] for key in ("table", "branch", "new_columns", "conflicts")}
+        if plan.clashes:
+            raise TableError(f"cannot merge branch {branch!r} into main of table {url}: {'; '.join(plan.clashes)}")
         if not plan.cells and not plan.new_columns:
             return {**summary, "rows": 0, "episodes": [], "columns": {}, "version": main.version, "merged": False}
         if report["conflicts"] and prefer is None:

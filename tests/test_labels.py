@@ -428,3 +428,19 @@ def test_every_label_format_can_declare_new_columns(tmp_path: Path) -> None:
                           ("9lives:int64=0", "use a letter")):
         with pytest.raises(LabelError, match=problem):
             read_label_file(_labels(tmp_path / "bad.csv", labels, header=(spec,)))
+
+
+def test_a_column_two_branches_declared_with_different_types_is_refused_at_merge(tmp_path: Path,
+                                                                                official_dataset: Path) -> None:
+    home = tmp_path / "home"
+    ingest(str(official_dataset), name="small", home=home, episodes=[0], workers=1)
+    labels = _labels(tmp_path / "l.csv", [{"episode": 0, "frame_start": 0, "frame_end": 3, "column": "next.flag",
+                                           "value": "1"}])
+    relabel("small", labels, "as-int", home, new_columns=["next.flag:int64=0"])
+    relabel("small", labels, "as-float", home, new_columns=["next.flag:float32=0.5"])
+    merge("small", "as-int", home)
+    version = open_read_only(_table(home, "small")).version
+    assert diff("small", "as-float", home)["type_clashes"] == ["column 'next.flag' is int64 on main but float32 on the branch"]
+    with pytest.raises(TableError, match="column 'next.flag' is int64 on main but float32 on the branch"):
+        merge("small", "as-float", home, prefer="branch")
+    assert open_read_only(_table(home, "small")).version == version
