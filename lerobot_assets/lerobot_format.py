@@ -347,7 +347,7 @@ def read_episode_telemetry(meta: DatasetMeta, index: int) -> pa.Table:
         raise DatasetFormatError(problem)
     table = _read_parquet(path, meta.name, index, columns=telemetry_columns(meta), filters=[("episode_index", "=", index)])
     table = table.sort_by("frame_index")
-    check_rows(meta, episode, table, path)
+    _check_rows(meta, episode, table, path)
     return table
 
 
@@ -388,7 +388,7 @@ def schema_problem(meta: DatasetMeta, schema: pa.Schema, path: Path, episode: in
     return None
 
 
-def check_rows(meta: DatasetMeta, episode: Episode, table: pa.Table, path: Path) -> None:
+def _check_rows(meta: DatasetMeta, episode: Episode, table: pa.Table, path: Path) -> None:
     """Check one episode's rows (sorted by ``frame_index``) against ``meta/``; :class:`DatasetFormatError` if not."""
     at = where(meta.name, episode.index, path)
     if table.num_rows != episode.length:
@@ -410,7 +410,7 @@ def check_rows(meta: DatasetMeta, episode: Episode, table: pa.Table, path: Path)
         raise DatasetFormatError(
             f"{at}: timestamps must increase; frame {bad} has {timestamps[bad]:.6f} after {timestamps[bad - 1]:.6f}"
         )
-    off = off_fps_steps(timestamps, meta.fps)
+    off = _off_fps_steps(timestamps, meta.fps)
     if len(off):
         bad = int(off[0]) + 1
         raise DatasetFormatError(
@@ -433,7 +433,7 @@ def check_rows(meta: DatasetMeta, episode: Episode, table: pa.Table, path: Path)
                 )
 
 
-def off_fps_steps(timestamps: np.ndarray, fps: float) -> np.ndarray:
+def _off_fps_steps(timestamps: np.ndarray, fps: float) -> np.ndarray:
     """Positions of the steps between consecutive ``timestamps`` that are not 1/fps, as LeRobot's
     ``check_timestamps_sync`` (tolerance 1e-4 s), widened by the rounding of the timestamps' own
     dtype (float32 timestamps late in a long episode are only that precise)."""
