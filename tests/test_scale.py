@@ -15,13 +15,16 @@ from lerobot_assets.table import RUN_METADATA_COLUMN, set_table_metadata, table_
 REVISION = "a0afa88f7ef3f540eaef5001b31aed9d3d862a5e54da571a7b3f6236c43ad1ad"
 
 _OPEN = """
-import json, resource, sys, time
+import json, re, sys, time
 import deeplake
 from lerobot_assets.table import table_metadata
 started = time.perf_counter()
 ds = deeplake.open_read_only(sys.argv[1])
 seconds = time.perf_counter() - started
-print(json.dumps({"seconds": seconds, "rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+# VmHWM, not getrusage's ru_maxrss: Linux carries the forking parent's peak (here pytest's, which
+# grows over a full run) across exec into the child's ru_maxrss, while VmHWM is this process's own.
+peak_kb = int(re.search(r"VmHWM:\s+(\d+)", open("/proc/self/status").read()).group(1))
+print(json.dumps({"seconds": seconds, "rss_mb": peak_kb / 1024,
                   "metadata": table_metadata(ds)}))
 """
 
