@@ -324,6 +324,7 @@ def _forget(home: Home, name: str) -> None:
 def _ingest(
     settings: Settings, entry: DatasetSource, episodes: Sequence[int] | None, workers: int | None
 ) -> dict[str, Any]:
+    """The body of :func:`ingest` once the dataset is registered (which undoes a failed first one)."""
     home_ = Home(settings.home)
     instance = dagster_instance(home_)
     log.info("resolving %s (%s)", entry.source, entry.kind)
