@@ -4,7 +4,8 @@ One directory holds everything a deployment keeps locally::
 
     <home>/dagster/          DAGSTER_HOME: runs, materializations, partitions (SQLite)
     <home>/tables/<name>     one Deeplake table per dataset (unless tables live at an s3:// or gs:// URL)
-    <home>/sources/<name>/   local copies of each dataset pinned to a revision
+    <home>/sources/<name>/   local copies of each dataset pinned to a revision, and in .records/ what
+                             each copy holds and cached file hashes (only to avoid re-reading files)
     <home>/staging/<name>/   per-episode decoded frames, kept when decoded_camera_frames runs alone
     <home>/datasets/<name>.json   where each registered dataset comes from
     <home>/locks/            one lock per table, so writers never interleave

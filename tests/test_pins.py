@@ -55,6 +55,8 @@ def test_in_place_edit_then_new_inode_restore_ends_with_the_restored_values(tmp_
     shutil.copyfile(source / DATA, tmp_path / "pristine.parquet")
     first = ingest(str(source), name="robot", home=home, workers=1)
     original = _actions(first)
+    pinned = home / "sources" / "robot" / first["revision"] / DATA
+    assert pinned.stat().st_ino != (source / DATA).stat().st_ino and pinned.stat().st_nlink == 1  # a copy
 
     inode = (source / DATA).stat().st_ino
     shift_actions(source, [1])  # pq.write_table to the same path: the same inode, as an editor would
@@ -74,7 +76,7 @@ def test_in_place_edit_then_new_inode_restore_ends_with_the_restored_values(tmp_
     shift_actions(home / "sources" / "robot" / first["revision"], [0])
     fourth = ingest(str(source), name="robot", home=home, workers=1)
     assert (fourth["materialized"], fourth["version"], fourth["rows"]) == ([], third["version"], third["rows"])
-    assert (home / "sources" / "robot" / first["revision"] / DATA).read_bytes() == (source / DATA).read_bytes()
+    assert pinned.read_bytes() == (source / DATA).read_bytes()
     assert _same_actions(_actions(fourth), original)
 
 
