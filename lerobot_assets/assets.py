@@ -32,6 +32,7 @@ from dagster import (
     AssetExecutionContext,
     AssetIn,
     AssetKey,
+    AssetMaterialization,
     AssetSpec,
     BetaWarning,
     Config,
@@ -47,12 +48,12 @@ from dagster import (
     multi_asset,
 )
 
-from lerobot_assets.errors import where
+from lerobot_assets.errors import TableError, where
 from lerobot_assets.fingerprint import episode_fingerprints
 from lerobot_assets.lerobot_format import DatasetMeta, feature_array, read_dataset, read_episode_telemetry
-from lerobot_assets.partitions import dataset_partitions, episode_dimension, episode_key, episode_partitions
+from lerobot_assets.partitions import dataset_partitions, episode_dimension, episode_key, episode_partition, episode_partitions
 from lerobot_assets.preview import plot_series, png_markdown, thumbnails_markdown
-from lerobot_assets.relabel import reapply_labels
+from lerobot_assets.relabel import episode_labels, reapply_labels
 from lerobot_assets.resources import HubResource, ImageEncodingResource, StorageResource
 from lerobot_assets.source import pin
 from lerobot_assets.staging import StagedFrames, read_frames, staging_path, write_frames
@@ -64,9 +65,12 @@ from lerobot_assets.table import (
     create_tag,
     episode_frames,
     episode_rows,
+    episode_versions,
     ingest_metadata,
+    open_read_only,
     open_table,
     open_writable,
+    refresh_indexes,
     replace_episode,
     set_table_metadata,
     summarize,
@@ -82,6 +86,7 @@ warnings.filterwarnings("ignore", category=BetaWarning)
 INGEST_GROUP, TRAINING_GROUP, LABELS_GROUP = "ingest", "training", "labels"
 
 _PER_DATASET = MultiToSingleDimensionPartitionMapping(partition_dimension_name="dataset")
+TELEMETRY, FRAMES, TABLE = AssetKey("telemetry_frame"), AssetKey("decoded_camera_frames"), AssetKey("deeplake_table")
 
 
 def _episode_of(context: AssetExecutionContext) -> tuple[str, int]:
@@ -149,7 +154,9 @@ def episode_metadata(
 
     Refuses a dataset whose metadata disagrees with its files (totals, dtypes, fps) or that its
     existing table cannot hold (a new camera, another shape), before any episode is written.
-    Registers the dataset's episodes as partitions of the shared ``episode`` dimension.
+    Registers the dataset's episodes as partitions of the shared ``episode`` dimension, and deletes
+    from the table the rows of episodes that are gone at this revision: whichever path reads a new
+    revision (the CLI, the UI, the sensor) removes them.
     """
     name = context.partition_key
     meta = read_dataset(hf_snapshot["path"], name)
@@ -159,6 +166,7 @@ def episode_metadata(
         )
     fingerprints = episode_fingerprints(meta, storage.home.error_details(name))
     check_table_fits(storage.table_url(name), meta, encoding.image_format)
+    removed, labels_lost = _remove_vanished(context, storage, set(meta.episodes), hf_snapshot["revision"])
     existing = set(context.instance.get_dynamic_partitions(episode_dimension.name))
     new_keys = [episode_key(i) for i in sorted(meta.episodes) if episode_key(i) not in existing]
     if new_keys:
@@ -184,6 +192,8 @@ def episode_metadata(
         "skipped": list(meta.empty_episodes),
         "table_metadata": ingest_metadata(meta, encoding.image_format)
         | {"source": hf_snapshot["source"], "revision": hf_snapshot["revision"]},
+        "removed": removed,
+        "labels_lost": labels_lost,
     }
     return Output(
         value,
@@ -194,6 +204,7 @@ def episode_metadata(
             "frames": sum(e["length"] for e in episodes.values()),
             "cameras": MetadataValue.json(meta.cameras),
             "fps": meta.fps,
+            "removed": MetadataValue.json(removed),
             "fingerprints": MetadataValue.json({episode_key(i): e["fingerprint"] for i, e in episodes.items()}),
             "tasks": MetadataValue.md(
                 "| task | episodes |\n|---|---|\n" + "\n".join(f"| {t} | {n} |" for t, n in sorted(task_counts.items()))
@@ -203,7 +214,42 @@ def episode_metadata(
     )
 
 
-TELEMETRY, FRAMES, TABLE = AssetKey("telemetry_frame"), AssetKey("decoded_camera_frames"), AssetKey("deeplake_table")
+def _remove_vanished(
+    context: AssetExecutionContext, storage: StorageResource, upstream: set[int], revision: str
+) -> tuple[list[int], list[dict[str, Any]]]:
+    """Delete the rows of the table's episodes that are not in ``upstream`` (one commit each; earlier
+    tags keep them), each recorded as a materialization of its ``deeplake_table`` partition, then
+    recreate the indexes (Deeplake's miss rows after deletes). Returns the episodes removed and the
+    merged labels their rows carried (they cannot be re-applied)."""
+    dataset = context.partition_key
+    url = storage.table_url(dataset)
+    try:
+        held = summarize(open_read_only(url), url).episodes
+    except TableError:
+        return [], []  # no table yet
+    gone = sorted(set(held) - upstream)
+    lost: list[dict[str, Any]] = []
+    if not gone:
+        return gone, lost
+    with write_lock(storage.home.lock(dataset)):
+        ds = open_writable(url)
+        for index in gone:
+            lost += [{**label, "reason": "episode removed upstream"} for label in episode_labels(ds, index)]
+            store_episode_stats(ds, index, None)
+            deleted, _ = replace_episode(ds, index, None, f"remove {dataset} episode {index}: gone at revision {revision}")
+            context.log.info(f"{dataset}: removed episode {index} ({deleted} rows), gone at revision {revision[:12]}")
+            context.log_event(
+                AssetMaterialization(
+                    asset_key=TABLE,
+                    partition=str(episode_partition(dataset, index)),
+                    metadata={"removed": True, "rows_removed": deleted, "table_version": ds.version, "revision": revision},
+                )
+            )
+        refresh_indexes(ds)
+        ds.commit(f"recreate indexes after removing episodes {gone}")
+    return gone, lost
+
+
 _METADATA_DEP = AssetDep("episode_metadata", partition_mapping=_PER_DATASET)
 Event = MaterializeResult | AssetCheckResult
 
@@ -260,6 +306,9 @@ def _episode_events(
     events = _telemetry_events(context, meta, telemetry, version) if TELEMETRY in selected else []
     if FRAMES not in selected and TABLE not in selected:
         return events
+    unchanged = _unchanged_events(context, storage, episode_metadata, version)
+    if unchanged is not None:
+        return events + unchanged
     staged_at = staging_path(storage.home.staging(dataset), index)
     staged = None if FRAMES in selected else read_frames(staged_at)
     decoded = None
@@ -279,6 +328,49 @@ def _episode_events(
         write_frames(staged_at, staged)
         context.log.info(f"{dataset} episode {index}: frames staged in {str(staged_at)!r} for deeplake_table")
     return events
+
+
+def _unchanged_events(
+    context: AssetExecutionContext, storage: StorageResource, episode_metadata: dict[str, Any], version: DataVersion
+) -> list[Event] | None:
+    """When the table holds this episode written from the same inputs by the same code (its recorded
+    data version), the results that say so, without decoding; otherwise None.
+
+    The frames and table keep their data version, so nothing downstream turns stale; the table
+    check is evaluated on the rows the table holds, ``frames_aligned`` keeps its result from the
+    run that decoded them.
+    """
+    dataset, index = _episode_of(context)
+    url = storage.table_url(dataset)
+    try:
+        ds = open_read_only(url)
+    except TableError:
+        return None
+    if episode_versions(ds).get(index) != version.value:
+        return None
+    context.log.info(f"{dataset} episode {index}: unchanged in table version {ds.version} (data version {version.value}); not decoded")
+    metadata = {"unchanged": True, "table_version": ds.version}
+    events: list[Event] = [MaterializeResult(asset_key=FRAMES, metadata=metadata, data_version=version)]
+    stored = episode_frames(ds, index)
+    return events + [
+        MaterializeResult(
+            asset_key=TABLE,
+            metadata={**metadata, "rows_written": 0, "dagster/row_count": len(stored), "table": MetadataValue.path(url),
+                      "revision": episode_metadata["revision"]},
+            data_version=version,
+        ),
+        _rows_check(stored, episode_metadata["episodes"][index]["length"]),
+    ]
+
+
+def _rows_check(stored: np.ndarray, expected: int) -> AssetCheckResult:
+    """``episode_rows_match``: the table holds one row per frame of the episode, frame_index 0..length-1."""
+    return AssetCheckResult(
+        asset_key=TABLE,
+        check_name="episode_rows_match",
+        passed=bool(np.array_equal(np.sort(stored), np.arange(expected))),
+        metadata={"rows_in_table": len(stored), "expected": expected},
+    )
 
 
 def _selected(context: AssetExecutionContext, events: list[Event]) -> Iterator[Event]:
@@ -401,7 +493,9 @@ def _table_events(
         set_table_metadata(ds, **episode_metadata["table_metadata"])
         store_episode_stats(ds, index, stats)  # committed with the rows
         rows, labels = reapply_labels(ds, index, rows)  # merged labels hold across a re-ingest
-        deleted, written = replace_episode(ds, index, rows, f"ingest {dataset} episode {index} at revision {revision}")
+        deleted, written = replace_episode(
+            ds, index, rows, f"ingest {dataset} episode {index} at revision {revision}", data_version=version.value
+        )
         table_version = ds.version
         stored = episode_frames(ds, index)
         schema = column_types(ds)
@@ -433,12 +527,7 @@ def _table_events(
             },
             data_version=version,
         ),
-        AssetCheckResult(
-            asset_key=TABLE,
-            check_name="episode_rows_match",
-            passed=bool(np.array_equal(np.sort(stored), np.arange(expected))),
-            metadata={"rows_in_table": len(stored), "expected": expected},
-        ),
+        _rows_check(stored, expected),
     ]
 
 

@@ -25,7 +25,6 @@ from typing import Any
 
 from dagster import (
     AssetKey,
-    AssetMaterialization,
     AssetRecordsFilter,
     DagsterInstance,
     ExecuteInProcessResult,
@@ -40,21 +39,10 @@ from lerobot_assets.assets import ALL_ASSETS, DATASET_ASSETS, EPISODE_ASSETS, tr
 from lerobot_assets.errors import LeRobotAssetsError, bounded
 from lerobot_assets.home import DatasetSource, Home, check_name, name_from_source
 from lerobot_assets.partitions import dataset_partitions, episode_partition
-from lerobot_assets.relabel import episode_labels
 from lerobot_assets.resources import HubResource, ImageEncodingResource, StorageResource
 from lerobot_assets.source import classify_source
-from lerobot_assets.stats import store_episode_stats
-from lerobot_assets.versions import DATA_VERSION_TAG, REMOVED, plan_changes
-from lerobot_assets.table import (
-    open_read_only,
-    open_tag,
-    open_writable,
-    refresh_indexes,
-    replace_episode,
-    summarize,
-    table_url,
-    write_lock,
-)
+from lerobot_assets.table import open_read_only, open_tag, open_writable, refresh_indexes, summarize, table_url, write_lock
+from lerobot_assets.versions import plan_changes, recorded_versions
 
 log = logging.getLogger(__name__)
 
@@ -341,20 +329,18 @@ def _ingest(
     if metadata["skipped"]:
         log.warning("%s: skipped episodes %s: meta/ lists them with 0 frames", entry.name, spans(metadata["skipped"]))
     fingerprints = {i: metadata["episodes"][i]["fingerprint"] for i in requested}
-    plan = plan_changes(instance, entry.name, fingerprints)
+    plan = plan_changes(recorded_versions(entry.table), fingerprints)
     log.info("%s: %d episodes to materialize, %d unchanged", entry.name, len(plan.todo), len(plan.unchanged))
     latest = instance.fetch_materializations(AssetKey("deeplake_table"), limit=1).records
     failures = _materialize_episodes(settings, entry.name, plan.todo, workers)
     labels = _label_reports(instance, entry.name, plan.todo, latest[0].storage_id if latest else None)
-    removed = [] if episodes is not None else sorted(set(_table_episodes(entry.table)) - set(upstream))
-    if removed:
-        labels["not_reapplied"] += _remove_episodes(instance, home_, entry, removed, metadata["revision"])
+    labels["not_reapplied"] += metadata["labels_lost"]
     replaced = [i for i in plan.changed if i not in failures]  # a failed episode's rows are as they were
-    if removed or replaced:  # rows were deleted: Deeplake's indexes would miss rows
+    if replaced:  # rows were deleted: Deeplake's indexes would miss rows (episode_metadata did it for removals)
         with write_lock(home_.lock(entry.name)):
             ds = open_writable(entry.table)
             refresh_indexes(ds)
-            ds.commit(f"recreate indexes after replacing episodes {sorted(replaced + removed)}")
+            ds.commit(f"recreate indexes after replacing episodes {sorted(replaced)}")
     if labels["reapplied"] or labels["not_reapplied"]:
         log.warning(
             "%s: re-applied %d merged labels to re-ingested episodes; could not re-apply %d: %s",
@@ -376,7 +362,7 @@ def _ingest(
         "added": plan.added,
         "changed": plan.changed,
         "unchanged": plan.unchanged,
-        "removed": removed,
+        "removed": metadata["removed"],
         "labels": labels,
         "skipped": metadata["skipped"],
     }
@@ -508,30 +494,6 @@ def _materialize_episodes(
             f"finished so far ({finished} of {len(indices)}) are in the table, run the ingest again for the rest"
         ) from errors[0]
     return failures
-
-
-def _remove_episodes(
-    instance: DagsterInstance, home: Home, entry: DatasetSource, indices: Sequence[int], revision: str
-) -> list[dict[str, Any]]:
-    """Delete the rows of episodes that disappeared upstream, recorded as materializations of their partitions;
-    return the merged labels those rows carried (they cannot be re-applied)."""
-    lost: list[dict[str, Any]] = []
-    with write_lock(home.lock(entry.name)):
-        ds = open_writable(entry.table)
-        for index in indices:
-            lost += [{**label, "reason": "episode removed upstream"} for label in episode_labels(ds, index)]
-            store_episode_stats(ds, index, None)
-            deleted, _ = replace_episode(ds, index, None, f"remove {entry.name} episode {index}: gone at revision {revision}")
-            instance.report_runless_asset_event(
-                AssetMaterialization(
-                    asset_key="deeplake_table",
-                    partition=str(episode_partition(entry.name, index)),
-                    metadata={"rows_removed": deleted, "table_version": ds.version, "revision": revision},
-                    tags={DATA_VERSION_TAG: REMOVED},
-                )
-            )
-            log.info("%s: removed episode %d (%d rows), gone upstream", entry.name, index, deleted)
-    return lost
 
 
 def snapshot(name: str, *, tag: str | None = None, home: str | Path | None = None) -> dict[str, Any]:

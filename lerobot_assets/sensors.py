@@ -6,8 +6,8 @@ Per registered dataset and per tick:
    that cannot be reached is skipped for this tick with a logged reason;
 2. if ``episode_metadata`` was not yet materialized at that revision, request one run of the
    dataset-level assets (``hf_snapshot``, ``episode_metadata``), once per revision;
-3. once it was, request one run per episode partition whose fingerprint differs from its last
-   ``deeplake_table`` data version, once per revision.
+3. once it was, request one run per episode partition whose fingerprint differs from the data
+   version the table records for it, once per revision (the metadata run removed vanished episodes).
 
 The episode runs wait for step 2 because they read the dataset's ``meta/`` as materialized by
 ``episode_metadata``; the cursor remembers, per dataset, which revision each step was requested for,
@@ -32,7 +32,7 @@ from lerobot_assets.assets import ALL_ASSETS, DATASET_ASSETS, EPISODE_ASSETS
 from lerobot_assets.partitions import episode_dimension, episode_key, episode_partition
 from lerobot_assets.resources import HubResource, StorageResource
 from lerobot_assets.source import SourceError, latest_revision
-from lerobot_assets.versions import plan_changes
+from lerobot_assets.versions import plan_changes, recorded_versions
 
 REVISION_TAG = "lerobot_assets/revision"
 
@@ -86,7 +86,7 @@ def upstream_revision_sensor(
             continue
         if state.get("episodes_requested") == revision:
             continue
-        plan = plan_changes(context.instance, source.name, fingerprints)
+        plan = plan_changes(recorded_versions(source.table), fingerprints)
         context.log.info(
             f"{source.name} at {revision[:12]}: {len(plan.added)} added, {len(plan.changed)} changed, "
             f"{len(plan.unchanged)} unchanged episodes"

@@ -216,13 +216,39 @@ def episode_frames(ds: deeplake.Dataset | deeplake.ReadOnlyDataset, episode_inde
     return np.asarray(ds["frame_index"][:])[offsets]
 
 
+def _version_key(index: int) -> str:
+    return f"episode_version/{int(index)}"
+
+
+def episode_versions(ds: deeplake.Dataset | deeplake.ReadOnlyDataset) -> dict[int, str]:
+    """Each episode's recorded data version (input fingerprint and code version) at this table version.
+
+    Kept with the rows (see :func:`replace_episode`), so any run on any machine can tell an
+    unchanged episode from the table alone, without the Dagster instance that wrote it.
+    """
+    metadata = ds[RUN_METADATA_COLUMN].metadata
+    prefix = _version_key(0)[:-1]
+    return {
+        int(key[len(prefix):]): value
+        for key in metadata.keys()
+        if key.startswith(prefix) and (value := metadata[key])
+    }
+
+
 def replace_episode(
-    ds: deeplake.Dataset, episode_index: int, rows: Mapping[str, Any] | None, message: str
+    ds: deeplake.Dataset,
+    episode_index: int,
+    rows: Mapping[str, Any] | None,
+    message: str,
+    data_version: str | None = None,
 ) -> tuple[int, int]:
     """Replace (or with ``rows=None`` remove) one episode's rows and commit.
 
+    ``data_version`` is recorded with the rows (cleared on removal) under one key per episode of
+    :data:`RUN_METADATA_COLUMN`'s metadata, like the episode's statistics: one commit holds both.
     Returns ``(rows_deleted, rows_written)``. The caller holds the table's write lock.
     """
+    ds[RUN_METADATA_COLUMN].metadata[_version_key(episode_index)] = data_version or ""
     offsets = _episode_offsets(ds, episode_index)
     for offset in offsets[::-1]:
         ds.delete(int(offset))

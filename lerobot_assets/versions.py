@@ -1,24 +1,21 @@
-"""What is materialized already: episode data versions in the Dagster instance, and what changed.
+"""What the table holds already, and what a new revision changes.
 
-Each episode partition's data version is its input fingerprint plus the stages' code version. The
-CLI and the sensor both compare the fingerprints of a new revision with the data versions of the
-last ``deeplake_table`` materializations, so both redo exactly the episodes that changed.
+Each episode's data version is its input fingerprint plus the stages' code version. The table
+records the data version each episode's rows were written with (:func:`table.episode_versions`),
+so the episode asset itself, the CLI and the sensor all compare the fingerprints of a revision with
+the table, whichever machine or Dagster instance wrote it, and redo exactly the episodes that changed.
 """
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 
-from dagster import AssetKey, DagsterEventType, DagsterInstance
-
-from lerobot_assets.partitions import episode_partition
+from lerobot_assets.errors import TableError
+from lerobot_assets.table import episode_versions, open_read_only
 
 #: Bump when a stage's output changes for the same input, or the fingerprint's format changes (3:
 #: fingerprints of values, not of their parquet encoding); part of each episode's data version, so
 #: a bump makes the next ingest rewrite every episode rather than keep rows judged by another rule.
 CODE_VERSION = "3"
-DATA_VERSION_TAG = "dagster/data_version"
-#: Data version recorded for an episode whose rows were removed because it vanished upstream.
-REMOVED = "removed"
 
 
 def episode_data_version(fingerprint: str) -> str:
@@ -39,27 +36,20 @@ class ChangePlan:
         return sorted(self.added + self.changed)
 
 
-def materialized_versions(instance: DagsterInstance, dataset: str, episodes: Iterable[int]) -> dict[int, str]:
-    """The latest ``deeplake_table`` data version of each episode partition that has one (one query)."""
-    keys = {str(episode_partition(dataset, i)): i for i in episodes}
-    if not keys:
+def recorded_versions(url: str) -> dict[int, str]:
+    """The data version of every episode the table at ``url`` holds (none when there is no table yet)."""
+    try:
+        return episode_versions(open_read_only(url))
+    except TableError:
         return {}
-    tags = instance.event_log_storage.get_latest_tags_by_partition(
-        AssetKey("deeplake_table"),
-        DagsterEventType.ASSET_MATERIALIZATION,
-        [DATA_VERSION_TAG],
-        asset_partitions=list(keys),
-    )
-    return {keys[k]: v[DATA_VERSION_TAG] for k, v in tags.items() if DATA_VERSION_TAG in v}
 
 
-def plan_changes(instance: DagsterInstance, dataset: str, fingerprints: Mapping[int, str]) -> ChangePlan:
-    """Compare ``fingerprints`` (episode -> fingerprint at the new revision) with what was materialized."""
-    current = materialized_versions(instance, dataset, fingerprints)
+def plan_changes(recorded: Mapping[int, str], fingerprints: Mapping[int, str]) -> ChangePlan:
+    """Compare ``fingerprints`` (episode -> fingerprint at the new revision) with the table's ``recorded`` data versions."""
     plan = ChangePlan()
     for index, fingerprint in sorted(fingerprints.items()):
-        version = current.get(index)
-        if version is None or version == REMOVED:
+        version = recorded.get(index)
+        if version is None:
             plan.added.append(index)
         elif version != episode_data_version(fingerprint):
             plan.changed.append(index)

@@ -161,3 +161,46 @@ def test_interrupted_backfill_resumes_with_only_unfinished_episodes(tmp_path: Pa
     resumed = ingest(str(source), name="gen", home=home, episodes=[1, 2, 3, 4], workers=1)
     assert resumed["materialized"] == [3] and resumed["unchanged"] == [1, 2, 4]
     assert resumed["episodes"] == [1, 2, 3, 4] and resumed["rows"] == sum(LENGTHS[1:])
+
+
+def _materialize_every_episode(instance: DagsterInstance, home: Path, episodes: range) -> list:
+    """What a UI "Materialize all" does: the dataset assets, then every episode partition, no planning."""
+    resources = _resources(home)
+    assert materialize(ALL_ASSETS, selection=DATASET_ASSETS, partition_key="gen", instance=instance, resources=resources).success
+    results = []
+    for index in episodes:
+        result = materialize(ALL_ASSETS, selection=EPISODE_ASSETS, partition_key=str(episode_partition("gen", index)),
+                             instance=instance, resources=resources)
+        assert result.success
+        results.append(result)
+    return results
+
+
+def _table_metadata(result, key: str) -> dict:
+    (event,) = [e for e in result.get_asset_materialization_events() if e.asset_key.to_user_string() == key]
+    return {k: v.value for k, v in event.event_specific_data.materialization.metadata.items()}
+
+
+def test_materializing_every_partition_rewrites_only_changed_episodes(tmp_path: Path) -> None:
+    """Change-only inside the episode asset: a plain Dagster run of every partition (as a UI backfill
+    or `dagster asset materialize` makes) leaves an unchanged table alone and rewrites exactly the
+    episode whose telemetry was edited upstream; the comparison reads only the table's record."""
+    repo = _make_repo(tmp_path / "repo")
+    home = tmp_path / "home"
+    first = ingest(str(repo), name="gen", home=home, workers=1)
+    instance = DagsterInstance.from_config(str(home / "dagster"))
+    results = _materialize_every_episode(instance, home, range(len(LENGTHS)))
+    ds = open_read_only(first["table"])
+    assert ds.version == first["version"]
+    assert all(_table_metadata(r, "deeplake_table")["unchanged"] for r in results)
+    checks = [e for r in results for e in r.get_asset_check_evaluations() if e.check_name == "episode_rows_match"]
+    assert len(checks) == len(LENGTHS) and all(c.passed for c in checks)
+
+    _edit_actions(repo, [2])
+    results = _materialize_every_episode(instance, home, range(len(LENGTHS)))
+    written = [i for i, r in enumerate(results) if not _table_metadata(r, "deeplake_table").get("unchanged")]
+    assert written == [2]
+    ds = open_read_only(first["table"])
+    assert ds.version != first["version"]
+    assert [c.message for c in ds.history][-1].startswith("ingest gen episode 2 at revision")
+    assert len(ds) == sum(LENGTHS)

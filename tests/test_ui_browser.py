@@ -19,22 +19,18 @@ both. Without a browser that starts, the test is skipped with the reason; anythi
 
 from __future__ import annotations
 
-import json
-import os
 import re
 import shutil
-import signal
-import socket
 import subprocess
-import sys
 import tempfile
 import time
-import urllib.error
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+
+from tests.dagster_server import LOCATIONS, dagster_dev, graphql
 
 REPO = Path(__file__).resolve().parents[1]
 _STARTED = time.monotonic()
@@ -56,7 +52,6 @@ BROWSER_ARGS = [
     "--disable-component-update",
     "--disable-sync",
 ]
-SERVER_START_TIMEOUT_S = 90
 RUN_TIMEOUT_S = 120
 UI_TIMEOUT_MS = 30_000
 
@@ -123,109 +118,6 @@ def page(browser):
     context.close()
 
 
-# --------------------------------------------------------------------------------------------- server
-
-
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def _descendants(root: int) -> list[int]:
-    """PIDs of all live descendants of ``root`` (from /proc; empty where /proc is unavailable)."""
-    children: dict[int, list[int]] = {}
-    for entry in Path("/proc").glob("[0-9]*"):
-        try:
-            stat = (entry / "stat").read_text()
-        except OSError:
-            continue
-        ppid = int(stat[stat.rindex(")") + 2 :].split()[1])
-        children.setdefault(ppid, []).append(int(entry.name))
-    found, todo = [], [root]
-    while todo:
-        for child in children.get(todo.pop(), []):
-            found.append(child)
-            todo.append(child)
-    return found
-
-
-def _stop(proc: subprocess.Popen) -> None:
-    """Stop ``dagster dev`` and everything it started: its process group, then any stray descendant."""
-    strays = _descendants(proc.pid)
-    for sig, grace in ((signal.SIGTERM, 15), (signal.SIGKILL, 10)):
-        try:
-            os.killpg(proc.pid, sig)
-        except ProcessLookupError:
-            pass
-        try:
-            proc.wait(timeout=grace)
-            break
-        except subprocess.TimeoutExpired:
-            continue
-    for pid in strays:  # e.g. a run worker that left the group; these pids were ours a moment ago
-        try:
-            os.kill(pid, signal.SIGKILL)
-        except (ProcessLookupError, PermissionError):
-            pass
-
-
-def _reset_signals() -> None:  # runs in the child before exec
-    # A shell may start the test run with SIGINT/SIGTERM ignored; dagster dev (and Python's
-    # KeyboardInterrupt) would then ignore our SIGTERM too.
-    for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGQUIT):
-        signal.signal(sig, signal.SIG_DFL)
-
-
-def _graphql(base: str, query: str, variables: dict | None = None) -> dict:
-    request = urllib.request.Request(
-        f"{base}/graphql",
-        data=json.dumps({"query": query, "variables": variables or {}}).encode(),
-        headers={"Content-Type": "application/json"},
-    )
-    with urllib.request.urlopen(request, timeout=15) as response:
-        body = json.load(response)
-    if body.get("errors"):
-        raise AssertionError(f"GraphQL errors: {body['errors']}")
-    return body["data"]
-
-
-_LOCATIONS = """{ workspaceOrError { __typename ... on Workspace { locationEntries {
-  name loadStatus locationOrLoadError { __typename ... on PythonError { message } } } } } }"""
-
-
-def _wait_until_serving(base: str, proc: subprocess.Popen, log: Path) -> None:
-    """Wait (bounded) until the webserver answers and the code location is loaded without error."""
-    deadline = time.monotonic() + SERVER_START_TIMEOUT_S
-    state = "no answer on /server_info"
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            pytest.fail(f"dagster dev exited with {proc.returncode}; log tail:\n{_tail(log)}")
-        try:
-            with urllib.request.urlopen(f"{base}/server_info", timeout=5) as response:
-                json.load(response)
-            entries = _graphql(base, _LOCATIONS)["workspaceOrError"].get("locationEntries") or []
-        except (urllib.error.URLError, ConnectionError, TimeoutError, json.JSONDecodeError) as exc:
-            state = f"not serving yet: {exc}"
-        else:
-            loaded = [e for e in entries if e["loadStatus"] == "LOADED"]
-            errors = [e for e in loaded if e["locationOrLoadError"]["__typename"] == "PythonError"]
-            if errors:
-                pytest.fail(f"code location failed to load: {errors[0]['locationOrLoadError']['message']}")
-            if entries and len(loaded) == len(entries):
-                return
-            state = f"code locations: {[(e['name'], e['loadStatus']) for e in entries]}"
-        time.sleep(1)
-    pytest.fail(f"dagster dev not ready after {SERVER_START_TIMEOUT_S} s ({state}); log tail:\n{_tail(log)}")
-
-
-def _tail(path: Path, lines: int = 40) -> str:
-    try:
-        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
-    except OSError:
-        return "(no log)"
-
-
 @pytest.fixture(scope="module")
 def ui(chromium: str, official_dataset: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """A home with episodes 0-1 of ``small`` ingested and ``dagster dev`` serving it; yields the base URL."""
@@ -238,36 +130,9 @@ def ui(chromium: str, official_dataset: Path, tmp_path_factory: pytest.TempPathF
     assert result["episodes"] == [0, 1], result
     print(f"{time.monotonic() - _STARTED:6.1f} s  ingested episodes 0-1")
 
-    port = _free_port()
-    base = f"http://127.0.0.1:{port}"
-    dagster = Path(sys.executable).with_name("dagster")
-    command = [str(dagster)] if dagster.is_file() else [sys.executable, "-m", "dagster"]
-    command += ["dev", "-m", "lerobot_assets.definitions", "-d", str(REPO), "-h", "127.0.0.1", "-p", str(port)]
-    env = {
-        **os.environ,
-        "DAGSTER_HOME": str(home / "dagster"),
-        "LEROBOT_ASSETS_HOME": str(home),
-        "DAGSTER_DISABLE_TELEMETRY": "1",
-        "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")])),
-    }
-    log = OUT / "dagster-dev.log"
-    with open(log, "wb") as log_file:
-        proc = subprocess.Popen(
-            command,
-            cwd=home,
-            env=env,
-            stdin=subprocess.DEVNULL,
-            stdout=log_file,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,  # own process group: the finalizer kills all of it
-            preexec_fn=_reset_signals,
-        )
-    try:
-        _wait_until_serving(base, proc, log)
+    with dagster_dev(home, OUT / "dagster-dev.log") as base:
         print(f"{time.monotonic() - _STARTED:6.1f} s  dagster dev serving at {base}")
         yield base
-    finally:
-        _stop(proc)
 
 
 # --------------------------------------------------------------------------------------------- test
@@ -291,7 +156,7 @@ def _wait_for_run(base: str, run_id: str) -> str:
     deadline = time.monotonic() + RUN_TIMEOUT_S
     status = "unknown"
     while time.monotonic() < deadline:
-        run = _graphql(base, _RUN, {"runId": run_id})["runOrError"]
+        run = graphql(base, _RUN, {"runId": run_id})["runOrError"]
         assert run["__typename"] == "Run", run
         status = run["status"]
         if status in ("SUCCESS", "FAILURE", "CANCELED"):
@@ -301,7 +166,7 @@ def _wait_for_run(base: str, run_id: str) -> str:
 
 
 def _run_errors(base: str, run_id: str) -> str:
-    events = _graphql(base, _RUN_ERRORS, {"runId": run_id})["logsForRun"].get("events", [])
+    events = graphql(base, _RUN_ERRORS, {"runId": run_id})["logsForRun"].get("events", [])
     lines = []
     for event in events:
         error = event.get("error")
@@ -356,7 +221,7 @@ def _drive(base: str, page, expect) -> None:
     for group in ("ingest", "training", "labels"):  # one group per use, collapsed in the global lineage
         expect(page.get_by_text(group, exact=True).first).to_be_visible()
     _shot(page, "01_asset_groups")
-    location = _graphql(base, _LOCATIONS)["workspaceOrError"]["locationEntries"][0]["name"]
+    location = graphql(base, LOCATIONS)["workspaceOrError"]["locationEntries"][0]["name"]
     page.goto(f"{base}/locations/{urllib.request.quote(location)}/asset-groups/ingest", wait_until="domcontentloaded")
     for key in EPISODE_ASSETS + ("hf_snapshot", "episode_metadata"):
         expect(page.get_by_text(key, exact=True).first).to_be_visible()

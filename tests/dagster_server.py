@@ -1,0 +1,156 @@
+"""Real Dagster servers for tests: ``dagster dev`` (webserver + daemon) on a home's instance, on a free
+127.0.0.1 port in its own process group, stopped by its PID (and any stray descendant) afterwards;
+and a small GraphQL client for it."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+SERVER_START_TIMEOUT_S = 90
+
+
+def _free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def descendants(root: int) -> list[int]:
+    """PIDs of all live descendants of ``root`` (from /proc; empty where /proc is unavailable)."""
+    children: dict[int, list[int]] = {}
+    for entry in Path("/proc").glob("[0-9]*"):
+        try:
+            stat = (entry / "stat").read_text()
+        except OSError:
+            continue
+        ppid = int(stat[stat.rindex(")") + 2 :].split()[1])
+        children.setdefault(ppid, []).append(int(entry.name))
+    found, todo = [], [root]
+    while todo:
+        for child in children.get(todo.pop(), []):
+            found.append(child)
+            todo.append(child)
+    return found
+
+
+def stop(proc: subprocess.Popen) -> None:
+    """Stop a server and everything it started: its process group, then any stray descendant."""
+    strays = descendants(proc.pid)
+    for sig, grace in ((signal.SIGTERM, 15), (signal.SIGKILL, 10)):
+        try:
+            os.killpg(proc.pid, sig)
+        except ProcessLookupError:
+            pass
+        try:
+            proc.wait(timeout=grace)
+            break
+        except subprocess.TimeoutExpired:
+            continue
+    for pid in strays:  # e.g. a run worker that left the group; these pids were ours a moment ago
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except (ProcessLookupError, PermissionError):
+            pass
+
+
+def _reset_signals() -> None:  # runs in the child before exec
+    # A shell may start the test run with SIGINT/SIGTERM ignored; dagster dev (and Python's
+    # KeyboardInterrupt) would then ignore our SIGTERM too.
+    for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGQUIT):
+        signal.signal(sig, signal.SIG_DFL)
+
+
+def graphql(base: str, query: str, variables: dict | None = None) -> dict:
+    request = urllib.request.Request(
+        f"{base}/graphql",
+        data=json.dumps({"query": query, "variables": variables or {}}).encode(),
+        headers={"Content-Type": "application/json"},
+    )
+    with urllib.request.urlopen(request, timeout=30) as response:
+        body = json.load(response)
+    if body.get("errors"):
+        raise AssertionError(f"GraphQL errors: {body['errors']}")
+    return body["data"]
+
+
+LOCATIONS = """{ workspaceOrError { __typename ... on Workspace { locationEntries {
+  name loadStatus locationOrLoadError { __typename ... on PythonError { message } } } } } }"""
+
+
+def _wait_until_serving(base: str, proc: subprocess.Popen, log: Path) -> None:
+    """Wait (bounded) until the webserver answers and the code location is loaded without error."""
+    deadline = time.monotonic() + SERVER_START_TIMEOUT_S
+    state = "no answer on /server_info"
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            pytest.fail(f"dagster dev exited with {proc.returncode}; log tail:\n{tail(log)}")
+        try:
+            with urllib.request.urlopen(f"{base}/server_info", timeout=5) as response:
+                json.load(response)
+            entries = graphql(base, LOCATIONS)["workspaceOrError"].get("locationEntries") or []
+        except (urllib.error.URLError, ConnectionError, TimeoutError, json.JSONDecodeError) as exc:
+            state = f"not serving yet: {exc}"
+        else:
+            loaded = [e for e in entries if e["loadStatus"] == "LOADED"]
+            errors = [e for e in loaded if e["locationOrLoadError"]["__typename"] == "PythonError"]
+            if errors:
+                pytest.fail(f"code location failed to load: {errors[0]['locationOrLoadError']['message']}")
+            if entries and len(loaded) == len(entries):
+                return
+            state = f"code locations: {[(e['name'], e['loadStatus']) for e in entries]}"
+        time.sleep(1)
+    pytest.fail(f"dagster dev not ready after {SERVER_START_TIMEOUT_S} s ({state}); log tail:\n{tail(log)}")
+
+
+def tail(path: Path, lines: int = 40) -> str:
+    try:
+        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+    except OSError:
+        return "(no log)"
+
+
+@contextmanager
+def dagster_dev(home: Path, log: Path) -> Iterator[str]:
+    """``dagster dev`` (webserver and daemon) on ``home``'s instance; yields the base URL."""
+    port = _free_port()
+    base = f"http://127.0.0.1:{port}"
+    dagster = Path(sys.executable).with_name("dagster")
+    command = [str(dagster)] if dagster.is_file() else [sys.executable, "-m", "dagster"]
+    command += ["dev", "-m", "lerobot_assets.definitions", "-d", str(REPO), "-h", "127.0.0.1", "-p", str(port)]
+    env = {
+        **os.environ,
+        "DAGSTER_HOME": str(home / "dagster"),
+        "LEROBOT_ASSETS_HOME": str(home),
+        "DAGSTER_DISABLE_TELEMETRY": "1",
+        "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")])),
+    }
+    with open(log, "wb") as log_file:
+        proc = subprocess.Popen(
+            command,
+            cwd=home,
+            env=env,
+            stdin=subprocess.DEVNULL,
+            stdout=log_file,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,  # own process group: the finalizer kills all of it
+            preexec_fn=_reset_signals,
+        )
+    try:
+        _wait_until_serving(base, proc, log)
+        yield base
+    finally:
+        stop(proc)
