@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 from torch.utils.data import DataLoader
 
@@ -341,6 +341,7 @@ _OPS = st.one_of(
     st.tuples(st.just("merge"), st.sampled_from(PREFER)),
     st.tuples(st.just("snapshot")),
     st.tuples(st.just("reingest"), st.integers(0, 2)),
+    st.tuples(st.just("shrink"), st.integers(3, 7)),
 )
 
 
@@ -351,21 +352,25 @@ def pristine(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @settings(max_examples=5, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(ops=st.lists(_OPS, min_size=2, max_size=5))
+@example(ops=[("relabel", 2, "Fold the towel", 2, 6), ("snapshot",), ("merge", "branch"), ("reingest", 2), ("shrink", 4)])
 def test_random_writes_keep_indexes_exact_the_loader_whole_and_labels_held(pristine: Path, ops: list[tuple]) -> None:
     """After any sequence: indexed queries equal a scan, the loader reads every row, and every merged label
-    holds (the last merge of a cell wins), since a re-ingest of one changed episode keeps every frame."""
+    holds (the last merge of a cell wins) or was listed as not re-applied by the re-ingest that dropped its
+    frames (``shrink``: the last episode upstream loses frames)."""
     root = Path(tempfile.mkdtemp(prefix="labels-prop-"))
     try:
         source, home = root / "src", root / "home"
         shutil.copytree(pristine, source)
         ingest(str(source), name="gen", home=home, workers=1)
         branches: list[str] = []
+        lengths, lost = list(LENGTHS), set()
         for n, op in enumerate(ops):
             if op[0] == "relabel":
                 _, episode, text, start, length = op
+                start = start if start < lengths[episode] else 0
                 labels = _labels(root / f"l{n}.csv", [
                     {"episode": episode, "column": "task", "value": text},
-                    {"episode": episode, "frame_start": start, "frame_end": min(start + length, 8),
+                    {"episode": episode, "frame_start": start, "frame_end": min(start + length, lengths[episode]),
                      "column": "next.success", "value": "true"},
                 ], header=("next.success:bool=false",))
                 relabel("gen", labels, f"b{n}", home)
@@ -381,20 +386,28 @@ def test_random_writes_keep_indexes_exact_the_loader_whole_and_labels_held(prist
                 shift_actions(source, [op[1]])
                 result = ingest(str(source), name="gen", home=home, workers=1)
                 assert result["changed"] == [op[1]] and result["labels"]["not_reapplied"] == []
+            elif op[0] == "shrink":
+                lengths[2] = op[1]
+                _source(source, tuple(lengths))  # also undoes earlier action edits: those episodes change back
+                result = ingest(str(source), name="gen", home=home, workers=1)
+                for label in result["labels"]["not_reapplied"]:
+                    assert label["episode"] == 2 and label["missing_frames"][0] == lengths[2]
+                    lost |= {(2, f, label["column"]) for f in range(*label["missing_frames"])}
         main = open_read_only(_table(home))
         assert _scan_vs_index(main) == []
-        _assert_merged_labels_hold(main)
+        _assert_merged_labels_hold(main, lost)
         tag = snapshot("gen", tag="final", home=home)["tag"]
         assert _scan_vs_index(open_tag(_table(home), tag)) == []
         data = SnapshotDataset("gen", tag, home=home)
-        assert len(data) == len(main) == sum(LENGTHS)
+        assert len(data) == len(main) == sum(lengths)
         assert sum(len(b["index"]) for b in DataLoader(data, batch_size=32, collate_fn=collate)) == len(main)
     finally:
         shutil.rmtree(root, ignore_errors=True)
 
 
-def _assert_merged_labels_hold(main) -> None:
-    """Replay main's label history (merged cells, oldest first) and compare with the table."""
+def _assert_merged_labels_hold(main, lost: set[tuple[int, int, str]]) -> None:
+    """Replay main's label history (merged cells, oldest first) and compare with the table; a cell whose
+    frame no longer exists must be among those an ingest reported as not re-applied (``lost``)."""
     expected: dict[tuple[int, int, str], object] = {}
     for entry in table_metadata(main).get("label_sets", []):
         for label in entry["labels"]:
@@ -403,8 +416,10 @@ def _assert_merged_labels_hold(main) -> None:
     keys = {(int(e), int(f)): row for row, (e, f) in
             enumerate(zip(np.asarray(main["episode_index"][:]), np.asarray(main["frame_index"][:])))}
     columns = {name: np.asarray(main[name][:], dtype=object) for name in {c for _, _, c in expected}}
-    held = {cell: columns[cell[2]][keys[cell[:2]]] for cell in expected}
-    assert held == expected
+    gone = {cell for cell in expected if cell[:2] not in keys}
+    assert gone <= lost
+    held = {cell: columns[cell[2]][keys[cell[:2]]] for cell in expected if cell not in gone}
+    assert held == {cell: value for cell, value in expected.items() if cell not in gone}
     if "task" in columns:  # task_index follows task: one index per text
         pairs = set(zip(columns["task"], np.asarray(main["task_index"][:]).tolist()))
         assert len(pairs) == len({text for text, _ in pairs})
