@@ -65,4 +65,4 @@ def area_resize(rgb: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     When shrinking, each output pixel is the mean of the input pixels under it, weighted by the
     area they cover (OpenCV's INTER_AREA), rounded to uint8: no aliasing, whatever the ratio.
     """
-    return np.asarray(Image.fromarray(rgb).resize((size[1], size[0]), Image.Resampling.BOX))
+    return np.array(Image.fromarray(rgb).resize((size[1], size[0]), Image.Resampling.BOX))  # writable, for torch
