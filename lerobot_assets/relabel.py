@@ -200,11 +200,18 @@ def read_label_file(path: str | Path) -> LabelFile:
     if not records:
         raise LabelError(f"label file {str(path)!r} holds no labels")
     problems: list[str] = []
-    unknown = sorted({str(key) for _, record in records for key in record} - set(_FIELDS))
+    unknown = sorted({str(key) for _, record in records for key in record if key is not None} - set(_FIELDS))
     if unknown:
         problems.append(f"unknown fields {unknown}; a label has the fields {list(_FIELDS)}")
     labels = []
     for row, (line, record) in enumerate(records, start=1):
+        if None in record:  # csv.DictReader's key for the cells beyond the header's
+            header = [key for key in record if key is not None]
+            problems.append(
+                f"line {line} has {len(header) + len(record[None])} cells but the header names {len(header)} "
+                f"({','.join(header)!r}); quote a value that holds a comma"
+            )
+            continue
         try:
             labels.append(_label_from_record(record, line))
         except ValueError as exc:
@@ -867,6 +874,7 @@ def _report(url: str, branch: str, main: Any, plan: _MergePlan) -> dict[str, Any
         "new_columns": sorted(new),
         "conflicts": conflicts,
         "type_clashes": plan.clashes,
+        "replaced_on_main": _deletions_since(main, plan.base_version),
         "rows_only_on_main": plan.rows_only_on_main,
         "rows_only_on_branch": plan.rows_only_on_branch,
         "examples": examples[:_EXAMPLES],
@@ -879,7 +887,8 @@ def diff_branch(url: str, branch: str) -> dict[str, Any]:
     main changed too (``conflicts``: base, main and branch values) and a few examples.
 
     Rows are matched by (episode_index, frame_index). A column that exists only on the branch compares
-    with its declared default.
+    with its declared default. ``replaced_on_main`` names main's commits since the base that replaced
+    or removed rows: while it is not empty, the merge is refused.
     """
     main = open_read_only(url)
     return _report(url, branch, main, _branch_plan(main, url, branch))
@@ -909,7 +918,7 @@ def merge_branch(url: str, branch: str, lock_path: Path, prefer: str | None = No
             return {**summary, "rows": 0, "episodes": [], "columns": {}, "version": main.version, "merged": False}
         if report["conflicts"] and prefer is None:
             raise TableError(_conflict_message(url, branch, report["conflicts"]))
-        replaced = _deletions_since(main, plan.base_version)
+        replaced = report["replaced_on_main"]
         if replaced:
             raise TableError(
                 f"cannot merge branch {branch!r} into main of table {url}: main replaced or removed rows since the "
@@ -994,7 +1003,7 @@ def _runs(cells: _Cells) -> list[dict[str, Any]]:
     return runs
 
 
-def _deletions_since(main: deeplake.Dataset, base_version: str | None) -> list[str]:
+def _deletions_since(main: deeplake.Dataset | deeplake.ReadOnlyDataset, base_version: str | None) -> list[str]:
     """Messages of main's commits after ``base_version`` that deleted rows."""
     found, messages = base_version is None, []
     for version in main.history:

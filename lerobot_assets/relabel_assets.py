@@ -180,15 +180,24 @@ RELABEL_ASSETS = [label_file, episode_labels]
 
 
 def _run(
-    instance: DagsterInstance, settings: Settings, selection: list, partition_key: Any, **kwargs: Any
+    instance: DagsterInstance,
+    settings: Settings,
+    selection: list,
+    partition_key: Any,
+    labels_path: Path | None = None,
+    **kwargs: Any,
 ) -> ExecuteInProcessResult:
-    """One in-process run of the relabel assets; a failed label check raises :class:`LabelError` with its problems."""
+    """One in-process run of the relabel assets; a failed label check raises :class:`LabelError` with its problems,
+    naming ``labels_path``, the user's label file, when given."""
     result = run_assets(instance, settings, selection, partition_key, assets=RELABEL_ASSETS, **kwargs)
     if not result.success:
         for evaluation in result.get_asset_check_evaluations():
             if not evaluation.passed:
                 problems = evaluation.metadata["problems"].value
-                raise LabelError(f"labels for dataset {partition_key!r} were rejected, nothing was written:", problems)
+                where = f" label file {str(labels_path)!r}:" if labels_path else ""
+                raise LabelError(
+                    f"labels for dataset {partition_key!r} were rejected, nothing was written:{where}", problems
+                )
         raise LeRobotAssetsError(failure_message(result))
     return result
 
@@ -213,7 +222,7 @@ def relabel(
     column_specs(new_columns)  # a malformed declaration fails here, in one line, before any run
     config = {"path": str(path), "branch": branch, "new_columns": list(new_columns)}
     run_config = {"ops": {label_file.op.name: {"config": config}}}
-    checked = _run(instance, settings, [label_file], name, run_config=run_config)
+    checked = _run(instance, settings, [label_file], name, run_config=run_config, labels_path=path)
     labels: list[Label] = checked.output_for_node(label_file.op.name)["labels"]
     affected = sorted({label.episode for label in labels})
     rows, episodes, columns, added = 0, [], set[str](), set[str]()

@@ -205,6 +205,25 @@ def test_the_declared_type_decides_not_the_first_values(small: Path, tmp_path: P
     assert sorted(values[episode == 2]) == [0.25] * 29 + [0.5, 0.5]
 
 
+def test_a_rejection_names_the_label_file(small: Path, tmp_path: Path) -> None:
+    message = _refused(small, tmp_path, [{"episode": 1, "column": "taks", "value": "Fold"}])
+    assert message.startswith(
+        f"labels for dataset 'small' were rejected, nothing was written: label file {str(tmp_path / 'bad.csv')!r}: "
+    )
+
+
+def test_a_csv_line_with_more_cells_than_the_header_is_refused_by_line(tmp_path: Path) -> None:
+    path = tmp_path / "extra.csv"
+    path.write_text("episode,frame_start,frame_end,column,value\n1,0,10,task,Clean,the counter\n2,,,task,Fold\n")
+    with pytest.raises(LabelError) as error:
+        read_label_file(path)
+    assert error.value.problems == [
+        "line 2 has 6 cells but the header names 5 ('episode,frame_start,frame_end,column,value'); "
+        "quote a value that holds a comma"
+    ]
+    assert "None" not in str(error.value)
+
+
 def test_out_of_range_messages_name_both_frame_ends(small: Path, tmp_path: Path) -> None:
     message = _refused(small, tmp_path, [{"episode": 2, "frame_start": 31, "column": "task", "value": "x"}])
     assert "frames 31..31 (end exclusive) are not inside dataset 'small', episode 2, which has frames 0..30" in message

@@ -223,6 +223,7 @@ def test_merge_refuses_when_main_replaced_rows_since_the_branch(state: dict) -> 
     apply_labels(table, [Label(0, "next.success", True)], "stale", "label episode 0", lock, new_columns=declared)
     _reingest_episode(table, 0)
     version = open_read_only(table).version
+    assert diff("small", "stale", home)["replaced_on_main"] == ["re-ingest episode 0"]  # diff says merge will refuse
     with pytest.raises(TableError, match="replaced or removed rows since the branch was made"):
         merge_branch(table, "stale", lock)
     assert open_read_only(table).version == version
