@@ -634,12 +634,16 @@ def _as_column_values(values: Sequence[LabelValue], column_type: str) -> list[st
 
 
 def task_indices(ds: deeplake.Dataset | deeplake.ReadOnlyDataset) -> dict[str, int]:
-    """The table's task list, text -> ``task_index``: the source's tasks as the rows hold them, plus
-    the texts labels introduced (kept in the table metadata)."""
-    known: dict[str, int] = {}
+    """The table's task list, text -> ``task_index``: the tasks as the rows hold them, plus the texts
+    labels introduced (kept in the table metadata) whose index no row gives another text. An upstream
+    rename (``tasks.parquet``) hands the old text's index to the new one: the old text, labelled again,
+    then gets an index of its own."""
+    held: dict[str, int] = {}
     if len(ds):
-        known = {str(text): int(i) for text, i in zip(ds["task"][:], np.asarray(ds["task_index"][:]))}
-    return {**known, **table_metadata(ds).get("tasks", {})}
+        held = {str(text): int(i) for text, i in zip(ds["task"][:], np.asarray(ds["task_index"][:]))}
+    taken = set(held.values())
+    recorded = table_metadata(ds).get("tasks", {})
+    return {**{text: i for text, i in recorded.items() if text not in held and i not in taken}, **held}
 
 
 def _task_index(tasks: dict[str, int], text: str) -> int:

@@ -13,6 +13,7 @@ import tempfile
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 from hypothesis import HealthCheck, example, given, settings
@@ -265,6 +266,27 @@ def test_task_index_follows_task_and_new_texts_get_their_own_index(small: Path, 
     pairs = set(zip(branch["task"][:], np.asarray(branch["task_index"][:]).tolist()))
     fold = max(before.values()) + 1
     assert pairs == {("Fold the towel", fold), ("Wipe the table", before["Wipe the table"])}
+
+
+def test_a_task_renamed_upstream_frees_its_old_text_from_the_index(tmp_path: Path) -> None:
+    """After a merge recorded the task list, tasks.parquet renames task 1: relabelling frames back to the old
+    text must give it an index of its own, not the renamed task's."""
+    source, home = _source(tmp_path / "src"), tmp_path / "home"
+    ingest(str(source), name="r", home=home, workers=1)
+    relabel("r", _labels(tmp_path / "a.csv", [{"episode": 0, "frame_start": 0, "frame_end": 2, "column": "task",
+                                                "value": NEW_TASK}]), "a", home)
+    merge("r", "a", home)
+    tasks = pd.read_parquet(source / "meta" / "tasks.parquet")
+    tasks.index = ["Wipe the bench" if text == TASKS[1] else text for text in tasks.index]
+    tasks.to_parquet(source / "meta" / "tasks.parquet")
+    assert ingest(str(source), name="r", home=home, workers=1)["changed"] == [1]
+    relabel("r", _labels(tmp_path / "b.csv", [{"episode": 2, "frame_start": 0, "frame_end": 3, "column": "task",
+                                                "value": TASKS[1]}]), "b", home)
+    merge("r", "b", home)
+    main = open_read_only(_table(home, "r"))
+    pairs = set(zip(main["task"][:], np.asarray(main["task_index"][:]).tolist()))
+    assert len({index for _, index in pairs}) == len(pairs), pairs  # one text per index
+    assert ("Wipe the bench", 1) in pairs
 
 
 # --- 5. two review branches: three-way merge -----------------------------------------------------
