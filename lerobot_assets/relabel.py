@@ -362,6 +362,9 @@ def _coerce(value: LabelValue, column_type: str, empty_ok: bool = False) -> Labe
         if not info.min <= number <= info.max:
             raise ValueError(f"out of range for {column_type} ({info.min}..{info.max})")
         return int(number)
+    largest = float(np.finfo(dtype).max)
+    if abs(number) > largest:  # it would be stored as inf
+        raise ValueError(f"out of range for {column_type} (-{largest:.7g}..{largest:.7g})")
     return float(number)
 
 

@@ -191,6 +191,16 @@ def test_a_new_column_needs_a_declared_type_and_its_values_must_fit_it(small: Pa
         relabel("small", _labels(tmp_path / "ok.csv", mixed), "refused", small, new_columns=["next.quality:float32"])
 
 
+def test_a_number_a_float32_column_cannot_hold_is_refused(small: Path, tmp_path: Path) -> None:
+    """1e40 became inf in float32, and the label set recorded with it left a branch Deeplake could not open."""
+    huge = [{"episode": 0, "frame_start": 0, "frame_end": 2, "column": "next.r", "value": "1e40"}]
+    message = _refused(small, tmp_path, huge, header=("next.r:float32=0",))
+    assert "label 1 (line 3): value '1e40' for column 'next.r' of dataset 'small', episode 0: out of range for " \
+        "float32" in message
+    with pytest.raises(LabelError, match="default '-1e39': out of range for float32"):
+        relabel("small", _labels(tmp_path / "ok.csv", huge), "refused", small, new_columns=["next.r:float32=-1e39"])
+
+
 def test_the_declared_type_decides_not_the_first_values(small: Path, tmp_path: Path) -> None:
     first = _labels(tmp_path / "a.csv", [{"episode": 0, "column": "next.q", "value": "1"},
                                          {"episode": 1, "column": "next.q", "value": "0"}], header=("next.q:float32=0.25",))
