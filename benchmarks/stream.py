@@ -19,7 +19,7 @@ Rounds interleave the loaders, in a rotated order, so that a busy machine slows 
 the median round is reported, with the CPU time the loader's processes used per sample (less
 sensitive to other load) and the peak resident memory of each worker.
 
-    python benchmarks/stream.py            # ~16 minutes on the shared 2-core VM
+    python benchmarks/stream.py            # 10 to 16 minutes on the shared 2-core VM
 """
 
 from __future__ import annotations
