@@ -444,7 +444,8 @@ def _materialize_episodes(
             finished += 1
             if error:
                 failures[index] = error
-                log.error("%s episode %d failed: %s", dataset, index, error)
+                # progress, not the error: ingest's one error line names every failure (-q shows only that)
+                log.info("%s episode %d failed: %s", dataset, index, error)
             log.info("%s: %d of %d episodes done", dataset, finished, len(indices))
 
     def dispatch() -> None:

@@ -253,7 +253,8 @@ def test_quiet_cli_prints_no_dagster_lines(tmp_path: Path) -> None:
     failed = subprocess.run(command, capture_output=True, text=True, env=env, timeout=300)
     assert failed.returncode == 1
     assert " INFO " not in failed.stderr and "Traceback" not in failed.stderr, failed.stderr
-    assert failed.stderr.splitlines()[-1].startswith("error: 1 of 2 episodes failed: episode 1: ")
+    assert failed.stderr.splitlines() == [failed.stderr.strip()], failed.stderr  # one line, not a log line before it
+    assert failed.stderr.startswith("error: 1 of 2 episodes failed: episode 1: ")
 
 
 @pytest.mark.parametrize(
