@@ -99,9 +99,13 @@ def _quantiles(values: np.ndarray, low: Any, high: Any, total: int, weights: np.
     if np.isfinite(edges[[0, -1]]).all() and not (np.diff(edges) > 0).all():
         values, low, high = values.astype(np.float64), np.float64(low), np.float64(high)
         edges = np.linspace(low - 1e-10, high + 1e-10, _BINS + 1)
-    if np.isfinite(edges[[0, -1]]).all():  # equal-width bins: numpy's arithmetic path, same counts, 2-3x faster
+    if np.isfinite(edges[[0, -1]]).all() and (edges[1:] > edges[:-1]).all():
+        # equal-width bins: numpy's arithmetic path, same counts, 2-3x faster
         hist = np.histogram(values, bins=_BINS, range=(edges[0], edges[-1]), weights=weights)[0]
-    else:  # NaN telemetry (flagged by a check): the arithmetic path refuses it, ``edges`` give LeRobot's result
+    else:
+        # NaN telemetry (flagged by a check), or a constant column of values above ~256 (episode_index
+        # from episode 256 on), whose +-1e-10 range is narrower than 5000 distinct float64 steps: the
+        # arithmetic path refuses both, ``edges`` (non-decreasing) give LeRobot's result
         hist = np.histogram(values, bins=edges, weights=weights)[0]
     hist = hist.astype(np.float64)
     return {name: _quantile(hist, edges, q * total) for name, q in QUANTILES.items()}
