@@ -202,18 +202,31 @@ def episode_rows(meta: DatasetMeta, telemetry: pa.Table, images: Mapping[str, li
     return rows
 
 
-def _episode_offsets(ds: deeplake.Dataset, episode_index: int) -> np.ndarray:
-    if len(ds) == 0:
-        return np.empty(0, dtype=np.int64)
-    return np.flatnonzero(np.asarray(ds["episode_index"][:]) == episode_index)
+def episode_positions(ds: deeplake.Dataset | deeplake.ReadOnlyDataset, episode_index: int) -> range:
+    """Where one episode's rows are in the table (they are contiguous: written by one append); empty if absent.
+
+    Found through ``episode_index``'s inverted index, whose TQL result numbers the rows by their
+    place in the whole table, rather than by reading the whole column: the cost follows the
+    episode, not the table. Raises :class:`TableError` if the rows are not contiguous.
+    """
+    found = ds.query(
+        f"SELECT row FROM (SELECT ROW_NUMBER() AS row, episode_index) WHERE episode_index == {int(episode_index)}"
+    )
+    if not len(found):
+        return range(0)
+    rows = np.asarray(found["row"][:], dtype=np.int64)
+    first, last = int(rows.min()), int(rows.max())
+    if last - first + 1 != len(rows):
+        raise TableError(f"episode {episode_index}'s {len(rows)} rows are not contiguous in the table ({first}..{last})")
+    return range(first, last + 1)
 
 
 def episode_frames(ds: deeplake.Dataset | deeplake.ReadOnlyDataset, episode_index: int) -> np.ndarray:
     """``frame_index`` of the rows the table holds for one episode (for checks)."""
-    offsets = _episode_offsets(ds, episode_index)
-    if not len(offsets):
+    rows = episode_positions(ds, episode_index)
+    if not rows:
         return np.empty(0, dtype=np.int64)
-    return np.asarray(ds["frame_index"][:])[offsets]
+    return np.asarray(ds["frame_index"][rows.start : rows.stop], dtype=np.int64)
 
 
 def _version_key(index: int) -> str:
@@ -246,18 +259,19 @@ def replace_episode(
 
     ``data_version`` is recorded with the rows (cleared on removal) under one key per episode of
     :data:`RUN_METADATA_COLUMN`'s metadata, like the episode's statistics: one commit holds both.
-    Returns ``(rows_deleted, rows_written)``. The caller holds the table's write lock.
+    Returns ``(rows_deleted, rows_written)``. The caller holds the table's write lock. Deeplake
+    4.7 deletes one row per call (no range delete), from the last so no position shifts.
     """
     ds[RUN_METADATA_COLUMN].metadata[_version_key(episode_index)] = data_version or ""
-    offsets = _episode_offsets(ds, episode_index)
-    for offset in offsets[::-1]:
-        ds.delete(int(offset))
+    old = episode_positions(ds, episode_index)
+    for offset in reversed(old):
+        ds.delete(offset)
     written = 0
     if rows is not None:
         ds.append(dict(rows))
         written = len(rows["episode_index"])
     ds.commit(message)
-    return len(offsets), written
+    return len(old), written
 
 
 @dataclass(frozen=True)

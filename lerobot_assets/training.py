@@ -242,7 +242,7 @@ class SnapshotDataset(torch.utils.data.Dataset):
             raise TableError(f"{url} at tag {tag!r}: an episode's index values are not consecutive")
 
         self._values = {name: np.asarray(ds[name][:]) for name in [*features, *INDEX_DTYPES]}
-        self._task_names, self._task_codes = np.unique(np.asarray(ds["task"][:], dtype=object), return_inverse=True)
+        self._task_names, self._task_codes = _task_codes(ds, episode, self._values["task_index"])
         self._delta = delta_indices(delta_timestamps, self.fps) if delta_timestamps else {}
         unknown = sorted(set(self._delta) - set(cameras) - set(self._values))
         if unknown:
@@ -381,6 +381,16 @@ class _Batch(list):
     def __init__(self, indices: list[int], ahead: list[int]) -> None:
         super().__init__(indices)
         self.ahead = ahead
+def _task_codes(ds: Any, episode: np.ndarray, task_index: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Every row's task text as a code into a few names, without a Python string per row.
+
+    A row's text is its ``task_index``'s name at the revision its episode was ingested, so it is
+    constant over a run of rows with the same episode and ``task_index``: the text is read at the
+    first row of each run only.
+    """
+    starts = np.flatnonzero(np.r_[True, (episode[1:] != episode[:-1]) | (task_index[1:] != task_index[:-1])])
+    names, codes = np.unique(np.asarray(ds["task"][starts.tolist()], dtype=object), return_inverse=True)
+    return names, np.repeat(codes, np.diff(np.r_[starts, len(episode)]))
 
 
 def _query_index(ds: Any, query: str) -> np.ndarray:

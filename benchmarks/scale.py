@@ -1,0 +1,286 @@
+"""Costs that must not grow with the table: episode writes, opens, info and loaders at 10k .. 1M rows,
+and an ingest of many small episodes (the shape that once collapsed after ~64 episodes).
+
+    .venv/bin/python benchmarks/scale.py [--rows 1000000] [--episode-rows 200] [--ingest-episodes 500] [--repeat 3]
+
+Table: written through the project's own episode-write path (``open_table``, ``set_table_metadata``,
+``store_episode_stats``, ``replace_episode``, ``episode_frames``: one open and one commit per
+episode, as an episode run does), ``--episode-rows`` rows per episode with one small JPEG camera,
+14-DOF state and action, registered in a home so that ``info`` and ``SnapshotDataset`` run as a
+user runs them. At 10k, 100k rows and ``--rows``, each measure runs ``--repeat`` times, each in a fresh
+process (the median is kept): time, and peak memory of the operation (the process's peak resident
+memory during it minus its resident memory before it, so imports do not count).
+
+- replace: an episode run's table work for one episode in the middle (its rows deleted, re-appended, committed);
+- remove: what ``ingest`` does for an episode gone upstream (stats cleared, rows deleted, committed);
+- open: ``open_read_only``; info: ``lerobot_assets.launch.info``;
+- snapshot: ``SnapshotDataset(...)`` construction at a tag of that size; item: one random item of it.
+
+Ingest: a pusht-like dataset (``--ingest-episodes`` episodes of 50-110 frames, one 96x96 h264 camera,
+2 DOF, 10 fps, all in one file) ingested with one worker in a fresh process; the time of each
+episode is taken from the ingest's progress log. Compared: the median time of episodes 16-25
+("episode 20") against that of the last 10, and peak RSS against an ingest of 50 of its episodes.
+
+Goals: every table measure at the largest size <= 1.5x its value at 10k rows; ingest per-episode
+time and peak RSS <= 1.2x. The last line printed is a JSON object {"ratios": {...}, "figures": {...}}.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+from lerobot_assets.codec import encode_image
+from lerobot_assets.home import DatasetSource, Home
+from lerobot_assets.lerobot_format import read_dataset
+from lerobot_assets.stats import episode_stats, store_episode_stats
+from lerobot_assets.synthetic import episode_telemetry, generate_dataset, render_frame
+from lerobot_assets.table import (
+    create_tag,
+    episode_frames,
+    episode_positions,
+    open_read_only,
+    open_table,
+    replace_episode,
+    set_table_metadata,
+    table_url,
+)
+
+NAME = "scale"
+STATE_DIM = 14
+FPS = 30
+REVISION = "0" * 40
+SIZES = (10_000, 100_000)
+
+# One measured operation in a fresh process: argv = op, home, url, episode, tag, template.
+_MEASURE = r"""
+import json, sys, time
+op, home, url, episode, tag, template = sys.argv[1:7]
+episode = int(episode)
+
+def status(field):
+    for line in open("/proc/self/status"):
+        if line.startswith(field):
+            return int(line.split()[1]) / 1024
+
+import scale as ops
+prepared = ops.prepare(op, home, url, episode, tag, template)
+with open("/proc/self/clear_refs", "w") as f:  # reset the peak (VmHWM) to the current RSS
+    f.write("5")
+before = status("VmRSS:")
+started = time.perf_counter()
+ops.run(op, prepared)
+seconds = time.perf_counter() - started
+print(json.dumps({"seconds": seconds, "peak_mb": status("VmHWM:") - before}))
+"""
+
+
+def _template(root: Path) -> Path:
+    return generate_dataset(root / "template", episode_lengths=(2,), cameras=("cam",), height=48, width=64,
+                            state_dim=STATE_DIM, fps=FPS, codec="libx264")
+
+
+def episode_rows_for(episode: int, frames: int, jpeg: bytes) -> dict:
+    """The rows of a generated episode, as ``episode_rows`` makes them from a dataset."""
+    frame_index = np.arange(frames, dtype=np.int64)
+    rows = dict(episode_telemetry(episode, frames, fps=FPS, state_dim=STATE_DIM))
+    rows.update({
+        "observation.images.cam": [jpeg] * frames,
+        "timestamp": (frame_index / FPS).astype(np.float32),
+        "frame_index": frame_index,
+        "episode_index": np.full(frames, episode, dtype=np.int64),
+        "index": episode * frames + frame_index,
+        "task_index": np.zeros(frames, dtype=np.int64),
+        "task": ["Pick up the shrimp"] * frames,
+    })
+    return rows
+
+
+def write_episode(url: str, meta, episode: int, rows: dict | None) -> None:
+    """An episode run's table work (``_table_events``), or with None ingest's removal of the episode."""
+    ds = open_table(url, meta, "jpeg")
+    if rows is None:
+        store_episode_stats(ds, episode, None)
+        replace_episode(ds, episode, None, f"remove {NAME} episode {episode}: gone at revision {REVISION}")
+        return
+    set_table_metadata(ds, source=str(meta.root), revision=REVISION)
+    values = {k: v for k, v in rows.items() if k != "observation.images.cam"}
+    store_episode_stats(ds, episode, episode_stats(values, {}))
+    replace_episode(ds, episode, rows, f"ingest {NAME} episode {episode} at revision {REVISION}")
+    episode_frames(ds, episode)
+
+
+def prepare(op: str, home: str, url: str, episode: int, tag: str, template: str) -> tuple:
+    """What ``op`` needs, made before it is measured (imports, rows to write, the dataset to index)."""
+    if op in ("replace", "remove"):
+        rows = episode_rows_for(episode, _length(url, episode), encode_image(render_frame(0, 0, 48, 64)))
+        return url, read_dataset(template, name=NAME), episode, rows if op == "replace" else None
+    if op == "open":
+        return (url,)
+    if op == "info":
+        from lerobot_assets.launch import info
+
+        return info, home
+    from lerobot_assets.training import SnapshotDataset
+
+    if op == "snapshot":
+        return SnapshotDataset, home, tag
+    dataset = SnapshotDataset(NAME, tag, home=home)
+    return dataset, int(np.random.default_rng().integers(len(dataset)))
+
+
+def _length(url: str, episode: int) -> int:
+    return len(episode_positions(open_read_only(url), episode))
+
+
+def run(op: str, prepared: tuple) -> None:
+    """The measured operation."""
+    if op in ("replace", "remove"):
+        write_episode(*prepared)
+    elif op == "open":
+        len(open_read_only(*prepared))
+    elif op == "info":
+        info, home = prepared
+        info(NAME, home=home)
+    elif op == "snapshot":
+        snapshot_dataset, home, tag = prepared
+        snapshot_dataset(NAME, tag, home=home)
+    else:
+        dataset, index = prepared
+        dataset[index]
+
+
+def _measure(op: str, home: Path, url: str, episode: int, tag: str, template: Path, repeat: int) -> dict[str, float]:
+    results = []
+    for _ in range(repeat):
+        done = subprocess.run([sys.executable, "-c", _MEASURE, op, str(home), url, str(episode), tag, str(template)],
+                              capture_output=True, text=True, env={**os.environ, "PYTHONPATH": _pythonpath()})
+        if done.returncode:
+            raise RuntimeError(f"{op} failed: {done.stderr[-3000:]}")
+        results.append(json.loads(done.stdout.strip().splitlines()[-1]))
+    return {key: round(statistics.median(r[key] for r in results), 4) for key in ("seconds", "peak_mb")}
+
+
+def _pythonpath() -> str:
+    here = str(Path(__file__).resolve().parent)
+    return os.pathsep.join(p for p in (here, os.environ.get("PYTHONPATH", "")) if p)
+
+
+def table_scale(root: Path, rows: int, episode_rows: int, repeat: int) -> dict[str, dict[str, dict[str, float]]]:
+    """Build the table up to ``rows`` rows and measure at each size; {size: {measure: {seconds, peak_mb}}}."""
+    template = _template(root)
+    meta = read_dataset(template, name=NAME)
+    home = Home.at(root / "home")
+    url = table_url(home.tables, NAME)
+    home.register(DatasetSource(name=NAME, source=str(template), kind="local", table=url))
+    jpeg = encode_image(render_frame(0, 0, 48, 64))
+    sizes = sorted({s for s in SIZES if s < rows} | {rows})
+    figures: dict[str, dict[str, dict[str, float]]] = {}
+    written, started = 0, time.perf_counter()
+    for size in sizes:
+        while written < size:
+            episode = written // episode_rows
+            write_episode(url, meta, episode, episode_rows_for(episode, episode_rows, jpeg))
+            written += episode_rows
+            if episode % 500 == 499:
+                print(f"  {written} rows, {episode + 1} episodes: {time.perf_counter() - started:.0f} s", flush=True)
+        tag = f"rows-{size}"
+        create_tag(open_table(url, meta, "jpeg"), tag, url)
+        middle = written // episode_rows // 2
+        figures[str(size)] = measured = {}
+        for op in ("replace", "remove", "open", "info", "snapshot", "item"):
+            measured[op] = _measure(op, home.root, url, middle, tag, template, repeat)
+            if op == "remove":  # put it back (untimed), so later sizes hold every episode
+                write_episode(url, meta, middle, episode_rows_for(middle, episode_rows, jpeg))
+        print(f"{size} rows ({size // episode_rows} episodes): " +
+              ", ".join(f"{op} {m['seconds'] * 1e3:.1f} ms / {m['peak_mb']:.1f} MB" for op, m in measured.items()), flush=True)
+    return figures
+
+
+_INGEST = r"""
+import json, logging, resource, sys, time
+from lerobot_assets.launch import ingest
+done = []
+class Progress(logging.Handler):
+    def emit(self, record):
+        if "episodes done" in str(record.msg):
+            done.append(time.perf_counter())
+logger = logging.getLogger("lerobot_assets.launch")
+logger.setLevel(logging.INFO)
+logger.addHandler(Progress())
+started = time.perf_counter()
+result = ingest(sys.argv[1], name="pusht", home=sys.argv[2], workers=1, episodes=list(range(int(sys.argv[3]))))
+times = [b - a for a, b in zip([started] + done, done)]
+print(json.dumps({"times": times, "rows": result["rows"],
+                  "peak_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
+"""
+
+
+def pusht_like(root: Path, episodes: int) -> Path:
+    """A dataset shaped like lerobot/pusht: 50-110 frames per episode, one 96x96 h264 camera, 2 DOF, 10 fps."""
+    lengths = np.random.default_rng(0).integers(50, 111, episodes).tolist()
+    return generate_dataset(root / "pusht", episode_lengths=lengths, cameras=("image",), height=96, width=96, fps=10,
+                            codec="libx264", effort=False, state_dim=2, episodes_per_file=episodes, files_per_chunk=10)
+
+
+def _ingest(source: Path, home: Path, episodes: int) -> dict:
+    done = subprocess.run([sys.executable, "-c", _INGEST, str(source), str(home), str(episodes)],
+                          capture_output=True, text=True)
+    if done.returncode:
+        raise RuntimeError(f"ingest failed: {done.stderr[-3000:]}")
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def many_episodes(root: Path, episodes: int) -> dict[str, float]:
+    source = pusht_like(root, episodes)
+    small = _ingest(source, root / "home50", 50)
+    full = _ingest(source, root / "home-all", episodes)
+    times = full["times"]
+    return {
+        "episodes": episodes,
+        "episode_20_s": statistics.median(times[15:25]),
+        "last_episodes_s": statistics.median(times[-10:]),
+        "slowest_episode_s": max(times),
+        "total_s": sum(times),
+        "peak_mb": full["peak_mb"],
+        "peak_mb_50_episodes": small["peak_mb"],
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--rows", type=int, default=1_000_000, help="rows of the largest table (>= 10000)")
+    parser.add_argument("--episode-rows", type=int, default=200)
+    parser.add_argument("--ingest-episodes", type=int, default=500, help="0: skip the many-episode ingest")
+    parser.add_argument("--repeat", type=int, default=3)
+    args = parser.parse_args()
+    if args.rows < SIZES[0]:
+        parser.error(f"--rows must be at least {SIZES[0]}")
+    ratios: dict[str, float] = {}
+    figures: dict[str, object] = {}
+    with tempfile.TemporaryDirectory(prefix="lerobot-scale-bench-") as tmp:
+        if args.ingest_episodes:
+            ingest = figures["ingest"] = many_episodes(Path(tmp) / "ingest", args.ingest_episodes)
+            print(f"ingest of {args.ingest_episodes} small episodes: {json.dumps(ingest)}", flush=True)
+            ratios["ingest_episode_time"] = round(ingest["last_episodes_s"] / ingest["episode_20_s"], 3)
+            ratios["ingest_peak_rss"] = round(ingest["peak_mb"] / ingest["peak_mb_50_episodes"], 3)
+        table = figures["table"] = table_scale(Path(tmp) / "table", args.rows, args.episode_rows, args.repeat)
+    base, top = table[str(SIZES[0])], table[str(args.rows)]
+    for op in base:
+        ratios[f"{op}_time"] = round(top[op]["seconds"] / base[op]["seconds"], 3)
+        # memory: peaks below 8 MB are noise (allocator pages), so ratios use max(peak, 8 MB)
+        ratios[f"{op}_peak_mb"] = round(max(top[op]["peak_mb"], 8) / max(base[op]["peak_mb"], 8), 3)
+    print(json.dumps({"ratios": ratios, "figures": figures, "rows": args.rows, "episode_rows": args.episode_rows}))
+
+
+if __name__ == "__main__":
+    main()
