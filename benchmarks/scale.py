@@ -159,15 +159,13 @@ def run(op: str, prepared: tuple) -> None:
         dataset[index]
 
 
-def _measure(op: str, home: Path, url: str, episode: int, tag: str, template: Path, repeat: int) -> dict[str, float]:
-    results = []
-    for _ in range(repeat):
-        done = subprocess.run([sys.executable, "-c", _MEASURE, op, str(home), url, str(episode), tag, str(template)],
-                              capture_output=True, text=True, env={**os.environ, "PYTHONPATH": _pythonpath()})
-        if done.returncode:
-            raise RuntimeError(f"{op} failed: {done.stderr[-3000:]}")
-        results.append(json.loads(done.stdout.strip().splitlines()[-1]))
-    return {key: round(statistics.median(r[key] for r in results), 4) for key in ("seconds", "peak_mb")}
+def _measure(op: str, home: Path, url: str, episode: int, tag: str, template: Path) -> dict[str, float]:
+    """``op`` once, in a fresh process: {seconds, peak_mb}."""
+    done = subprocess.run([sys.executable, "-c", _MEASURE, op, str(home), url, str(episode), tag, str(template)],
+                          capture_output=True, text=True, env={**os.environ, "PYTHONPATH": _pythonpath()})
+    if done.returncode:
+        raise RuntimeError(f"{op} failed: {done.stderr[-3000:]}")
+    return json.loads(done.stdout.strip().splitlines()[-1])
 
 
 def _pythonpath() -> str:
@@ -198,9 +196,13 @@ def table_scale(root: Path, rows: int, episode_rows: int, repeat: int) -> dict[s
         middle = written // episode_rows // 2
         figures[str(size)] = measured = {}
         for op in ("replace", "remove", "open", "info", "snapshot", "item"):
-            measured[op] = _measure(op, home.root, url, middle, tag, template, repeat)
-            if op == "remove":  # put it back (untimed), so later sizes hold every episode
-                write_episode(url, meta, middle, episode_rows_for(middle, episode_rows, jpeg))
+            runs = []
+            for _ in range(repeat):
+                if op == "remove":  # put the episode back (untimed) so that there is something to remove
+                    write_episode(url, meta, middle, episode_rows_for(middle, episode_rows, jpeg))
+                runs.append(_measure(op, home.root, url, middle, tag, template))
+            measured[op] = {key: round(statistics.median(r[key] for r in runs), 4) for key in ("seconds", "peak_mb")}
+        write_episode(url, meta, middle, episode_rows_for(middle, episode_rows, jpeg))  # back for the next size
         print(f"{size} rows ({size // episode_rows} episodes): " +
               ", ".join(f"{op} {m['seconds'] * 1e3:.1f} ms / {m['peak_mb']:.1f} MB" for op, m in measured.items()), flush=True)
     return figures
