@@ -225,20 +225,29 @@ def episode_rows(meta: DatasetMeta, telemetry: pa.Table, images: Mapping[str, li
 def episode_positions(ds: deeplake.Dataset | deeplake.ReadOnlyDataset, episode_index: int) -> range:
     """Where one episode's rows are in the table (they are contiguous: written by one append); empty if absent.
 
-    Found through ``episode_index``'s inverted index, whose TQL result numbers the rows by their
-    place in the whole table, rather than by reading the whole column: the cost follows the
-    episode, not the table. Raises :class:`TableError` if the rows are not contiguous.
+    Asked of ``episode_index``'s inverted index, whose TQL result numbers the rows by their place in
+    the whole table, and checked by reading that range and its two neighbours: the cost follows the
+    episode, not the table. Deeplake 4.7's indexes can go stale after deletes (see
+    :func:`refresh_indexes`), so an answer that fails the check, or an empty one (which nothing
+    cheap can check), is settled by reading the whole column (8 bytes a row).
+    Raises :class:`TableError` if the rows are not contiguous.
     """
     found = ds.query(
         f"SELECT row FROM (SELECT ROW_NUMBER() AS row, episode_index) WHERE episode_index == {int(episode_index)}"
     )
-    if not len(found):
+    if len(found):
+        rows = np.asarray(found["row"][:], dtype=np.int64)
+        first, stop = int(rows.min()), int(rows.max()) + 1
+        low, high = max(first - 1, 0), min(stop + 1, len(ds))
+        values = np.asarray(ds["episode_index"][low:high])
+        if len(rows) == stop - first and (values == episode_index).sum() == len(rows) and stop <= len(ds):
+            return range(first, stop)
+    rows = np.flatnonzero(np.asarray(ds["episode_index"][:]) == episode_index) if len(ds) else np.empty(0, np.int64)
+    if not len(rows):
         return range(0)
-    rows = np.asarray(found["row"][:], dtype=np.int64)
-    first, last = int(rows.min()), int(rows.max())
-    if last - first + 1 != len(rows):
-        raise TableError(f"episode {episode_index}'s {len(rows)} rows are not contiguous in the table ({first}..{last})")
-    return range(first, last + 1)
+    if rows[-1] - rows[0] + 1 != len(rows):
+        raise TableError(f"episode {episode_index}'s {len(rows)} rows are not contiguous in the table ({rows[0]}..{rows[-1]})")
+    return range(int(rows[0]), int(rows[-1]) + 1)
 
 
 def episode_frames(ds: deeplake.Dataset | deeplake.ReadOnlyDataset, episode_index: int) -> np.ndarray:
