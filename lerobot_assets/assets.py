@@ -130,6 +130,7 @@ def hf_snapshot(context: AssetExecutionContext, storage: StorageResource, hub: H
         "kind": source.kind,
         "revision": snapshot.revision,
         "path": str(snapshot.path),
+        "bytes": snapshot.bytes,
     }
     return Output(
         value,
@@ -191,7 +192,7 @@ def episode_metadata(
         "episodes": episodes,
         "skipped": list(meta.empty_episodes),
         "table_metadata": ingest_metadata(meta, encoding.image_format)
-        | {"source": hf_snapshot["source"], "revision": hf_snapshot["revision"]},
+        | {"source": hf_snapshot["source"], "revision": hf_snapshot["revision"], "source_bytes": hf_snapshot.get("bytes")},
         "removed": removed,
         "labels_lost": labels_lost,
     }

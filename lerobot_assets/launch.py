@@ -41,7 +41,16 @@ from lerobot_assets.home import DatasetSource, Home, check_name, name_from_sourc
 from lerobot_assets.partitions import dataset_partitions, episode_partition
 from lerobot_assets.resources import HubResource, ImageEncodingResource, StorageResource
 from lerobot_assets.source import classify_source
-from lerobot_assets.table import open_read_only, open_tag, open_writable, refresh_indexes, summarize, table_url, write_lock
+from lerobot_assets.table import (
+    open_read_only,
+    open_tag,
+    open_writable,
+    refresh_indexes,
+    storage_report,
+    summarize,
+    table_url,
+    write_lock,
+)
 from lerobot_assets.versions import plan_changes, recorded_versions
 
 log = logging.getLogger(__name__)
@@ -365,6 +374,7 @@ def _ingest(
         "removed": metadata["removed"],
         "labels": labels,
         "skipped": metadata["skipped"],
+        **storage_report(entry.table, summary.rows, summary.metadata),
     }
 
 
@@ -529,6 +539,7 @@ def info(name: str, *, home: str | Path | None = None) -> dict[str, Any]:
         "episodes": sorted(summary.episodes),
         "tags": summary.tags,
         "revision": summary.metadata.get("revision"),
+        **storage_report(entry.table, summary.rows, summary.metadata),
     }
 
 

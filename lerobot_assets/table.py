@@ -384,6 +384,21 @@ def refresh_indexes(ds: deeplake.Dataset, columns: Collection[str] | None = None
     return done
 
 
+def storage_report(url: str, rows: int, metadata: Mapping[str, Any]) -> dict[str, Any]:
+    """What the table costs on disk: its bytes, bytes per camera-frame, and the ratio to the source's
+    bytes (the pinned copy's, as recorded at ingest). None where unknown (a cloud table: listing
+    every object to sum them would cost more than the question is worth)."""
+    size = None if "://" in url else sum(f.stat().st_size for f in Path(url).rglob("*") if f.is_file())
+    frames = rows * len(metadata.get("cameras", []))
+    source = metadata.get("source_bytes")
+    return {
+        "table_bytes": size,
+        "bytes_per_camera_frame": round(size / frames) if size is not None and frames else None,
+        "source_bytes": source,
+        "table_to_source": round(size / source, 2) if size is not None and source else None,
+    }
+
+
 def open_read_only(url: str) -> deeplake.ReadOnlyDataset:
     """Open the head of a table for reading; :class:`TableError` if it does not exist."""
     creds = storage_creds(url)

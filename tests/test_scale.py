@@ -10,8 +10,9 @@ from pathlib import Path
 import deeplake
 import numpy as np
 
+from lerobot_assets.launch import info, ingest
 from lerobot_assets.stats import feature_stats
-from lerobot_assets.table import RUN_METADATA_COLUMN, set_table_metadata, table_metadata
+from lerobot_assets.table import RUN_METADATA_COLUMN, open_read_only, set_table_metadata, table_metadata
 
 REVISION = "a0afa88f7ef3f540eaef5001b31aed9d3d862a5e54da571a7b3f6236c43ad1ad"
 
@@ -65,3 +66,15 @@ def test_episode_stats_of_high_episode_numbers() -> None:
     assert stats["mean"].tolist() == stats["min"].tolist() == stats["max"].tolist() == [300]
     for name in ("q01", "q10", "q50", "q90", "q99"):
         assert 300 - 1e-9 <= float(stats[name][0]) <= 300 + 1e-9, (name, stats[name])
+
+
+def test_ingest_and_info_report_the_tables_bytes_against_the_source(official_dataset: Path, tmp_path: Path) -> None:
+    result = ingest(str(official_dataset), name="small", home=tmp_path / "home", workers=1)
+    shown = info("small", home=tmp_path / "home")
+    on_disk = sum(f.stat().st_size for f in Path(result["table"]).rglob("*") if f.is_file())
+    source = sum(f.stat().st_size for f in official_dataset.rglob("*") if f.is_file())
+    cameras = len([c for c in open_read_only(result["table"]).schema.columns if str(c.dtype).startswith("kind=image")])
+    for report in (result, shown):
+        assert report["table_bytes"] == on_disk and report["source_bytes"] == source
+        assert report["bytes_per_camera_frame"] == round(on_disk / (result["rows"] * cameras))
+        assert report["table_to_source"] == round(on_disk / source, 2)
