@@ -17,8 +17,9 @@ memory during it minus its resident memory before it, so imports do not count).
 - snapshot: ``SnapshotDataset(...)`` construction at a tag of that size; item: one random item of it.
 
 Ingest: a pusht-like dataset (``--ingest-episodes`` episodes of 50-110 frames, one 96x96 h264 camera,
-2 DOF, 10 fps, all in one file) ingested with one worker in a fresh process; the time of each
-episode is taken from the ingest's progress log. Compared: the median time of episodes 16-25
+2 DOF, 10 fps, all in one file) ingested with one worker in a fresh process; the wall and CPU
+time of each episode are taken at the ingest's progress log (CPU time of the process: on a shared
+machine wall time mostly measures waiting). Compared: the median time of episodes 16-25
 ("episode 20") against that of the last 10, and peak RSS against an ingest of 50 of its episodes.
 
 Goals: every table measure at the largest size <= 1.5x its value at 10k rows; ingest per-episode
@@ -211,18 +212,20 @@ def table_scale(root: Path, rows: int, episode_rows: int, repeat: int) -> dict[s
 _INGEST = r"""
 import json, logging, resource, sys, time
 from lerobot_assets.launch import ingest
-done = []
+done, cpu = [], []
 class Progress(logging.Handler):
     def emit(self, record):
         if "episodes done" in str(record.msg):
             done.append(time.perf_counter())
+            cpu.append(time.process_time())
 logger = logging.getLogger("lerobot_assets.launch")
 logger.setLevel(logging.INFO)
 logger.addHandler(Progress())
-started = time.perf_counter()
+started, started_cpu = time.perf_counter(), time.process_time()
 result = ingest(sys.argv[1], name="pusht", home=sys.argv[2], workers=1, episodes=list(range(int(sys.argv[3]))))
 times = [b - a for a, b in zip([started] + done, done)]
-print(json.dumps({"times": times, "rows": result["rows"],
+cpu_times = [b - a for a, b in zip([started_cpu] + cpu, cpu)]
+print(json.dumps({"times": times, "cpu_times": cpu_times, "rows": result["rows"],
                   "peak_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
 """
 
@@ -246,11 +249,13 @@ def many_episodes(root: Path, episodes: int) -> dict[str, float]:
     source = pusht_like(root, episodes)
     small = _ingest(source, root / "home50", 50)
     full = _ingest(source, root / "home-all", episodes)
-    times = full["times"]
+    times, cpu = full["times"], full["cpu_times"]
     return {
         "episodes": episodes,
         "episode_20_s": statistics.median(times[15:25]),
         "last_episodes_s": statistics.median(times[-10:]),
+        "episode_20_cpu_s": statistics.median(cpu[15:25]),
+        "last_episodes_cpu_s": statistics.median(cpu[-10:]),
         "slowest_episode_s": max(times),
         "total_s": sum(times),
         "peak_mb": full["peak_mb"],
@@ -274,6 +279,7 @@ def main() -> None:
             ingest = figures["ingest"] = many_episodes(Path(tmp) / "ingest", args.ingest_episodes)
             print(f"ingest of {args.ingest_episodes} small episodes: {json.dumps(ingest)}", flush=True)
             ratios["ingest_episode_time"] = round(ingest["last_episodes_s"] / ingest["episode_20_s"], 3)
+            ratios["ingest_episode_cpu"] = round(ingest["last_episodes_cpu_s"] / ingest["episode_20_cpu_s"], 3)
             ratios["ingest_peak_rss"] = round(ingest["peak_mb"] / ingest["peak_mb_50_episodes"], 3)
         table = figures["table"] = table_scale(Path(tmp) / "table", args.rows, args.episode_rows, args.repeat)
     base, top = table[str(SIZES[0])], table[str(args.rows)]
