@@ -24,7 +24,9 @@ from lerobot_assets.table import table_metadata
 def status(field):
     return next(int(line.split()[1]) / 1024 for line in open("/proc/self/status") if line.startswith(field))
 
-with open("/proc/self/clear_refs", "w") as f:  # peak (VmHWM) := current RSS
+# VmHWM, not ru_maxrss (which Linux carries over from the forking parent, pytest, across exec),
+# reset to the current RSS first, so only the open's own peak counts.
+with open("/proc/self/clear_refs", "w") as f:
     f.write("5")
 before = status("VmRSS:")
 started = time.perf_counter()
