@@ -223,25 +223,15 @@ def episode_rows(meta: DatasetMeta, telemetry: pa.Table, images: Mapping[str, li
 
 
 def episode_positions(ds: deeplake.Dataset | deeplake.ReadOnlyDataset, episode_index: int) -> range:
-    """Where one episode's rows are in the table (they are contiguous: written by one append); empty if absent.
+    """Where one episode's rows are in the table (contiguous: written by one append); empty if absent.
 
-    Asked of ``episode_index``'s inverted index, whose TQL result numbers the rows by their place in
-    the whole table, and checked by reading that range and its two neighbours: the cost follows the
-    episode, not the table. Deeplake 4.7's indexes can go stale after deletes (see
-    :func:`refresh_indexes`), so an answer that fails the check, or an empty one (which nothing
-    cheap can check), is settled by reading the whole column (8 bytes a row).
-    Raises :class:`TableError` if the rows are not contiguous.
+    Read off the ``episode_index`` column (8 bytes a row: 75 ms at 100k rows). Asking its inverted
+    index instead (``SELECT row FROM (SELECT ROW_NUMBER() AS row, episode_index) WHERE
+    episode_index == k``) answers in 0.4 ms at 1M rows once the index is built, but Deeplake 4.7
+    does not keep it current at each commit (the query then scans: 166 ms at 100k rows) and it can
+    go stale after deletes (see :func:`refresh_indexes`). Raises :class:`TableError` if the rows
+    are not contiguous.
     """
-    found = ds.query(
-        f"SELECT row FROM (SELECT ROW_NUMBER() AS row, episode_index) WHERE episode_index == {int(episode_index)}"
-    )
-    if len(found):
-        rows = np.asarray(found["row"][:], dtype=np.int64)
-        first, stop = int(rows.min()), int(rows.max()) + 1
-        low, high = max(first - 1, 0), min(stop + 1, len(ds))
-        values = np.asarray(ds["episode_index"][low:high])
-        if len(rows) == stop - first and (values == episode_index).sum() == len(rows) and stop <= len(ds):
-            return range(first, stop)
     rows = np.flatnonzero(np.asarray(ds["episode_index"][:]) == episode_index) if len(ds) else np.empty(0, np.int64)
     if not len(rows):
         return range(0)
@@ -388,7 +378,7 @@ def storage_report(url: str, rows: int, metadata: Mapping[str, Any]) -> dict[str
     """What the table costs on disk: its bytes, bytes per camera-frame, and the ratio to the source's
     bytes (the pinned copy's, as recorded at ingest). None where unknown (a cloud table: listing
     every object to sum them would cost more than the question is worth)."""
-    size = None if "://" in url else sum(f.stat().st_size for f in Path(url).rglob("*") if f.is_file())
+    size = None if "://" in url else _tree_bytes(url)
     frames = rows * len(metadata.get("cameras", []))
     source = metadata.get("source_bytes")
     return {
@@ -397,6 +387,17 @@ def storage_report(url: str, rows: int, metadata: Mapping[str, Any]) -> dict[str
         "source_bytes": source,
         "table_to_source": round(size / source, 2) if size is not None and source else None,
     }
+
+
+def _tree_bytes(path: str) -> int:
+    """Bytes of the files under ``path`` (``scandir``: one stat per file, already fetched with the listing)."""
+    total = 0
+    for entry in os.scandir(path):
+        if entry.is_dir(follow_symlinks=False):
+            total += _tree_bytes(entry.path)
+        elif entry.is_file(follow_symlinks=False):
+            total += entry.stat(follow_symlinks=False).st_size
+    return total
 
 
 def open_read_only(url: str) -> deeplake.ReadOnlyDataset:
