@@ -473,6 +473,12 @@ def _column_types(
                     f"column {column!r} is declared {declared[column].type} but dataset {table.dataset!r} "
                     f"already has it as {column_type}"
                 )
+            elif column in declared and declared[column].default != _spec(table, column).default:
+                problems.append(
+                    f"column {column!r} is declared with default {declared[column].default!r} but dataset "
+                    f"{table.dataset!r} already has it with default {_spec(table, column).default!r}; a default is "
+                    "set when the column is added: drop the declaration"
+                )
             else:
                 types[column] = column_type
         elif column in declared:

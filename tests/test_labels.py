@@ -191,6 +191,19 @@ def test_a_new_column_needs_a_declared_type_and_its_values_must_fit_it(small: Pa
         relabel("small", _labels(tmp_path / "ok.csv", mixed), "refused", small, new_columns=["next.quality:float32"])
 
 
+def test_a_declaration_that_disagrees_with_an_existing_column_is_refused(tmp_path: Path) -> None:
+    """A default declared again, differently, was ignored: the user believed unlabelled rows held it."""
+    source, home = _source(tmp_path / "src"), tmp_path / "home"
+    ingest(str(source), name="small", home=home, workers=1)
+    label = [{"episode": 0, "frame_start": 0, "frame_end": 2, "column": "next.success", "value": "true"}]
+    relabel("small", _labels(tmp_path / "ok.csv", label, header=("next.success:bool=false",)), "a", home)
+    merge("small", "a", home)
+    message = _refused(home, tmp_path, label, header=("next.success:bool=true",))
+    assert "column 'next.success' is declared with default True but dataset 'small' already has it with default " \
+        "False" in message
+    relabel("small", _labels(tmp_path / "same.csv", label, header=("next.success:bool=false",)), "b", home)
+
+
 def test_a_number_a_float32_column_cannot_hold_is_refused(small: Path, tmp_path: Path) -> None:
     """1e40 became inf in float32, and the label set recorded with it left a branch Deeplake could not open."""
     huge = [{"episode": 0, "frame_start": 0, "frame_end": 2, "column": "next.r", "value": "1e40"}]
