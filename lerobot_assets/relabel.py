@@ -842,6 +842,12 @@ def _plan_merge(main: Any, other: Any, other_name: str, base: Any, base_version:
         for name in _labelable(branch_shape)
         if name in main_types and main_types[name] != _column_type(branch_shape.columns[name])
     ]
+    main_specs = label_columns(main)
+    clashes += [
+        f"column {name!r} has default {main_specs[name].default!r} on main but {spec.default!r} on the branch"
+        for name, spec in branch_shape.label_columns.items()
+        if name in main_specs and main_specs[name].type == spec.type and main_specs[name].default != spec.default
+    ]
     return _MergePlan(sources, cells, new_columns, base_version, len(main) - seen, len(other) - seen, clashes)
 
 

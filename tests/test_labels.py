@@ -509,17 +509,23 @@ def test_every_label_format_can_declare_new_columns(tmp_path: Path) -> None:
             read_label_file(_labels(tmp_path / "bad.csv", labels, header=(spec,)))
 
 
-def test_a_column_two_branches_declared_with_different_types_is_refused_at_merge(tmp_path: Path,
-                                                                                official_dataset: Path) -> None:
+@pytest.mark.parametrize("first, second, clash", [
+    ("next.flag:int64=0", "next.flag:float32=0.5", "column 'next.flag' is int64 on main but float32 on the branch"),
+    # the second branch's default would be dropped: every row it left unlabelled would read main's false
+    ("next.flag:bool=false", "next.flag:bool=true", "column 'next.flag' has default False on main but True on the branch"),
+])
+def test_a_column_two_branches_declared_differently_is_refused_at_merge(first: str, second: str, clash: str,
+                                                                       tmp_path: Path, official_dataset: Path) -> None:
     home = tmp_path / "home"
     ingest(str(official_dataset), name="small", home=home, episodes=[0], workers=1)
+    value = "false" if first.endswith("false") else "1"
     labels = _labels(tmp_path / "l.csv", [{"episode": 0, "frame_start": 0, "frame_end": 3, "column": "next.flag",
-                                           "value": "1"}])
-    relabel("small", labels, "as-int", home, new_columns=["next.flag:int64=0"])
-    relabel("small", labels, "as-float", home, new_columns=["next.flag:float32=0.5"])
-    merge("small", "as-int", home)
+                                           "value": value}])
+    relabel("small", labels, "first", home, new_columns=[first])
+    relabel("small", labels, "second", home, new_columns=[second])
+    merge("small", "first", home)
     version = open_read_only(_table(home, "small")).version
-    assert diff("small", "as-float", home)["type_clashes"] == ["column 'next.flag' is int64 on main but float32 on the branch"]
-    with pytest.raises(TableError, match="column 'next.flag' is int64 on main but float32 on the branch"):
-        merge("small", "as-float", home, prefer="branch")
+    assert diff("small", "second", home)["type_clashes"] == [clash]
+    with pytest.raises(TableError, match=clash):
+        merge("small", "second", home, prefer="branch")
     assert open_read_only(_table(home, "small")).version == version
