@@ -99,11 +99,12 @@ def cmd_ui(args: argparse.Namespace) -> dict[str, Any]:
     home = Home(_home(args))
     from lerobot_assets.launch import dagster_instance
 
-    dagster_instance(home)  # makes sure DAGSTER_HOME and its dagster.yaml exist
-    env = {**os.environ, "DAGSTER_HOME": str(home.dagster_home), HOME_ENV: str(home.root)}
+    dagster_instance(home)  # makes sure the embedded instance and its dagster.yaml exist, unless DAGSTER_HOME is set
+    dagster_home = os.environ.get("DAGSTER_HOME") or str(home.dagster_home)
+    env = {**os.environ, "DAGSTER_HOME": dagster_home, HOME_ENV: str(home.root)}
     dagster = str(Path(sys.executable).with_name("dagster"))
     command = [dagster, "dev", "-m", "lerobot_assets.definitions", "--host", args.host, "--port", str(args.port)]
-    log.info("DAGSTER_HOME=%s %s", home.dagster_home, " ".join(command))
+    log.info("DAGSTER_HOME=%s %s", dagster_home, " ".join(command))
     os.execve(dagster, command, env)
 
 

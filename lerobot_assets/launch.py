@@ -1,18 +1,20 @@
 """Materializing the asset graph from Python and the CLI, through a persistent Dagster instance.
 
-Runs launched here are recorded in ``<home>/dagster`` (SQLite), so they show up in ``dagster dev``
-started with ``DAGSTER_HOME=<home>/dagster``. ``ingest`` runs the dataset-level assets once, then
+Runs launched here are recorded in ``$DAGSTER_HOME``'s instance when set, else in ``<home>/dagster``
+(Dagster's default SQLite storage), so they show up in ``lerobot-assets ui`` / ``dagster dev``. ``ingest`` runs the dataset-level assets once, then
 one run per episode partition that needs it, in this process and in parallel worker processes
 (forked from this one, warm); table writes stay serialized by the table lock.
 """
 
 import ctypes
+import functools
 import json
 import logging
 import multiprocessing
 import os
 import re
 import shutil
+import socket
 import sys
 import threading
 from collections import deque
@@ -26,20 +28,21 @@ from typing import Any
 from dagster import (
     AssetKey,
     AssetRecordsFilter,
+    AssetsDefinition,
     DagsterInstance,
+    DagsterRunStatus,
+    Definitions,
     ExecuteInProcessResult,
     MultiPartitionKey,
-    materialize,
-    partition_loading_context,
+    RunsFilter,
 )
-from dagster._core.instance.types import CachingDynamicPartitionsLoader
 from filelock import FileLock
 
-from lerobot_assets.assets import ALL_ASSETS, DATASET_ASSETS, EPISODE_ASSETS, training_snapshot
+from lerobot_assets.assets import DATASET_ASSETS, EPISODE_ASSETS, training_snapshot
 from lerobot_assets.errors import LeRobotAssetsError, bounded
 from lerobot_assets.home import DatasetSource, Home, check_name, name_from_source
 from lerobot_assets.partitions import dataset_partitions, episode_partition
-from lerobot_assets.resources import HubResource, ImageEncodingResource, StorageResource
+from lerobot_assets.resources import HubResource, ImageEncodingResource, StorageResource, io_manager
 from lerobot_assets.source import classify_source
 from lerobot_assets.table import (
     open_read_only,
@@ -54,33 +57,21 @@ from lerobot_assets.table import (
 from lerobot_assets.versions import plan_changes, recorded_versions
 
 log = logging.getLogger(__name__)
+#: Tags on every run this module launches: who launched it, and which process (host:pid) runs it.
+LAUNCHED_BY_TAG, LAUNCHED_BY = "launched-by", "lerobot-assets-cli"
+PROCESS_TAG = "lerobot-assets/process"
 
 _INSTANCE_YAML = """\
-# Written by lerobot-assets. Runs and materializations live in SQLite files next to this file, where
-# Dagster's default storage keeps them; runs and the event log are written through cheaper classes.
-# Steps' raw stdout/stderr are not captured (four helper processes per step); delete compute_logs
-# below to capture them.
-run_storage:
-  module: lerobot_assets.run_storage
-  class: PooledSqliteRunStorage
-  config:
-    base_dir: {history}
-event_log_storage:
-  module: lerobot_assets.event_log
-  class: PooledSqliteEventLogStorage
-  config:
-    base_dir: {runs}
-schedule_storage:
-  module: dagster._core.storage.schedules
-  class: SqliteScheduleStorage
-  config:
-    base_dir: {schedules}
-compute_logs:
-  module: dagster._core.storage.noop_compute_log_manager
-  class: NoOpComputeLogManager
+# Written by lerobot-assets: Dagster's default storage (SQLite files next to this file) and, as no
+# compute_logs section is set, Dagster's default compute log manager (steps' stdout/stderr, under storage/).
+storage:
+  sqlite:
+    base_dir: {base_dir}
 telemetry:
   enabled: false
 """
+#: Modules of the custom storages earlier versions wrote into the embedded instance's dagster.yaml.
+_OLD_STORAGES = ("lerobot_assets.event_log", "lerobot_assets.run_storage")
 
 
 @dataclass(frozen=True)
@@ -96,6 +87,7 @@ class Settings:
             "storage": StorageResource(home_dir=str(self.home)),
             "hub": HubResource(),
             "encoding": ImageEncodingResource(image_format=self.image_format, quality=self.quality),
+            "io_manager": io_manager(Home(self.home)),
         }
 
 
@@ -104,15 +96,17 @@ _instances_lock = threading.Lock()
 
 
 def dagster_instance(home: Home) -> DagsterInstance:
-    """The persistent Dagster instance of ``home``: created on first use, opened once per process.
-
-    Opening one sets up its three SQLite storages (checking each schema against Dagster's alembic
-    scripts, ~0.3 s); an ingest needs it to register, to plan and to run episodes.
+    """The Dagster instance runs are recorded in, opened once per process: ``$DAGSTER_HOME``'s when
+    it is set (a configured deployment, as Dagster's own tools do), else the embedded default
+    instance in ``<home>/dagster``, created on first use with Dagster's default storage. Opening it
+    marks failed the runs of CLI processes that were killed (:func:`fail_orphaned_runs`).
     """
-    key = home.dagster_home.absolute()
+    configured = os.environ.get("DAGSTER_HOME")
+    key = Path(configured).absolute() if configured else home.dagster_home.absolute()
     with _instances_lock:
         if key not in _instances:
-            _instances[key] = _open_instance(home.dagster_home)
+            _instances[key] = DagsterInstance.get() if configured else _open_instance(home.dagster_home)
+            fail_orphaned_runs(_instances[key])
         return _instances[key]
 
 
@@ -121,10 +115,10 @@ def _open_instance(dagster_home: Path) -> DagsterInstance:
     config = dagster_home / "dagster.yaml"
     # Two processes creating the SQLite storage at once would both stamp its schema version.
     with FileLock(str(dagster_home / ".init.lock")):
-        if not config.exists():
-            root = dagster_home.resolve()
-            paths = {"history": root / "history", "runs": root / "history" / "runs", "schedules": root / "schedules"}
-            config.write_text(_INSTANCE_YAML.format(**{k: json.dumps(str(v)) for k, v in paths.items()}))
+        # An embedded instance written by an earlier version names storage classes that are gone; they
+        # kept Dagster's default files, so Dagster's default storage reads the same records.
+        if not config.exists() or any(module in config.read_text() for module in _OLD_STORAGES):
+            config.write_text(_INSTANCE_YAML.format(base_dir=json.dumps(str(dagster_home.resolve()))))
         return DagsterInstance.from_config(str(dagster_home))
 
 
@@ -133,7 +127,7 @@ def failure_message(result: ExecuteInProcessResult) -> str:
     for event in result.all_events:
         if event.is_step_failure:
             error = event.step_failure_data.error
-            while error.cause is not None and "Error occurred while executing" in error.message:
+            while error.cause is not None and error.cls_name.startswith("Dagster"):  # Dagster's wrapper
                 error = error.cause
             text = error.message.strip().splitlines()[-1] if error.message else "step failed"
             return re.sub(rf"^[\w.]*\b{re.escape(error.cls_name)}: ", "", text) if error.cls_name else text
@@ -147,29 +141,73 @@ _LOGGING = {"loggers": {"console": {"config": {"log_level": "INFO"}}}}
 _QUIET_LOGGING = {"loggers": {"console": {"config": {"log_level": "CRITICAL"}}}}
 
 
+@functools.lru_cache(maxsize=8)
+def _definitions(settings: Settings) -> Definitions:
+    # imported here: the code location imports the relabel assets, which import this module
+    from lerobot_assets.definitions import build_definitions
+
+    return build_definitions(settings.resources())
+
+
+def _job_for(keys: set[AssetKey]) -> tuple[str, bool]:
+    """The named job whose assets include every key of ``keys``, and whether ``keys`` are all of them."""
+    from lerobot_assets.definitions import JOB_ASSETS
+
+    for name, (assets, _) in JOB_ASSETS.items():
+        job_keys = {key for asset in assets for key in asset.keys}
+        if keys <= job_keys:
+            return name, keys == job_keys
+    raise ValueError(f"no job materializes {sorted(k.to_user_string() for k in keys)}")
+
+
 def run_assets(
     instance: DagsterInstance,
     settings: Settings,
-    selection: list,
+    selection: Sequence[AssetsDefinition | AssetKey],
     partition_key: Any,
     run_config: dict | None = None,
-    assets: Sequence = ALL_ASSETS,
 ) -> ExecuteInProcessResult:
-    """One in-process run of ``selection`` for one partition, recorded in ``instance``; success or not.
+    """One in-process run of ``selection`` for one partition under the named job of its use, recorded
+    in ``instance`` and tagged as launched by this CLI and this process; success or not."""
+    keys = {key for item in selection for key in (item.keys if isinstance(item, AssetsDefinition) else [item])}
+    name, whole = _job_for(keys)
+    job = _definitions(settings).resolve_job_def(name)
+    return job.execute_in_process(
+        run_config={**(_QUIET_LOGGING if _quiet() else _LOGGING), **(run_config or {})},
+        instance=instance,
+        partition_key=str(partition_key),
+        raise_on_error=False,
+        tags={LAUNCHED_BY_TAG: LAUNCHED_BY, PROCESS_TAG: f"{socket.gethostname()}:{os.getpid()}"},
+        asset_selection=None if whole else sorted(keys, key=AssetKey.to_user_string),  # a subset job costs a resolution
+    )
 
-    Within the run, whether a dynamic partition exists is asked of the instance once per key
-    rather than at every step (about 70 SQLite queries per episode run otherwise).
-    """
-    with partition_loading_context(dynamic_partitions_store=CachingDynamicPartitionsLoader(instance)):
-        return materialize(
-            assets,
-            selection=selection,
-            partition_key=partition_key,
-            instance=instance,
-            resources=settings.resources(),
-            raise_on_error=False,
-            run_config={**(_QUIET_LOGGING if _quiet() else _LOGGING), **(run_config or {})},
-        )
+
+def fail_orphaned_runs(instance: DagsterInstance) -> list[str]:
+    """Mark failed the runs this CLI started in a process of this host that is gone (killed, out of
+    memory), which would otherwise stay STARTED for ever; return their run ids."""
+    host = socket.gethostname()
+    started = instance.get_runs(
+        filters=RunsFilter(statuses=[DagsterRunStatus.STARTED], tags={LAUNCHED_BY_TAG: LAUNCHED_BY})
+    )
+    failed = []
+    for run in started:
+        run_host, _, pid = run.tags.get(PROCESS_TAG, "").rpartition(":")
+        if run_host == host and pid.isdigit() and not _alive(int(pid)):
+            instance.report_run_failed(run, f"the lerobot-assets process that ran it (pid {pid}) ended without finishing it")
+            failed.append(run.run_id)
+    if failed:
+        log.warning("marked %d runs of ended lerobot-assets processes as failed: %s", len(failed), failed)
+    return failed
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # another user's process
+    return True
 
 
 def _quiet() -> bool:
@@ -416,8 +454,8 @@ def _worker_context() -> multiprocessing.context.BaseContext:
     imported, the instance open, ``meta/`` read. It decodes at once, where a worker forked from a
     server with Dagster preloaded first spent ~2.5 CPU-seconds importing the rest and warming up.
     Forking a process that has imported Deeplake is supported by Deeplake (it wraps ``os.fork`` to
-    prepare its thread pools); the instance's SQLite connections are dropped in the child
-    (:func:`lerobot_assets.event_log.forget_connections_after_fork`). A thread of an embedding
+    prepare its thread pools); Dagster's SQLite storage opens a connection per operation, so none
+    is shared with the child. A thread of an embedding
     program (a notebook, a server) could hold a lock that the child would inherit held, and fork
     is unsafe on macOS: there workers are spawned and import everything first.
     """

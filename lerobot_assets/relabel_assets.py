@@ -189,7 +189,7 @@ def _run(
 ) -> ExecuteInProcessResult:
     """One in-process run of the relabel assets; a failed label check raises :class:`LabelError` with its problems,
     naming ``labels_path``, the user's label file, when given."""
-    result = run_assets(instance, settings, selection, partition_key, assets=RELABEL_ASSETS, **kwargs)
+    result = run_assets(instance, settings, selection, partition_key, **kwargs)
     if not result.success:
         for evaluation in result.get_asset_check_evaluations():
             if not evaluation.passed:

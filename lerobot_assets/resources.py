@@ -8,7 +8,7 @@ the standard cloud environment variables (see :func:`lerobot_assets.table.storag
 from pathlib import Path
 from typing import Optional
 
-from dagster import ConfigurableResource
+from dagster import ConfigurableResource, FilesystemIOManager
 from pydantic import Field
 
 from lerobot_assets.home import Home, default_home
@@ -56,3 +56,10 @@ class ImageEncodingResource(ConfigurableResource):
         gt=0,
         description="Largest allowed gap between a row's timestamp and its video frame (capped at 1/fps).",
     )
+
+
+def io_manager(home: Home) -> FilesystemIOManager:
+    """Where asset values (``hf_snapshot``, ``episode_metadata``) are pickled: ``<home>/dagster/storage``
+    whichever Dagster instance records the run (the embedded one, ``$DAGSTER_HOME``'s, or the
+    temporary one of ``dagster dev`` started without it), so every run of a home reads the same values."""
+    return FilesystemIOManager(base_dir=str(home.dagster_home / "storage"))

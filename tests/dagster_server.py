@@ -67,11 +67,16 @@ def stop(proc: subprocess.Popen) -> None:
             pass
 
 
-def _reset_signals() -> None:  # runs in the child before exec
-    # A shell may start the test run with SIGINT/SIGTERM ignored; dagster dev (and Python's
-    # KeyboardInterrupt) would then ignore our SIGTERM too.
-    for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGQUIT):
-        signal.signal(sig, signal.SIG_DFL)
+#: Runs ``argv[1:]`` with SIGINT/SIGTERM/SIGQUIT at their defaults: a shell may start the test run with
+#: them ignored, and dagster dev (and Python's KeyboardInterrupt) would then ignore our SIGTERM too. A
+#: wrapper process rather than ``preexec_fn``: that makes Python fork instead of vfork, and Deeplake's
+#: after-fork handler in the parent then waits for good on a thread of its own (seen as a hung test
+#: once this process had opened a table).
+_DEFAULT_SIGNALS = (
+    "import os, signal, sys\n"
+    "for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGQUIT): signal.signal(sig, signal.SIG_DFL)\n"
+    "os.execv(sys.argv[1], sys.argv[1:])"
+)
 
 
 def graphql(base: str, query: str, variables: dict | None = None) -> dict:
@@ -129,7 +134,8 @@ def dagster_dev(home: Path, log: Path) -> Iterator[str]:
     port = _free_port()
     base = f"http://127.0.0.1:{port}"
     dagster = Path(sys.executable).with_name("dagster")
-    command = [str(dagster)] if dagster.is_file() else [sys.executable, "-m", "dagster"]
+    command = [sys.executable, "-c", _DEFAULT_SIGNALS]
+    command += [str(dagster)] if dagster.is_file() else [sys.executable, "-m", "dagster"]
     command += ["dev", "-m", "lerobot_assets.definitions", "-d", str(REPO), "-h", "127.0.0.1", "-p", str(port)]
     env = {
         **os.environ,
@@ -147,7 +153,6 @@ def dagster_dev(home: Path, log: Path) -> Iterator[str]:
             stdout=log_file,
             stderr=subprocess.STDOUT,
             start_new_session=True,  # own process group: the finalizer kills all of it
-            preexec_fn=_reset_signals,
         )
     try:
         _wait_until_serving(base, proc, log)

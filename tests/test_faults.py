@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -14,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from dagster import DagsterInstance
+from dagster import DagsterInstance, DagsterRunStatus, RunsFilter
 
 from lerobot_assets.errors import LeRobotAssetsError, TableError
 from lerobot_assets.launch import _worker_context, info, ingest, snapshot
@@ -99,7 +100,15 @@ def test_sigkill_during_episode_write_keeps_last_commit(tmp_path: Path) -> None:
     assert (after["version"], after["rows"], after["tags"]) == (before["version"], before["rows"], before["tags"])
     assert np.array_equal(_rows(after["table"])["action"], old_actions)  # no partial episode visible
 
-    rerun = ingest(str(source), name="robot", home=home, workers=1)  # the dead writer's lock is gone
+    instance = DagsterInstance.from_config(str(home / "dagster"))
+    (killed,) = instance.get_runs(filters=RunsFilter(statuses=[DagsterRunStatus.STARTED]))
+    assert killed.job_name == "ingest_episodes" and killed.tags["launched-by"] == "lerobot-assets-cli"
+    # the next command-line start marks the killed process's run failed; the dead writer's lock is gone
+    cli = [sys.executable, "-m", "lerobot_assets.cli", "ingest", str(source), "--name", "robot", "--home", str(home)]
+    done = subprocess.run([*cli, "--workers", "1", "-q"], capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr
+    assert instance.get_run_by_id(killed.run_id).status == DagsterRunStatus.FAILURE
+    rerun = json.loads(done.stdout.strip().splitlines()[-1])
     assert rerun["materialized"] == [1] and rerun["rows"] == before["rows"]
     new_actions = _rows(rerun["table"])["action"]
     episode = _rows(rerun["table"])["episode_index"]
@@ -190,14 +199,16 @@ def test_with_other_threads_running_workers_are_spawned_not_forked(tmp_path: Pat
 
 
 def _kill_first_worker(parent: int, killed: list[int]) -> None:
-    """Kill the first worker as soon as it has loaded the pipeline: a child of ``parent`` with Deeplake
-    mapped, not a short-lived helper process that runs another program. (This killer is a thread of
-    ``parent``, so the ingest spawns its worker rather than forking it: see ``_worker_context``.)"""
+    """Kill the first worker as soon as it has loaded the pipeline: a child of ``parent`` started by
+    multiprocessing with Deeplake mapped, not a short-lived helper process (Dagster's compute log
+    capture forks some, which run another program). (This killer is a thread of ``parent``, so the
+    ingest spawns its worker rather than forking it: see ``_worker_context``.)"""
     deadline = time.monotonic() + 120
     while not killed and time.monotonic() < deadline:
         for child in Path(f"/proc/{parent}/task/{parent}/children").read_text().split():
             try:
-                is_worker = "deeplake" in Path(f"/proc/{child}/maps").read_text()
+                spawned = b"multiprocessing" in Path(f"/proc/{child}/cmdline").read_bytes()
+                is_worker = spawned and "deeplake" in Path(f"/proc/{child}/maps").read_text()
             except OSError:  # a process that has exited meanwhile
                 continue
             if is_worker:

@@ -112,24 +112,58 @@ def test_dagster_instance_records_partitions_and_metadata(ingested: dict) -> Non
     assert meta_event.asset_materialization.metadata["episodes"].value == 3
 
 
-def test_default_dagster_storage_reads_what_the_pooled_event_log_wrote(ingested: dict, tmp_path: Path) -> None:
-    """The CLI's instance writes through PooledSqliteEventLogStorage and PooledSqliteRunStorage (one
-    instance per home and process); `dagster dev` with the repository's dagster.yaml (Dagster's
-    default SQLite storage) must read the very same records."""
+def test_cli_instance_is_dagsters_default_storage_with_compute_logs(ingested: dict) -> None:
+    """The embedded instance uses Dagster's own default storage and compute log manager (no custom
+    classes, no private module paths in its dagster.yaml), and keeps the steps' stdout/stderr."""
     dagster_home = ingested["home"] / "dagster"
+    config = (dagster_home / "dagster.yaml").read_text()
+    assert "module:" not in config and "lerobot_assets" not in config
     ours = dagster_instance(Home(ingested["home"]))
     assert ours is dagster_instance(Home(ingested["home"]))
-    assert type(ours.event_log_storage).__name__ == "PooledSqliteEventLogStorage"
-    assert type(ours.run_storage).__name__ == "PooledSqliteRunStorage"
-    default = tmp_path / "default"
-    default.mkdir()
-    (default / "dagster.yaml").write_text(f"storage:\n  sqlite:\n    base_dir: {json.dumps(str(dagster_home))}\n")
-    instance = DagsterInstance.from_config(str(default))
-    assert type(instance.event_log_storage).__name__ == "SqliteEventLogStorage"
+    assert type(ours.event_log_storage).__name__ == "SqliteEventLogStorage"
+    assert type(ours.run_storage).__name__ == "SqliteRunStorage"
+    assert type(ours.compute_log_manager).__name__ == "LocalComputeLogManager"
+    instance = DagsterInstance.from_config(str(dagster_home))
     assert instance.get_dynamic_partitions("episode") == ["000000", "000001", "000002"]
     record = instance.get_latest_data_version_record(AssetKey("deeplake_table"), partition_key=str(episode_partition("small", 1)))
     assert record.asset_materialization.metadata["rows_written"].value == 33
-    assert len(instance.get_runs()) == 4  # the dataset run and one run per episode
+    runs = instance.get_runs()
+    assert len(runs) == 4  # the dataset run and one run per episode, under the named job of each use
+    assert sorted(run.job_name for run in runs) == ["ingest_dataset", *["ingest_episodes"] * 3]
+    assert all(run.tags["launched-by"] == "lerobot-assets-cli" for run in runs)
+    logs = list((dagster_home / "storage").rglob("*.err"))
+    assert logs and any("decoding" in path.read_text() for path in logs)
+
+
+def test_an_old_home_with_the_removed_custom_storages_opens_with_dagsters_default(ingested: dict, tmp_path: Path) -> None:
+    """A home whose dagster.yaml names the custom storage classes of earlier versions (same files
+    as Dagster's default storage) is rewritten to the default storage and keeps its records."""
+    import shutil
+
+    home = tmp_path / "old"
+    shutil.copytree(ingested["home"] / "dagster", home / "dagster")
+    (home / "dagster" / "dagster.yaml").write_text(
+        "event_log_storage:\n  module: lerobot_assets.event_log\n  class: PooledSqliteEventLogStorage\n"
+        "  config:\n    base_dir: /nowhere\n"
+    )
+    instance = dagster_instance(Home(home))
+    assert type(instance.event_log_storage).__name__ == "SqliteEventLogStorage"
+    assert instance.get_dynamic_partitions("episode") == ["000000", "000001", "000002"]
+
+
+def test_dagster_home_is_honoured(official_dataset: Path, home: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """With DAGSTER_HOME set, runs and partitions are recorded in that instance, not in the home's embedded one."""
+    from lerobot_assets import launch
+
+    configured = tmp_path / "deployment"
+    configured.mkdir()
+    monkeypatch.setenv("DAGSTER_HOME", str(configured))
+    monkeypatch.setattr(launch, "_instances", {})  # as in a fresh process
+    ingest(str(official_dataset), name="small", home=home, episodes=[0], workers=1)
+    instance = DagsterInstance.from_config(str(configured))
+    assert len(instance.get_runs()) == 2  # the dataset run and the episode's
+    assert instance.get_dynamic_partitions("dataset") == ["small"]
+    assert not (home / "dagster" / "dagster.yaml").exists()
 
 
 def test_every_asset_has_a_group_of_its_use_and_a_kind() -> None:
@@ -274,128 +308,6 @@ def test_episode_assets_materialize_apart_like_together(ingested: dict, official
     for camera in CAMERAS:
         frames = [dict(zip(np.asarray(ds["index"][:]).tolist(), ds[camera].get_bytes(list(range(len(ds)))))) for ds in (mine, theirs)]
         assert frames[0] == frames[1]
-
-
-def test_pooled_event_log_creates_run_files_exactly_as_dagster_does(ingested: dict, tmp_path: Path) -> None:
-    """Run shards created through the cached alembic scripts have Dagster's schema, stamp and WAL mode."""
-    import sqlite3
-
-    from dagster._core.storage.event_log.sqlite.sqlite_event_log import SqliteEventLogStorage
-
-    reference = SqliteEventLogStorage(str(tmp_path / "reference"))
-    with reference.run_connection("reference-run"):
-        pass
-
-    def describe(path: Path) -> tuple:
-        with sqlite3.connect(path) as conn:
-            schema = sorted(conn.execute("SELECT type, name, tbl_name, sql FROM sqlite_master").fetchall(), key=str)
-            stamp = conn.execute("SELECT version_num FROM alembic_version").fetchall()
-            return schema, stamp, conn.execute("PRAGMA journal_mode").fetchone()
-
-    expected = describe(tmp_path / "reference" / "reference-run.db")
-    ours = sorted((ingested["home"] / "dagster" / "history" / "runs").glob("*.db"))
-    assert len(ours) >= 5  # the index, one file per run of the ingest (and of later tests)
-    for path in ours:
-        if path.stem != "index":
-            assert describe(path) == expected, path
-    assert describe(ours[0].with_name("index.db"))[1:] == expected[1:]
-
-
-def test_pooled_event_log_lets_go_of_finished_runs(tmp_path: Path) -> None:
-    """A worker executing many runs keeps engines for the latest two run files only, and can still read old ones."""
-    from sqlalchemy import text
-
-    from lerobot_assets.event_log import PooledSqliteEventLogStorage
-
-    storage = PooledSqliteEventLogStorage(str(tmp_path))
-    for i in range(5):
-        with storage.run_connection(f"run-{i}") as conn:
-            conn.execute(text("CREATE TABLE marker (run INTEGER)"))
-            conn.execute(text(f"INSERT INTO marker VALUES ({i})"))
-    assert set(storage._engines) == {"index", "run-3", "run-4"}
-    with storage.run_connection("run-0") as conn:
-        assert conn.execute(text("SELECT run FROM marker")).scalar() == 0
-    assert set(storage._engines) == {"index", "run-4", "run-0"}
-
-
-def _write_marker(storage: Any, run: str, value: int) -> None:
-    """In a forked child: write through the storage inherited from the parent; exit 0 if on a new connection."""
-    from sqlalchemy import text
-
-    with storage.run_connection(run) as conn:
-        conn.execute(text(f"INSERT INTO marker VALUES ({value})"))
-        changes = conn.connection.dbapi_connection.total_changes
-    os._exit(0 if changes == 1 else 1)
-
-
-def test_pooled_event_log_keeps_connections_open_and_fresh_after_fork(tmp_path: Path) -> None:
-    """Statements reuse an open connection (no connect, schema read and WAL checkpoint each time);
-    what they commit is in the file for any other process, and a forked child opens its own."""
-    import multiprocessing
-    import sqlite3
-
-    from sqlalchemy import text
-
-    from lerobot_assets.event_log import PooledSqliteEventLogStorage
-
-    storage = PooledSqliteEventLogStorage(str(tmp_path))
-    with storage.run_connection("run") as conn:  # creating the file may open a second connection
-        conn.execute(text("CREATE TABLE marker (value INTEGER)"))
-    used = []  # kept alive, so that no two are the same object by a recycled address
-    for value in range(3):
-        with storage.run_connection("run") as conn:
-            conn.execute(text(f"INSERT INTO marker VALUES ({value})"))
-            used.append(conn.connection.dbapi_connection)
-    assert used[0] is used[1] is used[2]
-    with sqlite3.connect(tmp_path / "run.db") as other:  # committed, visible outside the pool
-        assert [v for (v,) in other.execute("SELECT value FROM marker ORDER BY value")] == [0, 1, 2]
-    child = multiprocessing.get_context("fork").Process(target=_write_marker, args=(storage, "run", 7))
-    child.start()
-    child.join()
-    assert child.exitcode == 0  # it wrote on a connection of its own, not the parent's
-    with storage.run_connection("run") as conn:
-        assert conn.execute(text("SELECT value FROM marker ORDER BY value")).scalars().all() == [0, 1, 2, 7]
-        assert conn.connection.dbapi_connection is used[0]  # the parent's connection still works
-
-
-def _add_run(storage: Any, run_id: str, parent_connection: Any) -> None:
-    """In a forked child: add a run through the storage inherited from the parent; exit 0 if on a new connection."""
-    from dagster._core.storage.dagster_run import DagsterRun
-
-    storage.add_run(DagsterRun(job_name="child", run_id=run_id))
-    with storage.connect() as conn:
-        fresh = conn.connection.dbapi_connection is not parent_connection
-    os._exit(0 if fresh else 1)
-
-
-def test_pooled_run_storage_keeps_one_connection_and_forks_clean(tmp_path: Path) -> None:
-    """Run-storage statements share one open connection, committing with synchronous=NORMAL; schema
-    checks are answered from memory once true; a forked child writes on a connection of its own;
-    Dagster's own SqliteRunStorage reads every run."""
-    import multiprocessing
-
-    from dagster._core.storage.dagster_run import DagsterRun
-    from dagster._core.storage.runs import SqliteRunStorage
-
-    from lerobot_assets.run_storage import PooledSqliteRunStorage
-
-    storage = PooledSqliteRunStorage.from_local(str(tmp_path))
-    used = []
-    for _ in range(3):
-        with storage.connect() as conn:
-            assert conn.exec_driver_sql("PRAGMA synchronous").scalar() == 1  # NORMAL
-            used.append(conn.connection.dbapi_connection)
-    assert used[0] is used[1] is used[2]
-    assert storage.has_run_stats_index_cols() and storage.has_backfill_id_column()
-    assert {"run_stats_index_cols", "backfill_id_column"} <= storage._present
-    storage.add_run(DagsterRun(job_name="parent", run_id="parent-run"))
-    child = multiprocessing.get_context("fork").Process(target=_add_run, args=(storage, "child-run", used[0]))
-    child.start()
-    child.join()
-    assert child.exitcode == 0
-    assert {run.run_id for run in SqliteRunStorage.from_local(str(tmp_path)).get_runs()} == {"parent-run", "child-run"}
-    with storage.connect() as conn:
-        assert conn.connection.dbapi_connection is used[0]  # the parent's connection still works
 
 
 def _purge_delay_deeplake_sees(module: str, user_value: str | None = None) -> str:
