@@ -258,6 +258,8 @@ def episode_versions(ds: deeplake.Dataset | deeplake.ReadOnlyDataset) -> dict[in
     Kept with the rows (see :func:`replace_episode`), so any run on any machine can tell an
     unchanged episode from the table alone, without the Dagster instance that wrote it.
     """
+    if RUN_METADATA_COLUMN not in (column.name for column in ds.schema.columns):
+        return {}  # a table another run is creating right now (columns not added yet) holds no episode
     metadata = ds[RUN_METADATA_COLUMN].metadata
     prefix = _version_key(0)[:-1]
     return {

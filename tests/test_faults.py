@@ -13,6 +13,7 @@ import time
 from concurrent.futures.process import BrokenProcessPool
 from pathlib import Path
 
+import deeplake
 import numpy as np
 import pytest
 from dagster import DagsterInstance, DagsterRunStatus, RunsFilter
@@ -20,7 +21,7 @@ from dagster import DagsterInstance, DagsterRunStatus, RunsFilter
 from lerobot_assets.errors import LeRobotAssetsError, TableError
 from lerobot_assets.launch import _worker_context, info, ingest, snapshot
 from lerobot_assets.synthetic import generate_dataset, shift_actions
-from lerobot_assets.table import open_read_only
+from lerobot_assets.table import episode_versions, open_read_only
 
 # Runs a real ingest in a child process, through the real Deeplake table, but pauses at the commit that
 # follows an episode's delete + append, so the test can SIGKILL it at the worst moment.
@@ -114,6 +115,14 @@ def test_sigkill_during_episode_write_keeps_last_commit(tmp_path: Path) -> None:
     episode = _rows(rerun["table"])["episode_index"]
     assert np.allclose(new_actions[episode == 1], old_actions[episode == 1] + 1.0)
     assert np.array_equal(new_actions[episode != 1], old_actions[episode != 1])
+
+
+def test_a_table_being_created_holds_no_recorded_episode(tmp_path: Path) -> None:
+    """Between another run's create and its first commit the table has no columns: a run checking
+    whether its episode is unchanged must see no episode there, not fail on the missing column."""
+    url = str(tmp_path / "table")
+    deeplake.create(url)
+    assert episode_versions(open_read_only(url)) == {}
 
 
 @pytest.mark.parametrize("mode", ["4 worker processes", "two runs at once"])
