@@ -53,7 +53,7 @@ from lerobot_assets.fingerprint import episode_fingerprints
 from lerobot_assets.lerobot_format import DatasetMeta, feature_array, read_dataset, read_episode_telemetry
 from lerobot_assets.partitions import dataset_partitions, episode_dimension, episode_key, episode_partition, episode_partitions
 from lerobot_assets.preview import plot_series, png_markdown, thumbnails_markdown
-from lerobot_assets.relabel import episode_labels, reapply_labels
+from lerobot_assets.relabel import describe_reapplied, episode_labels, reapply_labels
 from lerobot_assets.resources import HubResource, ImageEncodingResource, StorageResource
 from lerobot_assets.source import pin
 from lerobot_assets.staging import StagedFrames, read_frames, staging_path, write_frames
@@ -502,10 +502,7 @@ def _table_events(
         schema = column_types(ds)
     context.log.info(f"{dataset} episode {index}: wrote {written} rows (replaced {deleted}), table version {table_version}")
     if labels["reapplied"] or labels["not_reapplied"]:
-        context.log.warning(
-            f"{dataset} episode {index}: re-applied {len(labels['reapplied'])} merged labels to the new rows; "
-            f"could not re-apply {len(labels['not_reapplied'])}: {labels['not_reapplied']}"
-        )
+        context.log.warning(f"{dataset} episode {index}, new rows: {describe_reapplied(labels)}")
     series = {f.key: feature_array(telemetry, f) for f in meta.value_features if f.key in ("observation.state", "action")}
     expected = episode_metadata["episodes"][index]["length"]
     return [

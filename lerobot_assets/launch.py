@@ -42,6 +42,7 @@ from lerobot_assets.assets import DATASET_ASSETS, EPISODE_ASSETS, training_snaps
 from lerobot_assets.errors import LeRobotAssetsError, bounded
 from lerobot_assets.home import DatasetSource, Home, check_name, name_from_source
 from lerobot_assets.partitions import dataset_partitions, episode_partition
+from lerobot_assets.relabel import describe_reapplied
 from lerobot_assets.resources import HubResource, ImageEncodingResource, StorageResource, io_manager
 from lerobot_assets.source import classify_source
 from lerobot_assets.table import (
@@ -389,10 +390,7 @@ def _ingest(
             refresh_indexes(ds)
             ds.commit(f"recreate indexes after replacing episodes {sorted(replaced)}")
     if labels["reapplied"] or labels["not_reapplied"]:
-        log.warning(
-            "%s: re-applied %d merged labels to re-ingested episodes; could not re-apply %d: %s",
-            entry.name, len(labels["reapplied"]), len(labels["not_reapplied"]), labels["not_reapplied"],
-        )
+        log.warning("%s, re-ingested episodes: %s", entry.name, describe_reapplied(labels))
     if failures:
         head = f"{len(failures)} of {len(plan.todo)} episodes failed"
         lines = {i: f"episode {i}: {message}" for i, message in failures.items()}

@@ -1046,6 +1046,14 @@ def episode_labels(ds: deeplake.Dataset | deeplake.ReadOnlyDataset, episode: int
     ]
 
 
+def describe_reapplied(report: Mapping[str, list[dict[str, Any]]]) -> str:
+    """One line for a re-apply report (see :func:`reapply_labels`): how many labels held, and the ones that
+    could not be re-applied only when there are any."""
+    line = f"{len(report['reapplied'])} merged labels re-applied"
+    lost = report["not_reapplied"]
+    return f"{line}; {len(lost)} could not be: {lost}" if lost else line
+
+
 def reapply_labels(
     ds: deeplake.Dataset, episode: int, rows: Mapping[str, Any]
 ) -> tuple[dict[str, Any], dict[str, list[dict[str, Any]]]]:

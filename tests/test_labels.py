@@ -21,7 +21,7 @@ from hypothesis import strategies as st
 from torch.utils.data import DataLoader
 
 from lerobot_assets.errors import LeRobotAssetsError, TableError
-from lerobot_assets.relabel import PREFER, ColumnSpec, LabelError, read_label_file
+from lerobot_assets.relabel import PREFER, ColumnSpec, LabelError, describe_reapplied, read_label_file
 from lerobot_assets.home import Home
 from lerobot_assets.launch import ingest, snapshot
 from lerobot_assets.relabel_assets import diff, merge, relabel
@@ -385,7 +385,7 @@ def test_a_reingest_reapplies_merged_labels_and_reports_what_it_could_not(tmp_pa
     assert reapplied == {(1, "task", 0, 11, 7), (1, "next.success", 2, 10, 5), (2, "next.success", 0, 8, 8)}
     lost = [(r["column"], r["missing_frames"]) for r in result["labels"]["not_reapplied"]]
     assert sorted(lost) == [("next.success", [7, 10]), ("task", [7, 11])]
-    assert any("could not re-apply 2" in r.getMessage() for r in caplog.records)
+    assert any("merged labels re-applied; 2 could not be:" in r.getMessage() for r in caplog.records)
     main = open_read_only(_table(home))
     episode = np.asarray(main["episode_index"][:])
     assert set(np.asarray(main["task"][:], dtype=object)[episode == 1]) == {NEW_TASK}
@@ -529,3 +529,10 @@ def test_a_column_two_branches_declared_differently_is_refused_at_merge(first: s
     with pytest.raises(TableError, match=clash):
         merge("small", "second", home, prefer="branch")
     assert open_read_only(_table(home, "small")).version == version
+
+
+def test_the_reapply_line_lists_lost_labels_only_when_there_are_any() -> None:
+    held = {"episode": 1, "column": "task", "frame_start": 0, "frame_end": 3, "frames": 4}
+    assert describe_reapplied({"reapplied": [held], "not_reapplied": []}) == "1 merged labels re-applied"
+    lost = {"episode": 1, "column": "task", "missing_frames": [3, 3]}
+    assert describe_reapplied({"reapplied": [], "not_reapplied": [lost]}) == f"0 merged labels re-applied; 1 could not be: {[lost]}"
