@@ -20,6 +20,7 @@ the median round is reported, with the CPU time the loader's processes used per 
 sensitive to other load) and the peak resident memory of each worker.
 
     python benchmarks/stream.py            # 10 to 16 minutes on the shared 2-core VM
+    python benchmarks/stream.py --only "float32 at 240x320" --only "uint8 at 240x320"   # those outputs only
 """
 
 from __future__ import annotations
@@ -287,8 +288,9 @@ def build(workdir: Path, episodes: int, length: int, tables: str | None = None) 
     return source, home
 
 
-def loaders(source: Path, home: Path, s3_home: Path) -> dict[str, dict[str, Callable[[], Iterator[Any]]]]:
-    """Every loader to compare, by output, over the same snapshot."""
+def loaders(source: Path, home: Path, s3_home: Path | None,
+            modes: list[str]) -> dict[str, dict[str, Callable[[], Iterator[Any]]]]:
+    """Every loader to compare in outputs ``modes``, by output, over the same snapshot (S3: when ``s3_home`` is given)."""
     plain = SnapshotDataset(NAME, TAG, home=home)
     deltas = window_deltas(plain.fps)
     ds = open_snapshot(NAME, TAG, home)
@@ -298,26 +300,48 @@ def loaders(source: Path, home: Path, s3_home: Path) -> dict[str, dict[str, Call
     tasks = [ds["task"][int(row)] for row in order]
     out: dict[str, dict[str, Callable[[], Iterator[Any]]]] = {}
     for mode, (windowed, options) in MODES.items():
+        if mode not in modes:
+            continue
         window = deltas if windowed else None
         out[mode] = {
             "snapshot": loader(SnapshotDataset(NAME, TAG, home=home, delta_timestamps=window, **options), collate),
             "jpeg_limit": loader(InMemoryJpeg(frames, values, tasks, _Windows(values["episode_index"], window, plain.fps),
                                               **options), collate),
         }
-    out["float32"] |= {
-        "snapshot_default_collate": loader(plain),
-        "deeplake": lambda: deeplake_batches(home),
-        "lerobot": loader(LeRobotStyle(source, None)),
-        "snapshot_s3": loader(SnapshotDataset(NAME, TAG, home=s3_home), collate, read_ahead=True),
-    }
-    out["float32, 2 obs frames + 50 actions"]["lerobot"] = loader(LeRobotStyle(source, deltas))
-    s3_uint8 = SnapshotDataset(NAME, TAG, home=s3_home, image_dtype="uint8")
-    out["uint8"] |= {"snapshot_s3": loader(s3_uint8, collate, read_ahead=True),
-                     "snapshot_s3_no_read_ahead": loader(s3_uint8, collate),
-                     "snapshot_read_ahead": loader(SnapshotDataset(NAME, TAG, home=home, image_dtype="uint8"), collate,
-                                                   read_ahead=True)}
-    out["float32 at 240x320"]["lerobot_resize"] = loader(LeRobotStyle(source, None, SMALL))
+    if "float32" in out:
+        out["float32"] |= {
+            "snapshot_default_collate": loader(plain),
+            "deeplake": lambda: deeplake_batches(home),
+            "lerobot": loader(LeRobotStyle(source, None)),
+            "snapshot_s3": loader(SnapshotDataset(NAME, TAG, home=s3_home), collate, read_ahead=True),
+        }
+    if "float32, 2 obs frames + 50 actions" in out:
+        out["float32, 2 obs frames + 50 actions"]["lerobot"] = loader(LeRobotStyle(source, deltas))
+    if "uint8" in out:
+        s3_uint8 = SnapshotDataset(NAME, TAG, home=s3_home, image_dtype="uint8")
+        out["uint8"] |= {"snapshot_s3": loader(s3_uint8, collate, read_ahead=True),
+                         "snapshot_s3_no_read_ahead": loader(s3_uint8, collate),
+                         "snapshot_read_ahead": loader(SnapshotDataset(NAME, TAG, home=home, image_dtype="uint8"),
+                                                       collate, read_ahead=True)}
+    if "float32 at 240x320" in out:
+        out["float32 at 240x320"]["lerobot_resize"] = loader(LeRobotStyle(source, None, SMALL))
     return out
+
+
+def needed_modes(only: list[str] | None) -> list[str]:
+    """The outputs to measure: ``only``, plus those holding the baselines their goals compare with."""
+    if not only:
+        return list(MODES)
+    wanted = set(only)
+    for _, (mode, _), (base_mode, _), _ in GOALS:
+        if mode in only:
+            wanted.add(base_mode)
+    return [mode for mode in MODES if mode in wanted]
+
+
+def uses_s3(modes: list[str]) -> bool:
+    """Whether outputs ``modes`` include a loader on the S3 copy (only then is it built)."""
+    return "float32" in modes or "uint8" in modes
 
 
 def report(results: dict[str, dict[str, Measurement]], rounds: int) -> None:
@@ -330,6 +354,8 @@ def report(results: dict[str, dict[str, Measurement]], rounds: int) -> None:
             print(f"  {name:26s} {m.samples_per_s:9.1f} {m.cpu_ms_per_sample:13.1f} {rss}")
     print(f"\n  {'ratio':42s} {'rate':>6s} {'by CPU':>6s}   goal")
     for what, (mode, name), (base_mode, base), goal in GOALS:
+        if name not in results.get(mode, {}) or base not in results.get(base_mode, {}):
+            continue
         ours, theirs = results[mode][name], results[base_mode][base]
         ratio, cpu_ratio = ours.samples_per_s / theirs.samples_per_s, theirs.cpu_ms_per_sample / ours.cpu_ms_per_sample
         verdict = "" if goal is None else f">= {goal}x: {'met' if ratio >= goal else 'NOT met'}"
@@ -344,19 +370,23 @@ def main(argv: list[str] | None = None) -> dict[str, dict[str, Measurement]]:
     parser.add_argument("--batches", type=int, default=16, help="timed batches per measurement, at most")
     parser.add_argument("--budget", type=float, default=4.0, help="seconds per measurement, about")
     parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--only", action="append", choices=list(MODES), metavar="OUTPUT",
+                        help="measure only this output (repeatable), with the outputs holding its goals' baselines; "
+                             f"one of {list(MODES)}")
     args = parser.parse_args(argv)
+    modes = needed_modes(args.only)
     torch.set_num_threads(1)
     warnings.filterwarnings("ignore", message="The given NumPy array is not writable")  # Deeplake's batches
     started = time.perf_counter()
-    with tempfile.TemporaryDirectory() as tmp, S3Server() as s3:
+    with tempfile.TemporaryDirectory() as tmp, S3Server() if uses_s3(modes) else contextlib.nullcontext() as s3:
         workdir = args.workdir or Path(tmp)
         workdir.mkdir(parents=True, exist_ok=True)
         source, home = build(workdir, args.episodes, args.length)
-        _, s3_home = build(workdir, args.episodes, args.length, tables=f"s3://{s3.bucket}/tables")
+        s3_home = None if s3 is None else build(workdir, args.episodes, args.length, tables=f"s3://{s3.bucket}/tables")[1]
         print(f"dataset: {args.episodes} episodes x {args.length} frames, cameras {CAMERAS} at 480x640 (AV1, g=2); "
-              f"built and ingested (locally and into S3 at {s3.url}) in {time.perf_counter() - started:.0f} s",
-              flush=True)
-        candidates = loaders(source, home, s3_home)
+              f"built and ingested (locally{'' if s3 is None else f' and into S3 at {s3.url}'}) in "
+              f"{time.perf_counter() - started:.0f} s", flush=True)
+        candidates = loaders(source, home, s3_home, modes)
         runs: dict[str, dict[str, list[Measurement]]] = {mode: {n: [] for n in c} for mode, c in candidates.items()}
         for round_ in range(args.rounds):
             for mode, by_name in candidates.items():

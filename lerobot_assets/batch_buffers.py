@@ -25,7 +25,7 @@ import torch
 from torch.utils.data import get_worker_info
 
 #: How many buffers a worker tracks at most; beyond that it allocates unpooled ones (the old way).
-CAPACITY = 64
+CAPACITY = 256
 #: A buffer not handed out in this many requests is freed, so that a burst of batches the
 #: training loop held does not stay resident (in steady state every buffer cycles much faster).
 UNUSED_REQUESTS = 128
@@ -77,6 +77,8 @@ class _Pool:
         self.flags = torch.zeros(CAPACITY, dtype=torch.uint8).share_memory_()
         self.lent = self.flags.numpy()
         self.buffers: dict[int, torch.UntypedStorage] = {}
+        self.sizes: dict[int, int] = {}  # slot -> nbytes, and data pointer -> slot: a batch takes a dozen buffers
+        self.slots: dict[int, int] = {}
         self.last_taken: dict[int, int] = {}
         self.requests = 0
 
@@ -88,11 +90,12 @@ class _Pool:
     def take(self, nbytes: int) -> torch.UntypedStorage:
         """The most recently used idle buffer of ``nbytes`` (the others age out), else a new one."""
         self.requests += 1
-        idle = [slot for slot in self.buffers if self._idle(slot)]
-        for slot in idle:
-            if self.requests - self.last_taken[slot] > UNUSED_REQUESTS:
-                del self.buffers[slot], self.last_taken[slot]
-        fits = [slot for slot in idle if slot in self.buffers and self.buffers[slot].nbytes() == nbytes]
+        stale = [slot for slot, last in self.last_taken.items() if self.requests - last > UNUSED_REQUESTS]
+        for slot in stale:
+            if self._idle(slot):
+                del self.slots[self.buffers[slot].data_ptr()], self.buffers[slot], self.sizes[slot]
+                del self.last_taken[slot]
+        fits = [slot for slot, size in self.sizes.items() if size == nbytes and self._idle(slot)]
         if fits:
             slot = max(fits, key=self.last_taken.__getitem__)
             self.last_taken[slot] = self.requests
@@ -100,12 +103,12 @@ class _Pool:
         buffer = torch.UntypedStorage._new_shared(nbytes)  # shared memory, as default_collate allocates
         free = next((slot for slot in range(CAPACITY) if slot not in self.buffers), None)
         if free is not None:
-            self.buffers[free], self.last_taken[free] = buffer, self.requests
+            self.buffers[free], self.sizes[free], self.last_taken[free] = buffer, nbytes, self.requests
+            self.slots[buffer.data_ptr()] = free
         return buffer
 
     def slot_of(self, tensor: torch.Tensor) -> int | None:
-        pointer = tensor.untyped_storage().data_ptr()
-        return next((slot for slot, buffer in self.buffers.items() if buffer.data_ptr() == pointer), None)
+        return self.slots.get(tensor.untyped_storage().data_ptr())
 
 
 _current: tuple[int, _Pool] | None = None  # (pid, pool)

@@ -85,6 +85,16 @@ def decode_frames(
     return out
 
 
+def _batch_tensor(values: np.ndarray) -> torch.Tensor:
+    """``values`` (one column of a batch, a row per sample) as one tensor, in a reusable batch buffer.
+
+    Items hold its rows, so :func:`collate` passes the column on whole: no per-item tensors to
+    build and stack, and in a DataLoader worker no fresh shared memory per column and batch.
+    """
+    out = torch.empty(0, dtype=torch.from_numpy(values[:0]).dtype)
+    return out.set_(batch_storage(values.nbytes), 0, values.shape).copy_(torch.from_numpy(values))
+
+
 def decode_frames_cuda(
     encoded: Sequence[bytes], dtype: torch.dtype = torch.float32, size: tuple[int, int] | None = None
 ) -> torch.Tensor:
@@ -298,17 +308,16 @@ class SnapshotDataset(torch.utils.data.Dataset):
         rows = self._order[positions]
         windows, pads = {}, {}
         for key in self._delta:
-            windows[key], pad = self._window(key, positions)
-            pads[key] = torch.from_numpy(pad)
+            windows[key], pads[f"{key}_is_pad"] = self._window(key, positions)
         images = {cam: self._frames(future.result(), inverse) for cam, (future, inverse) in self._reads(indices).items()}
+        columns = {key: _batch_tensor(values[windows.get(key, rows)]) for key, values in self._values.items()}
+        columns.update({key: _batch_tensor(pad) for key, pad in pads.items()})
         items: list[dict[str, Any]] = []
         for b, row in enumerate(rows):
             item: dict[str, Any] = {}
             for cam, frames in images.items():
                 item[cam] = self.image_transforms(frames[b]) if self.image_transforms else frames[b]
-            for key, values in self._values.items():
-                item[key] = torch.from_numpy(values[windows[key][b]]) if key in windows else torch.tensor(values[row])
-            item.update({f"{key}_is_pad": pad[b] for key, pad in pads.items()})
+            item.update({key: column[b] for key, column in columns.items()})
             item["task"] = self._task_names[self._task_codes[row]]
             items.append(item)
         return items

@@ -235,6 +235,32 @@ def test_workers_refill_frame_buffers_the_training_loop_dropped(snap: dict) -> N
     assert received == 3 * 2 * 18 and len(buffers) <= 2 * 4 * 2 + 2
 
 
+def test_telemetry_columns_are_built_once_per_batch_and_passed_on_whole(snap: dict) -> None:
+    """Each telemetry column and padding mask of a batch is one tensor whose rows the items hold, so
+    collate hands it on without stacking; through workers its buffers cycle like the frames'."""
+    dataset = SnapshotDataset("gen", "t1", home=snap["home"], delta_timestamps=HISTORY_AND_CHUNK)
+    reference = _items_by_index(dataset)
+    items = dataset.__getitems__([3, 20, 0, 34])
+    batch = collate(items)
+    numeric = [key for key in items[0] if key != "task" and not key.startswith("observation.images.")]
+    assert {"observation.state", "action", "index", "action_is_pad", "observation.state_is_pad"} <= set(numeric)
+    for key in numeric:
+        assert batch[key].untyped_storage().data_ptr() == items[0][key].untyped_storage().data_ptr(), key
+        assert torch.equal(batch[key], torch.stack([item[key].clone() for item in items])), key
+        assert batch[key].dtype == reference[0][key].dtype, key
+    _assert_batch_equals(batch, reference)
+    loader = DataLoader(dataset, batch_size=2, shuffle=True, num_workers=2, collate_fn=collate, persistent_workers=True)
+    received, buffers = 0, set()
+    for _epoch in range(3):
+        for batch in loader:
+            _assert_batch_equals(batch, reference)
+            fd, _ = batch["action"].untyped_storage()._share_fd_cpu_()
+            buffers.add(os.fstat(fd).st_ino)
+            received += 1
+    # as the frames' buffers: 2 workers x 4 in flight, plus each epoch's last, shorter batch
+    assert received == 3 * 18 and len(buffers) <= 2 * 4 + 2
+
+
 def test_snapshot_info_and_stats(snap: dict) -> None:
     plain = SnapshotDataset("gen", "t1", home=snap["home"], columns=["observation.state"])
     tagged = snap["tagged"]
