@@ -132,7 +132,8 @@ def _decode_device(requested: str) -> str:
 
 
 def collate(items: list[dict[str, Any]]) -> dict[str, Any]:
-    """``default_collate``, except that camera frames already decoded into one batch tensor are passed on as is.
+    """``default_collate``, except that values already built as one batch tensor (camera frames,
+    telemetry columns, padding masks) are passed on as is.
 
     Use it as the DataLoader's ``collate_fn``: with 480x640 cameras, stacking the frames again
     costs about as much as decoding them.
@@ -192,7 +193,8 @@ class SnapshotDataset(torch.utils.data.Dataset):
     samples; windows still read their neighbours in the same episode.
 
     Give the DataLoader ``collate_fn=collate``: a batch's frames are decoded straight into one
-    tensor per camera, which :func:`collate` passes on instead of copying. ``stats`` holds the
+    tensor per camera, and each telemetry column is built as one tensor, which :func:`collate`
+    passes on instead of copying. ``stats`` holds the
     LeRobot-style normalization stats stored with the rows at this tag (None if the ingest
     stored none); ``snapshot`` names the exact table version.
     """
