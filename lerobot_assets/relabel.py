@@ -1054,6 +1054,35 @@ def describe_reapplied(report: Mapping[str, list[dict[str, Any]]]) -> str:
     return f"{line}; {len(lost)} could not be: {lost}" if lost else line
 
 
+def _give_source_tasks_their_indices(ds: deeplake.Dataset, rows: Mapping[str, Any]) -> None:
+    """Keep one ``task_index`` per task text, and one text per index, when an ingest brings ``rows``.
+
+    Source rows keep the ``task_index`` of ``tasks.parquet`` (LeRobot semantics). A text a label introduced
+    may hold an index the source hands out later (labels take the next free index of the table's task list):
+    that text then moves to a fresh index, and a label text the source now lists takes the source's index.
+    The rows that carry a moved text are rewritten, and the task list recorded, with the ingest's commit
+    (the episode's own old rows too, so re-applied labels read the new list). Only tables whose task list
+    labels extended are read.
+    """
+    if not len(ds) or not table_metadata(ds).get("tasks"):
+        return
+    source = {str(text): int(i) for text, i in zip(rows["task"], np.asarray(rows["task_index"]))}
+    tasks = task_indices(ds)
+    taken = set(source.values())
+    fresh = max([*tasks.values(), *taken], default=-1) + 1
+    final = dict(source)
+    for text, i in sorted(tasks.items(), key=lambda pair: pair[1]):
+        if text not in final:
+            final[text] = i if i not in taken else fresh
+            fresh += final[text] == fresh
+            taken.add(final[text])
+    if final == {**tasks, **source}:
+        return
+    texts = [str(text) for text in ds["task"][:]]
+    _set_cells(ds, "task_index", np.arange(len(texts)), [final[text] for text in texts], "int64")
+    set_table_metadata(ds, tasks=final)
+
+
 def reapply_labels(
     ds: deeplake.Dataset, episode: int, rows: Mapping[str, Any]
 ) -> tuple[dict[str, Any], dict[str, list[dict[str, Any]]]]:
@@ -1064,6 +1093,7 @@ def reapply_labels(
     An ingest replaces an episode's rows with the source's values; without this, merged labels would be
     reset to the source's values or the column's default without a word.
     """
+    _give_source_tasks_their_indices(ds, rows)
     out = dict(rows)
     count = len(out["episode_index"])
     schema = {column.name: column.dtype for column in ds.schema.columns}

@@ -312,6 +312,31 @@ def test_a_task_renamed_upstream_frees_its_old_text_from_the_index(tmp_path: Pat
     assert ("Wipe the bench", 1) in pairs
 
 
+def test_a_task_the_source_adds_after_a_label_text_does_not_share_its_index(tmp_path: Path) -> None:
+    """A merged label introduces a text (next free index, 3); the source then adds a 4th task, index 3 in its
+    tasks.parquet. The source rows keep 3 and the label text moves to a fresh index: one index per text."""
+    home = tmp_path / "home"
+    ingest(str(_source(tmp_path / "src")), name="r", home=home, workers=1)
+    relabel("r", _labels(tmp_path / "a.csv", [{"episode": 0, "frame_start": 0, "frame_end": 3, "column": "task",
+                                                "value": NEW_TASK}]), "a", home)
+    merge("r", "a", home)
+    assert table_metadata(open_read_only(_table(home, "r")))["tasks"][NEW_TASK] == 3
+    shutil.rmtree(tmp_path / "src")
+    generate_dataset(tmp_path / "src", episode_lengths=LENGTHS + (8,), tasks=TASKS + ("Stack the cups",),
+                     codec="libx264", cameras=("front",), episodes_per_file=1, height=48, width=64)
+    ingest(str(tmp_path / "src"), name="r", home=home, workers=1)
+    main = open_read_only(_table(home, "r"))
+    pairs = set(zip(main["task"][:], np.asarray(main["task_index"][:]).tolist()))
+    assert len({index for _, index in pairs}) == len(pairs) == len({text for text, _ in pairs}), pairs
+    assert ("Stack the cups", 3) in pairs and (NEW_TASK, 4) in pairs and (TASKS[0], 0) in pairs
+    assert table_metadata(main)["tasks"][NEW_TASK] == 4
+    relabel("r", _labels(tmp_path / "b.csv", [{"episode": 1, "frame_start": 0, "frame_end": 2, "column": "task",
+                                                "value": NEW_TASK}]), "b", home)
+    merge("r", "b", home)
+    main = open_read_only(_table(home, "r"))
+    assert {i for t, i in zip(main["task"][:], np.asarray(main["task_index"][:]).tolist()) if t == NEW_TASK} == {4}
+
+
 # --- 5. two review branches: three-way merge -----------------------------------------------------
 
 
