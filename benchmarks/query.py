@@ -20,11 +20,10 @@ import time
 from pathlib import Path
 
 import deeplake
-import numpy as np
 
 from lerobot_assets.codec import encode_image
 from lerobot_assets.lerobot_format import read_dataset
-from lerobot_assets.synthetic import episode_telemetry, generate_dataset, render_frame
+from lerobot_assets.synthetic import generate_dataset, render_frame, table_rows
 from lerobot_assets.table import build_indexes, open_table, replace_episode
 
 TASKS = [
@@ -43,19 +42,10 @@ def build_table(root: Path, episodes: int, frames: int) -> str:
     jpeg = encode_image(render_frame(0, 0, 96, 128))
     url = str(root / "indexed")
     ds = open_table(url, meta, "jpeg")
-    frame_index = np.arange(frames, dtype=np.int64)
     for episode in range(episodes):
-        rows = dict(episode_telemetry(episode, frames, fps=FPS, state_dim=STATE_DIM))
         task = episode % len(TASKS)
-        rows.update({
-            "observation.images.cam_high": [jpeg] * frames,
-            "timestamp": (frame_index / FPS).astype(np.float32),
-            "frame_index": frame_index,
-            "episode_index": np.full(frames, episode, dtype=np.int64),
-            "index": episode * frames + frame_index,
-            "task_index": np.full(frames, task, dtype=np.int64),
-            "task": [TASKS[task]] * frames,
-        })
+        rows = table_rows(episode, frames, camera="observation.images.cam_high", image=jpeg, fps=FPS,
+                          state_dim=STATE_DIM, task_index=task, task=TASKS[task])
         replace_episode(ds, episode, rows, f"bench episode {episode}")
     return url
 

@@ -44,7 +44,7 @@ from lerobot_assets.codec import encode_image
 from lerobot_assets.home import DatasetSource, Home
 from lerobot_assets.lerobot_format import read_dataset
 from lerobot_assets.stats import episode_stats, store_episode_stats
-from lerobot_assets.synthetic import episode_telemetry, generate_dataset, render_frame
+from lerobot_assets.synthetic import generate_dataset, render_frame, table_rows
 from lerobot_assets.table import (
     create_tag,
     episode_frames,
@@ -92,18 +92,7 @@ def _template(root: Path) -> Path:
 
 def episode_rows_for(episode: int, frames: int, jpeg: bytes) -> dict:
     """The rows of a generated episode, as ``episode_rows`` makes them from a dataset."""
-    frame_index = np.arange(frames, dtype=np.int64)
-    rows = dict(episode_telemetry(episode, frames, fps=FPS, state_dim=STATE_DIM))
-    rows.update({
-        "observation.images.cam": [jpeg] * frames,
-        "timestamp": (frame_index / FPS).astype(np.float32),
-        "frame_index": frame_index,
-        "episode_index": np.full(frames, episode, dtype=np.int64),
-        "index": episode * frames + frame_index,
-        "task_index": np.zeros(frames, dtype=np.int64),
-        "task": ["Pick up the shrimp"] * frames,
-    })
-    return rows
+    return table_rows(episode, frames, camera="observation.images.cam", image=jpeg, fps=FPS, state_dim=STATE_DIM)
 
 
 def write_episode(url: str, meta, episode: int, rows: dict | None) -> None:

@@ -26,6 +26,7 @@ from dataclasses import dataclass
 from fractions import Fraction
 from itertools import groupby
 from pathlib import Path
+from typing import Any
 
 import av
 import numpy as np
@@ -127,6 +128,32 @@ def episode_telemetry(
         "observation.state": state.astype(np.float32),
         "action": (state + 0.01 * frame_index).astype(np.float32),
         "observation.effort": np.cos(state).astype(np.float32),
+    }
+
+
+def table_rows(
+    episode_index: int,
+    length: int,
+    *,
+    camera: str,
+    image: bytes,
+    fps: int,
+    state_dim: int,
+    task_index: int = 0,
+    task: str = "Pick up the shrimp",
+) -> dict[str, Any]:
+    """One generated episode's table rows, every frame the same encoded ``image``: what the benchmarks
+    write straight into a table when they measure the table, not the decoder."""
+    frame_index = np.arange(length, dtype=np.int64)
+    return {
+        **episode_telemetry(episode_index, length, fps=fps, state_dim=state_dim),
+        camera: [image] * length,
+        "timestamp": (frame_index / fps).astype(np.float32),
+        "frame_index": frame_index,
+        "episode_index": np.full(length, episode_index, dtype=np.int64),
+        "index": episode_index * length + frame_index,
+        "task_index": np.full(length, task_index, dtype=np.int64),
+        "task": [task] * length,
     }
 
 
