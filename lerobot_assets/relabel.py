@@ -40,6 +40,7 @@ import pyarrow.parquet as pq
 from lerobot_assets.errors import LeRobotAssetsError, TableError, where
 from lerobot_assets.table import (
     INDEX_DTYPES,
+    episode_versions,
     open_read_only,
     open_writable,
     refresh_indexes,
@@ -893,7 +894,7 @@ def _report(url: str, branch: str, main: Any, plan: _MergePlan) -> dict[str, Any
         "new_columns": sorted(new),
         "conflicts": conflicts,
         "type_clashes": plan.clashes,
-        "replaced_on_main": _deletions_since(main, plan.base_version),
+        "replaced_on_main": _replaced_since(main, plan.base_version, {int(e) for c in plan.cells for e in c.episodes}),
         "rows_only_on_main": plan.rows_only_on_main,
         "rows_only_on_branch": plan.rows_only_on_branch,
         "examples": examples[:_EXAMPLES],
@@ -906,8 +907,8 @@ def diff_branch(url: str, branch: str) -> dict[str, Any]:
     main changed too (``conflicts``: base, main and branch values) and a few examples.
 
     Rows are matched by (episode_index, frame_index). A column that exists only on the branch compares
-    with its declared default. ``replaced_on_main`` names main's commits since the base that replaced
-    or removed rows: while it is not empty, the merge is refused.
+    with its declared default. ``replaced_on_main`` names the labelled episodes main re-ingested
+    (replaced or removed) since the base: while it is not empty, the merge is refused.
     """
     main = open_read_only(url)
     return _report(url, branch, main, _branch_plan(main, url, branch))
@@ -918,8 +919,8 @@ def merge_branch(url: str, branch: str, lock_path: Path, prefer: str | None = No
 
     A cell main changed too, to another value, is a conflict: the merge is refused, listing them,
     unless ``prefer`` says which side wins. Rows main added since the branch was made keep their
-    values (the declared default in a new column). Refuses when main deleted rows since the branch
-    was made (a re-ingest replaced an episode's rows): review the labels on the re-ingested rows again.
+    values (the declared default in a new column). Refuses when main re-ingested (replaced or removed)
+    an episode the branch labels since the branch was made: review the labels on the new rows again.
     Merging a branch main already matches changes nothing. The indexes of the changed columns are
     recreated, and the merged label set joins main's label history, so later ingests re-apply it.
     """
@@ -941,8 +942,8 @@ def merge_branch(url: str, branch: str, lock_path: Path, prefer: str | None = No
         if replaced:
             raise TableError(
                 f"cannot merge branch {branch!r} into main of table {url}: main replaced or removed rows since the "
-                f"branch was made ({'; '.join(replaced)}), so labels on those rows would be lost; apply the "
-                "labels again onto a new branch and merge that one"
+                f"branch was made (re-ingested episodes {replaced}, which the branch labels), so labels on those "
+                "rows would be lost; apply the labels of those episodes again onto a new branch and merge that one"
             )
         cells = [c.subset(~c.conflicts) for c in plan.cells] if prefer == MAIN else plan.cells
         cells = [c for c in cells if len(c.rows)]
@@ -1022,14 +1023,16 @@ def _runs(cells: _Cells) -> list[dict[str, Any]]:
     return runs
 
 
-def _deletions_since(main: deeplake.Dataset | deeplake.ReadOnlyDataset, base_version: str | None) -> list[str]:
-    """Messages of main's commits after ``base_version`` that deleted rows."""
-    found, messages = base_version is None, []
-    for version in main.history:
-        if found and any(op.startswith("Deleted") for op in version.operations):
-            messages.append(version.message or version.id)
-        found = found or version.id == base_version
-    return messages
+def _replaced_since(
+    main: deeplake.Dataset | deeplake.ReadOnlyDataset, base_version: str | None, episodes: set[int]
+) -> list[int]:
+    """Those of ``episodes`` whose rows main replaced or removed since ``base_version`` (a re-ingest):
+    the data version recorded with each episode's rows changed. Episodes the branch does not label
+    may be re-ingested freely."""
+    if base_version is None or not episodes:
+        return []
+    before, now = episode_versions(main.history[base_version].open()), episode_versions(main)
+    return sorted(e for e in episodes if before.get(e) != now.get(e))
 
 
 # --- labels across re-ingests ------------------------------------------------------------------

@@ -223,10 +223,24 @@ def test_merge_refuses_when_main_replaced_rows_since_the_branch(state: dict) -> 
     apply_labels(table, [Label(0, "next.success", True)], "stale", "label episode 0", lock, new_columns=declared)
     _reingest_episode(table, 0)
     version = open_read_only(table).version
-    assert diff("small", "stale", home)["replaced_on_main"] == ["re-ingest episode 0"]  # diff says merge will refuse
+    assert diff("small", "stale", home)["replaced_on_main"] == [0]  # diff says merge will refuse
     with pytest.raises(TableError, match="replaced or removed rows since the branch was made"):
         merge_branch(table, "stale", lock)
     assert open_read_only(table).version == version
+
+
+def test_a_reingest_of_another_episode_does_not_block_a_merge(state: dict) -> None:
+    """Only re-ingests of the episodes a branch labels make its labels stale; others merge as usual."""
+    home, table = state["home"], state["table"]
+    lock = Home(home).lock("small")
+    declared = {"next.success": ColumnSpec("next.success", "bool", False)}
+    apply_labels(table, [Label(2, "next.success", True)], "other", "label episode 2", lock, new_columns=declared)
+    _reingest_episode(table, 0)
+    assert diff("small", "other", home)["replaced_on_main"] == []
+    merged = merge_branch(table, "other", lock)
+    assert merged["episodes"] == [2]
+    rows = _columns(open_read_only(table), "episode_index", "next.success")
+    assert rows["next.success"][rows["episode_index"] == 2].all() and not rows["next.success"][rows["episode_index"] != 2].any()
 
 
 def _reingest_episode(url: str, index: int) -> None:
