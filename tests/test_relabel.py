@@ -218,10 +218,7 @@ def test_merge_brings_labels_to_main_and_earlier_tags_keep_the_old_ones(state: d
 def test_merge_refuses_when_main_replaced_rows_since_the_branch(state: dict) -> None:
     """Deeplake merges by row identity: labels on rows a re-ingest replaced would silently vanish."""
     home, table = state["home"], state["table"]
-    lock = Home(home).lock("small")
-    declared = {"next.success": ColumnSpec("next.success", "bool", False)}
-    apply_labels(table, [Label(0, "next.success", True)], "stale", "label episode 0", lock, new_columns=declared)
-    _reingest_episode(table, 0)
+    lock = _label_then_reingest(state, labelled=0, branch="stale", reingested=0)
     version = open_read_only(table).version
     assert diff("small", "stale", home)["replaced_on_main"] == [0]  # diff says merge will refuse
     with pytest.raises(TableError, match="replaced or removed rows since the branch was made"):
@@ -232,15 +229,22 @@ def test_merge_refuses_when_main_replaced_rows_since_the_branch(state: dict) -> 
 def test_a_reingest_of_another_episode_does_not_block_a_merge(state: dict) -> None:
     """Only re-ingests of the episodes a branch labels make its labels stale; others merge as usual."""
     home, table = state["home"], state["table"]
-    lock = Home(home).lock("small")
-    declared = {"next.success": ColumnSpec("next.success", "bool", False)}
-    apply_labels(table, [Label(2, "next.success", True)], "other", "label episode 2", lock, new_columns=declared)
-    _reingest_episode(table, 0)
+    lock = _label_then_reingest(state, labelled=2, branch="other", reingested=0)
     assert diff("small", "other", home)["replaced_on_main"] == []
     merged = merge_branch(table, "other", lock)
     assert merged["episodes"] == [2]
     rows = _columns(open_read_only(table), "episode_index", "next.success")
     assert rows["next.success"][rows["episode_index"] == 2].all() and not rows["next.success"][rows["episode_index"] != 2].any()
+
+
+def _label_then_reingest(state: dict, *, labelled: int, branch: str, reingested: int) -> Path:
+    """Label episode ``labelled`` on a new ``branch``, then re-ingest episode ``reingested`` on main; the table's lock."""
+    lock = Home(state["home"]).lock("small")
+    declared = {"next.success": ColumnSpec("next.success", "bool", False)}
+    apply_labels(state["table"], [Label(labelled, "next.success", True)], branch, f"label episode {labelled}", lock,
+                 new_columns=declared)
+    _reingest_episode(state["table"], reingested)
+    return lock
 
 
 def _reingest_episode(url: str, index: int) -> None:
