@@ -23,12 +23,6 @@ REPO = Path(__file__).resolve().parents[1]
 SERVER_START_TIMEOUT_S = 90
 
 
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 def descendants(root: int) -> list[int]:
     """PIDs of all live descendants of ``root`` (from /proc; empty where /proc is unavailable)."""
     children: dict[int, list[int]] = {}
@@ -128,26 +122,36 @@ def tail(path: Path, lines: int = 40) -> str:
         return "(no log)"
 
 
-@contextmanager
-def dagster_dev(home: Path, log: Path) -> Iterator[str]:
-    """``dagster dev`` (webserver and daemon) on ``home``'s instance; yields the base URL."""
-    port = _free_port()
-    base = f"http://127.0.0.1:{port}"
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that is free now."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def dagster_command() -> list[str]:
+    """How to run the ``dagster`` CLI of this interpreter's environment."""
     dagster = Path(sys.executable).with_name("dagster")
-    command = [sys.executable, "-c", _DEFAULT_SIGNALS]
-    command += [str(dagster)] if dagster.is_file() else [sys.executable, "-m", "dagster"]
-    command += ["dev", "-m", "lerobot_assets.definitions", "-d", str(REPO), "-h", "127.0.0.1", "-p", str(port)]
-    env = {
-        **os.environ,
-        "DAGSTER_HOME": str(home / "dagster"),
-        "LEROBOT_ASSETS_HOME": str(home),
-        "DAGSTER_DISABLE_TELEMETRY": "1",
-        "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")])),
-    }
+    return [str(dagster)] if dagster.is_file() else [sys.executable, "-m", "dagster"]
+
+
+def server_env(**extra: str) -> dict[str, str]:
+    """This environment without ``DAGSTER_HOME`` and ``LEROBOT_ASSETS_HOME``, telemetry off, the repo
+    importable, plus ``extra``."""
+    env = {k: v for k, v in os.environ.items() if k not in ("DAGSTER_HOME", "LEROBOT_ASSETS_HOME")}
+    env["DAGSTER_DISABLE_TELEMETRY"] = "1"
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))
+    return {**env, **extra}
+
+
+@contextmanager
+def serve(command: list[str], base: str, cwd: Path, env: dict[str, str], log: Path) -> Iterator[str]:
+    """Run a Dagster webserver ``command`` (which serves at ``base``) in its own process group,
+    with default signal handling; yield ``base`` once it serves and its code location is loaded."""
     with open(log, "wb") as log_file:
         proc = subprocess.Popen(
-            command,
-            cwd=home,
+            [sys.executable, "-c", _DEFAULT_SIGNALS, *command],
+            cwd=cwd,
             env=env,
             stdin=subprocess.DEVNULL,
             stdout=log_file,
@@ -159,3 +163,14 @@ def dagster_dev(home: Path, log: Path) -> Iterator[str]:
         yield base
     finally:
         stop(proc)
+
+
+@contextmanager
+def dagster_dev(home: Path, log: Path) -> Iterator[str]:
+    """``dagster dev`` (webserver and daemon) on ``home``'s instance; yields the base URL."""
+    port = free_port()
+    command = [*dagster_command(), "dev", "-m", "lerobot_assets.definitions", "-d", str(REPO)]
+    command += ["-h", "127.0.0.1", "-p", str(port)]
+    env = server_env(DAGSTER_HOME=str(home / "dagster"), LEROBOT_ASSETS_HOME=str(home))
+    with serve(command, f"http://127.0.0.1:{port}", home, env, log) as base:
+        yield base

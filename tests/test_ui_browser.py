@@ -21,8 +21,6 @@ from __future__ import annotations
 
 import re
 import shutil
-import subprocess
-import tempfile
 import time
 import urllib.request
 from collections.abc import Iterator
@@ -30,6 +28,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.browser import chromium, launch_browser, skip_community_dialog  # noqa: F401 - chromium is a fixture
 from tests.dagster_server import LOCATIONS, dagster_dev, graphql
 
 REPO = Path(__file__).resolve().parents[1]
@@ -41,17 +40,6 @@ PARTITION = f"{DATASET}|{EPISODE_KEY}"
 EPISODE_ROWS = 31  # frames of episode 2 in the official sample (101 in total, 70 in episodes 0-1)
 EPISODE_ASSETS = ("telemetry_frame", "decoded_camera_frames", "deeplake_table")
 
-BROWSER_CANDIDATES = ("/usr/bin/chromium", "chromium", "chromium-browser", "google-chrome")
-BROWSER_ARGS = [
-    "--headless=new",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-]
 RUN_TIMEOUT_S = 120
 UI_TIMEOUT_MS = 30_000
 
@@ -59,34 +47,6 @@ pytestmark = pytest.mark.timeout(300)
 
 
 # --------------------------------------------------------------------------------------------- browser
-
-
-@pytest.fixture(scope="module")
-def chromium() -> str:
-    """The Chromium executable, once Playwright is importable; skips (with the reason) otherwise."""
-    try:
-        import playwright.sync_api  # noqa: F401
-    except ImportError as exc:
-        pytest.skip(f"Playwright for Python is not installed ({exc}); run tests/ui_setup.sh")
-    executable = next((p for p in map(shutil.which, BROWSER_CANDIDATES) if p), None)
-    if executable is None:
-        pytest.skip(f"no Chromium found (looked for {', '.join(BROWSER_CANDIDATES)}); run tests/ui_setup.sh")
-    # Cheap preflight before the ingest and the server: does it render a blank page headless?
-    with tempfile.TemporaryDirectory() as profile:
-        try:
-            probe = subprocess.run(
-                [executable, *BROWSER_ARGS, f"--user-data-dir={profile}", "--dump-dom", "about:blank"],
-                capture_output=True,
-                text=True,
-                timeout=60,
-                stdin=subprocess.DEVNULL,
-            )
-        except (OSError, subprocess.TimeoutExpired) as exc:
-            pytest.skip(f"Chromium at {executable} does not start headless: {exc}")
-    if probe.returncode != 0 or "<body" not in probe.stdout:
-        last = (probe.stderr.strip().splitlines() or ["no output"])[-1]
-        pytest.skip(f"Chromium at {executable} does not start headless (exit {probe.returncode}): {last}")
-    return executable
 
 
 @pytest.fixture(scope="module")
@@ -99,11 +59,7 @@ def browser(chromium: str, ui: str):
     from playwright.sync_api import sync_playwright
 
     manager = sync_playwright().start()
-    try:
-        chrome = manager.chromium.launch(executable_path=chromium, args=BROWSER_ARGS, timeout=60_000)
-    except Exception as exc:  # noqa: BLE001 - any launch failure means: no usable browser here
-        manager.stop()
-        pytest.skip(f"Chromium at {chromium} does not start headless: {str(exc).splitlines()[0]}")
+    chrome = launch_browser(manager, chromium)
     yield chrome
     chrome.close()
     manager.stop()
@@ -199,14 +155,9 @@ def test_materialize_one_episode_partition_from_the_ui(ui: str, page) -> None:
     from playwright.sync_api import expect
 
     expect.set_options(timeout=UI_TIMEOUT_MS)
-    # The first visit to a fresh instance shows a "Join the Dagster community" dialog over everything.
-    community = page.get_by_role("dialog").filter(has_text="Join the Dagster community")
-
-    def skip_community(*_) -> None:
-        print(f"{time.monotonic() - _STARTED:6.1f} s  dismissed the 'Join the Dagster community' dialog")
-        community.get_by_role("button", name="Skip").click()
-
-    page.add_locator_handler(community, skip_community)
+    skip_community_dialog(
+        page, lambda: print(f"{time.monotonic() - _STARTED:6.1f} s  dismissed the 'Join the Dagster community' dialog")
+    )
     try:
         _drive(ui, page, expect)
     except BaseException:
