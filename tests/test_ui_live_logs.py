@@ -13,9 +13,14 @@ episode run decodes, then waits for the lock before it writes. The test then
 2. releases the lock and, with no reload or navigation, waits until the page shows the run's end;
 3. checks that the rows now on the page are exactly the run's events in the instance
    (``instance.all_logs``: same order, timestamps, types, log messages), that the new ones were all
-   recorded after the lock was released (so they arrived live), among them the episode's
-   ``wrote N rows`` line, and that the step's captured stderr (Dagster's compute logs) is viewable
-   in the page's ``stderr`` tab.
+   recorded after the page showed the others (so they arrived live), among them the episode's
+   ``wrote N rows`` line (recorded after the release), and that the step's captured stderr
+   (Dagster's compute logs) shows that line in the page's ``stderr`` tab;
+4. starts the sensor and reads its first tick's log lines as the UI does (GraphQL), which name the dataset.
+
+On the code before the CLI used Dagster's default storage (its pooled event log kept events in the
+SQLite write-ahead log), step 2 failed: the page stayed at the rows it loaded first while the
+instance recorded the run's success.
 
 Screenshots and the page's HTML on failure go to ``test-output/ui-live-logs/``.
 """
@@ -40,7 +45,7 @@ from filelock import FileLock
 from lerobot_assets.home import Home
 from lerobot_assets.synthetic import generate_dataset
 from tests.browser import chromium, launch_browser, skip_community_dialog  # noqa: F401 - chromium is a fixture
-from tests.dagster_server import dagster_command, free_port, serve, server_env, tail
+from tests.dagster_server import dagster_command, free_port, graphql, serve, server_env, tail
 
 REPO = Path(__file__).resolve().parents[1]
 OUT = REPO / "test-output" / "ui-live-logs"
@@ -48,8 +53,9 @@ DATASET = "gen"
 FRAMES = 40
 RUN_START_TIMEOUT_S = 120
 RUN_END_TIMEOUT_S = 120
-UI_TIMEOUT_MS = 30_000
+UI_TIMEOUT_MS = 60_000
 SERVERS = ("lerobot-assets ui", "dagster dev -w workspace.yaml")
+SENSOR = "upstream_revision_sensor"
 
 pytestmark = pytest.mark.timeout(400)
 
@@ -204,7 +210,7 @@ def _wait_for(what: str, check, timeout_s: float, diagnose=lambda: "") -> None:
     deadline = time.monotonic() + timeout_s
     while not check():
         if time.monotonic() > deadline:
-            pytest.fail(f"{what} not after {timeout_s:.0f} s without a reload. {diagnose()}")
+            pytest.fail(f"{what}: not after {timeout_s:.0f} s. {diagnose()}")
         time.sleep(0.5)
 
 
@@ -227,8 +233,9 @@ def _watch(page, base: str, setup: Setup, cli: subprocess.Popen, table_lock: Fil
         return len(before) == len(so_far) and all(map(_matches, before, so_far))
 
     before, so_far, seen = [], [], 0.0
-    _wait_for("the run page shows the events recorded so far", consistent, UI_TIMEOUT_MS / 1000,
-              lambda: _mismatch(before, so_far))
+    _wait_for(
+        "the run page shows the events recorded so far", consistent, UI_TIMEOUT_MS / 1000, lambda: _mismatch(before, so_far)
+    )
     page.screenshot(path=str(out / "1_running.png"))
     assert instance.get_run_by_id(run_id).status == DagsterRunStatus.STARTED
     assert not {"STEP_SUCCESS", "RUN_SUCCESS"} & {row.kind for row in before}
@@ -242,7 +249,7 @@ def _watch(page, base: str, setup: Setup, cli: subprocess.Popen, table_lock: Fil
         return any(row.kind in ("RUN_SUCCESS", "RUN_FAILURE") for row in _rows(page))
 
     _wait_for(
-        "the run page shows the end of the run",
+        "the run page shows the end of the run without a reload",
         ended,
         RUN_END_TIMEOUT_S,
         lambda: f"Run status in the instance: {instance.get_run_by_id(run_id).status.value}\n{_mismatch(_rows(page), shown())}",
@@ -251,7 +258,7 @@ def _watch(page, base: str, setup: Setup, cli: subprocess.Popen, table_lock: Fil
     page.screenshot(path=str(out / "2_finished.png"))
     assert page.evaluate("() => window.liveLogsMarker === true") and page.url == url  # no reload, no navigation
 
-    # 3. the rows are the run's events in the instance; the new ones were recorded after the release
+    # 3. the rows are the run's events in the instance; the new ones were recorded after the page showed the others
     events = shown()
     assert instance.get_run_by_id(run_id).status == DagsterRunStatus.SUCCESS, _mismatch(after, events)
     assert len(after) == len(events) and all(map(_matches, after, events)), _mismatch(after, events)
@@ -259,12 +266,46 @@ def _watch(page, base: str, setup: Setup, cli: subprocess.Popen, table_lock: Fil
     assert new and all(entry.timestamp >= seen for entry in new), _mismatch(after, events)
     wrote = [e for e in new if e.dagster_event is None and f"wrote {FRAMES} rows" in e.user_message]
     assert wrote and wrote[0].timestamp >= released, [e.user_message for e in new]
-    wrote = [e.user_message for e in wrote]
-    print(f"{len(before)} rows before the release, {len(new)} arrived live, among them {wrote[0]!r}")
+    line = wrote[0].user_message
+    print(f"{len(before)} rows before the release, {len(new)} arrived live, among them {line!r}")
 
-    # 4. the step's captured stderr (compute logs) in the page's stderr tab
+    # 4. the captured stderr (compute logs) of the step that logged it, in the page's stderr tab
     page.get_by_role("button", name="stderr").click()
     page.get_by_role("combobox", name="Select a step…").click()
-    page.get_by_role("menuitem").first.click()  # the run's one step
-    expect(page.get_by_text(re.compile(rf"INFO - .*{re.escape(wrote[0])}")).first).to_be_visible()
+    page.get_by_role("menuitem").filter(has_text=wrote[0].step_key).first.click()
+    expect(page.get_by_text(re.compile(rf"INFO - .*{re.escape(line)}")).first).to_be_visible(timeout=UI_TIMEOUT_MS)
     page.screenshot(path=str(out / "3_stderr.png"))
+
+    # 5. the sensor's tick logs (also kept by the compute log manager), as the UI reads them
+    messages = _sensor_tick_logs(base)
+    assert any(DATASET in message for message in messages), messages
+    print(f"sensor tick logged {messages}")
+
+
+_SENSORS = """{ workspaceOrError { ... on Workspace { locationEntries { name locationOrLoadError {
+  ... on RepositoryLocation { repositories { name sensors { name } } } } } } } }"""
+_START_SENSOR = """mutation($sensor: SensorSelector!) { startSensor(sensorSelector: $sensor) {
+  __typename ... on PythonError { message } ... on SensorNotFoundError { message } } }"""
+_LAST_TICK = """query($sensor: SensorSelector!) { sensorOrError(sensorSelector: $sensor) { ... on Sensor { sensorState {
+  ticks(limit: 1) { status error { message } logEvents { events { message } } } } } } }"""
+
+
+def _sensor_tick_logs(base: str) -> list[str]:
+    """Start the code location's sensor; the log lines of its first tick (evaluated by the daemon)."""
+    [location] = graphql(base, _SENSORS)["workspaceOrError"]["locationEntries"]
+    [repository] = location["locationOrLoadError"]["repositories"]
+    names = [sensor["name"] for sensor in repository["sensors"]]
+    assert SENSOR in names, names
+    selector = {"repositoryLocationName": location["name"], "repositoryName": repository["name"], "sensorName": SENSOR}
+    started = graphql(base, _START_SENSOR, {"sensor": selector})["startSensor"]
+    assert started["__typename"] == "Sensor", started
+    ticks: list[dict] = []
+
+    def ticked() -> bool:
+        nonlocal ticks
+        ticks = graphql(base, _LAST_TICK, {"sensor": selector})["sensorOrError"]["sensorState"]["ticks"]
+        return bool(ticks) and ticks[0]["status"] != "STARTED"
+
+    _wait_for(f"a finished tick of {SENSOR}", ticked, RUN_END_TIMEOUT_S, lambda: str(ticks))
+    assert ticks[0]["status"] in ("SUCCESS", "SKIPPED"), ticks[0]
+    return [event["message"] for event in ticks[0]["logEvents"]["events"]]
