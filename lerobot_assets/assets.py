@@ -232,7 +232,7 @@ def _remove_vanished(
     lost: list[dict[str, Any]] = []
     if not gone:
         return gone, lost
-    with write_lock(storage.home.lock(dataset)):
+    with write_lock(url):
         ds = open_writable(url)
         for index in gone:
             lost += [{**label, "reason": "episode removed upstream"} for label in episode_labels(ds, index)]
@@ -290,7 +290,7 @@ def episode_assets(
     # Dagster records the inputs of an asset computed in the same step as the latest materialization
     # of that upstream asset in any partition; recording this episode's results back to back, while
     # no other episode run records its own, keeps that the materialization of this partition.
-    with write_lock(storage.home.events_lock()):
+    with storage.home.events_lock():
         yield from _selected(context, events)
 
 
@@ -489,7 +489,7 @@ def _table_events(
     stats = episode_stats({k: v for k, v in rows.items() if k not in meta.cameras}, {}, data_file) | staged.stats
     url = storage.table_url(dataset)
     revision = episode_metadata["revision"]
-    with write_lock(storage.home.lock(dataset)):
+    with write_lock(url):
         ds = open_table(url, meta, encoding.image_format)
         set_table_metadata(ds, **episode_metadata["table_metadata"])
         store_episode_stats(ds, index, stats)  # committed with the rows
@@ -558,7 +558,7 @@ def training_snapshot(
     """A tag on the table's current version: the exact, reloadable data a training run names."""
     dataset = context.partition_key
     url = storage.table_url(dataset)
-    with write_lock(storage.home.lock(dataset)):
+    with write_lock(url):
         started = time.perf_counter()
         build_indexes(url)
         context.log.info(f"{dataset}: indexes up to date ({time.perf_counter() - started:.1f} s)")

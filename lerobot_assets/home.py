@@ -8,7 +8,7 @@ One directory holds everything a deployment keeps locally::
                              each copy holds and cached file hashes (only to avoid re-reading files)
     <home>/staging/<name>/   per-episode decoded frames, kept when decoded_camera_frames runs alone
     <home>/datasets/<name>.json   where each registered dataset comes from
-    <home>/locks/            one lock per table, so writers never interleave
+    <home>/locks/            the lock episode runs of this home hold while recording their results
 
 The home is ``$LEROBOT_ASSETS_HOME`` if set, else ``./.lerobot_assets``.
 """
@@ -19,8 +19,12 @@ import json
 import os
 import re
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
+
+from filelock import FileLock
 
 from lerobot_assets.errors import LeRobotAssetsError
 
@@ -92,17 +96,18 @@ class Home:
     def staging(self, name: str) -> Path:
         return self.root / "staging" / check_name(name)
 
-    def lock(self, name: str) -> Path:
-        return self.root / "locks" / f"{check_name(name)}.lock"
-
     def error_details(self, name: str) -> Path:
         """A new file for the full list of problems an error line of ``name`` can only summarize."""
         stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
         return self.root / "errors" / check_name(name) / f"{stamp}-{os.getpid()}.json"
 
-    def events_lock(self) -> Path:
-        """Held while an episode run records its materializations (not a dataset name: leading dot)."""
-        return self.root / "locks" / ".episode-events.lock"
+    @contextmanager
+    def events_lock(self) -> Iterator[None]:
+        """Held while an episode run records its materializations: a lock file of this home."""
+        path = self.root / "locks" / ".episode-events.lock"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with FileLock(str(path)):
+            yield
 
     def _registry_file(self, name: str) -> Path:
         return self.root / "datasets" / f"{check_name(name)}.json"

@@ -3,7 +3,7 @@
 Runs launched here are recorded in ``$DAGSTER_HOME``'s instance when set, else in ``<home>/dagster``
 (Dagster's default SQLite storage), so they show up in ``lerobot-assets ui`` / ``dagster dev``. ``ingest`` runs the dataset-level assets once, then
 one run per episode partition that needs it, in this process and in parallel worker processes
-(forked from this one, warm); table writes stay serialized by the table lock.
+(forked from this one, warm); table writes stay serialized by the table's write lease.
 """
 
 import ctypes
@@ -385,7 +385,7 @@ def _ingest(
     labels["not_reapplied"] += metadata["labels_lost"]
     replaced = [i for i in plan.changed if i not in failures]  # a failed episode's rows are as they were
     if replaced:  # rows were deleted: Deeplake's indexes would miss rows (episode_metadata did it for removals)
-        with write_lock(home_.lock(entry.name)):
+        with write_lock(entry.table):
             ds = open_writable(entry.table)
             refresh_indexes(ds)
             ds.commit(f"recreate indexes after replacing episodes {sorted(replaced)}")

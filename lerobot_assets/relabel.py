@@ -577,7 +577,6 @@ def apply_labels(
     labels: Sequence[Label],
     branch: str,
     message: str,
-    lock_path: Path,
     episodes: Collection[int] | None = None,
     new_columns: Mapping[str, ColumnSpec] | None = None,
     source: Mapping[str, Any] | None = None,
@@ -593,7 +592,7 @@ def apply_labels(
     """
     check_branch(branch)
     declared = dict(new_columns or {})
-    with write_lock(lock_path):
+    with write_lock(url):
         main = open_writable(url)
         created = branch not in main.branches.names()
         target = main if created else main.branches[branch].open()
@@ -914,7 +913,7 @@ def diff_branch(url: str, branch: str) -> dict[str, Any]:
     return _report(url, branch, main, _branch_plan(main, url, branch))
 
 
-def merge_branch(url: str, branch: str, lock_path: Path, prefer: str | None = None) -> dict[str, Any]:
+def merge_branch(url: str, branch: str, prefer: str | None = None) -> dict[str, Any]:
     """Write the cells ``branch`` changed since its base onto main, commit, and return what changed.
 
     A cell main changed too, to another value, is a conflict: the merge is refused, listing them,
@@ -927,7 +926,7 @@ def merge_branch(url: str, branch: str, lock_path: Path, prefer: str | None = No
     check_branch(branch)
     if prefer not in (None, *PREFER):
         raise LabelError(f"--prefer must be one of {list(PREFER)}, got {prefer!r}")
-    with write_lock(lock_path):
+    with write_lock(url):
         main = open_writable(url)
         plan = _branch_plan(main, url, branch)
         report = _report(url, branch, main, plan)

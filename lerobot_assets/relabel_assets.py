@@ -154,7 +154,6 @@ def episode_labels(context: AssetExecutionContext, label_file: dict, storage: St
         labels,
         branch,
         f"relabel {dataset} episode {index} from {Path(label_file['path']).name} ({label_file['sha256'][:12]})",
-        storage.home.lock(dataset),
         episodes=[index],
         new_columns=label_file["columns"],
         source={"file": label_file["path"], "sha256": label_file["sha256"]},
@@ -258,4 +257,4 @@ def diff(name: str, branch: str, home: str | Path | None = None) -> dict[str, An
 def merge(name: str, branch: str, home: str | Path | None = None, prefer: str | None = None) -> dict[str, Any]:
     """Merge ``branch`` into main of dataset ``name``'s table (``lerobot-assets merge``); ``prefer`` resolves conflicts."""
     home_ = Home.at(home)
-    return {"dataset": name, **merge_branch(home_.dataset_source(name).table, branch, home_.lock(name), prefer)}
+    return {"dataset": name, **merge_branch(home_.dataset_source(name).table, branch, prefer)}

@@ -2,8 +2,8 @@
 
 Columns keep LeRobot's feature keys (``observation.images.<camera>``, ``observation.state``,
 ``action``...), plus ``timestamp``, ``frame_index``, ``episode_index``, ``index``, ``task_index`` and
-``task``. Writing an episode replaces that episode's rows and commits, under a per-table lock, so a
-re-run never duplicates rows and a crash before the commit leaves the previous version intact
+``task``. Writing an episode replaces that episode's rows and commits, under the table's write lease
+(held by one writer on any machine), so a re-run never duplicates rows and a crash before the commit leaves the previous version intact
 (Deeplake drops uncommitted writes when a process dies).
 """
 
@@ -22,10 +22,10 @@ from typing import Any
 import deeplake
 import numpy as np
 import pyarrow as pa
-from filelock import FileLock
 
 from lerobot_assets.errors import TableError, where
 from lerobot_assets.home import check_name
+from lerobot_assets.lease import check_held, hold
 from lerobot_assets.lerobot_format import INDEX_DTYPES, DatasetMeta, Feature, episode_values
 
 log = logging.getLogger(__name__)
@@ -135,6 +135,9 @@ _writers: dict[tuple[str, int, int], deeplake.Dataset] = {}
 def open_table(url: str, meta: DatasetMeta, image_format: str) -> deeplake.Dataset:
     """Open the table at ``url``, creating it with ``meta``'s schema on first use; the caller holds the write lock.
 
+    A table another writer created but did not commit (its process died between ``create`` and the
+    commit of its columns: an empty table with no columns) is completed here.
+
     Opening replays the table's whole version log (Deeplake 4.7 keeps no checkpoint of it: ~0.2 ms
     per commit, ~0.35 ms with episode stats, so about a second at 3k episodes), so the handle is
     kept for this process and thread and, at the next call, only rolled back (what a failed write
@@ -145,20 +148,27 @@ def open_table(url: str, meta: DatasetMeta, image_format: str) -> deeplake.Datas
     key = (url, os.getpid(), threading.get_ident())
     if not deeplake.exists(url, creds=creds):
         _writers.pop(key, None)
-        ds = _create_table(url, creds, meta, image_format)
+        ds = _define_table(deeplake.create(url, creds=creds), url, meta, image_format)
     elif key in _writers:
         ds = _writers[key]
         ds.rollback()
         ds.refresh()
     else:
         ds = deeplake.open(url, creds=creds)
+    if _half_created(ds):
+        ds = _define_table(ds, url, meta, image_format)
     _refuse_misfit(ds, url, meta, table_columns(meta, image_format))
     _writers[key] = ds
     return ds
 
 
-def _create_table(url: str, creds: dict[str, str] | None, meta: DatasetMeta, image_format: str) -> deeplake.Dataset:
-    ds = deeplake.create(url, creds=creds)
+def _half_created(ds: deeplake.Dataset | deeplake.ReadOnlyDataset) -> bool:
+    """True for a table whose creation was not committed: no columns, no rows."""
+    return not len(ds.schema.columns) and not len(ds)
+
+
+def _define_table(ds: deeplake.Dataset, url: str, meta: DatasetMeta, image_format: str) -> deeplake.Dataset:
+    """Give a new (or half-created) table ``meta``'s columns, indexes and metadata, in one commit."""
     for name, dtype in table_columns(meta, image_format).items():
         ds.add_column(name, dtype)
     for name, index in _INDEXES.items():
@@ -177,7 +187,9 @@ def check_table_fits(url: str, meta: DatasetMeta, image_format: str) -> None:
     """
     creds = storage_creds(url)
     if deeplake.exists(url, creds=creds):
-        _refuse_misfit(deeplake.open_read_only(url, creds=creds), url, meta, table_columns(meta, image_format))
+        ds = deeplake.open_read_only(url, creds=creds)
+        if not _half_created(ds):  # completed by the first write (open_table)
+            _refuse_misfit(ds, url, meta, table_columns(meta, image_format))
 
 
 def _refuse_misfit(ds: deeplake.Dataset | deeplake.ReadOnlyDataset, url: str, meta: DatasetMeta, expected: dict[str, Any]) -> None:
@@ -204,11 +216,10 @@ def _is_label_column(dtype: Any) -> bool:
 
 
 @contextmanager
-def write_lock(lock_path: Path) -> Iterator[None]:
-    """Hold the file lock at ``lock_path`` across processes: one per table serializes its writers
-    (decoding still runs in parallel); ``Home.events_lock`` serializes recording episode results."""
-    lock_path.parent.mkdir(parents=True, exist_ok=True)
-    with FileLock(str(lock_path)):
+def write_lock(url: str) -> Iterator[None]:
+    """Hold the write lease of the table at ``url`` (:mod:`lerobot_assets.lease`): one writer at a
+    time per table, across processes and machines (decoding still runs in parallel)."""
+    with hold(url):
         yield
 
 
@@ -258,8 +269,8 @@ def episode_versions(ds: deeplake.Dataset | deeplake.ReadOnlyDataset) -> dict[in
     Kept with the rows (see :func:`replace_episode`), so any run on any machine can tell an
     unchanged episode from the table alone, without the Dagster instance that wrote it.
     """
-    if RUN_METADATA_COLUMN not in (column.name for column in ds.schema.columns):
-        return {}  # a table another run is creating right now (columns not added yet) holds no episode
+    if _half_created(ds):
+        return {}  # a table another run is creating right now, or whose creation died, holds no episode
     metadata = ds[RUN_METADATA_COLUMN].metadata
     prefix = _version_key(0)[:-1]
     return {
@@ -291,6 +302,7 @@ def replace_episode(
     if rows is not None:
         ds.append(dict(rows))
         written = len(rows["episode_index"])
+    check_held()
     ds.commit(message)
     return len(old), written
 
@@ -332,7 +344,8 @@ def table_metadata(ds: deeplake.Dataset | deeplake.ReadOnlyDataset) -> dict[str,
     with what :func:`set_table_metadata` recorded with the rows (fps, features, cameras, source,
     revision as of the latest ingest at this version)."""
     metadata = _json_entry(ds.metadata)
-    metadata.update(_json_entry(ds[RUN_METADATA_COLUMN].metadata))
+    if not _half_created(ds):
+        metadata.update(_json_entry(ds[RUN_METADATA_COLUMN].metadata))
     return metadata
 
 

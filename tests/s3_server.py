@@ -5,13 +5,17 @@ Usage::
     with S3Server() as s3:            # sets AWS_ENDPOINT_URL and test credentials while it runs
         ingest(source, name="x", tables=f"s3://{s3.bucket}/tables")
 
-It listens on a free port and is stopped by its PID when the block ends.
+It listens on a free port and is stopped by its PID when the block ends. Conditional writes
+(``If-Match``, ``If-None-Match``: table write leases) are handled one at a time, as S3 does
+atomically: moto checks the condition and writes the object in two steps, between which another
+request thread could write.
 """
 
 from __future__ import annotations
 
 import os
 import socket
+import threading
 import subprocess
 import sys
 import time
@@ -36,7 +40,7 @@ class S3Server:
 
     def __enter__(self) -> S3Server:
         self._process = subprocess.Popen(
-            [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(self.port)],
+            [sys.executable, __file__, str(self.port)],
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
         )
         deadline = time.monotonic() + 30
@@ -67,3 +71,25 @@ class S3Server:
             except subprocess.TimeoutExpired:
                 self._process.kill()
                 self._process.wait()
+
+
+def _serve(port: int) -> None:
+    """moto's server (as ``python -m moto.server``) with its conditional requests serialized."""
+    from moto.server import DomainDispatcherApplication, MotoRequestHandler, create_backend_app
+    from werkzeug.serving import run_simple
+
+    app = DomainDispatcherApplication(create_backend_app)
+    conditional = threading.Lock()
+
+    def serialized(environ: dict, start_response: Any) -> Any:
+        if "HTTP_IF_MATCH" in environ or "HTTP_IF_NONE_MATCH" in environ:
+            with conditional:
+                return list(app(environ, start_response))
+        return app(environ, start_response)
+
+    os.environ.setdefault("MOTO_PORT", str(port))
+    run_simple("127.0.0.1", port, serialized, threaded=True, request_handler=MotoRequestHandler)
+
+
+if __name__ == "__main__":
+    _serve(int(sys.argv[1]))

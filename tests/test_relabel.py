@@ -135,8 +135,7 @@ def test_dagster_records_only_the_affected_episode_partitions(state: dict) -> No
 
 
 def test_applying_the_same_labels_again_changes_nothing(state: dict) -> None:
-    lock = Home(state["home"]).lock("small")
-    again = apply_labels(state["table"], read_labels(state["labels"]), "fix", "relabel again", lock)
+    again = apply_labels(state["table"], read_labels(state["labels"]), "fix", "relabel again")
     assert (again.rows, again.episodes, again.columns, again.new_columns) == (0, [], [], [])
     assert again.version == state["result"]["version"] and not again.created_branch
 
@@ -218,33 +217,31 @@ def test_merge_brings_labels_to_main_and_earlier_tags_keep_the_old_ones(state: d
 def test_merge_refuses_when_main_replaced_rows_since_the_branch(state: dict) -> None:
     """Deeplake merges by row identity: labels on rows a re-ingest replaced would silently vanish."""
     home, table = state["home"], state["table"]
-    lock = _label_then_reingest(state, labelled=0, branch="stale", reingested=0)
+    _label_then_reingest(state, labelled=0, branch="stale", reingested=0)
     version = open_read_only(table).version
     assert diff("small", "stale", home)["replaced_on_main"] == [0]  # diff says merge will refuse
     with pytest.raises(TableError, match="replaced or removed rows since the branch was made"):
-        merge_branch(table, "stale", lock)
+        merge_branch(table, "stale")
     assert open_read_only(table).version == version
 
 
 def test_a_reingest_of_another_episode_does_not_block_a_merge(state: dict) -> None:
     """Only re-ingests of the episodes a branch labels make its labels stale; others merge as usual."""
     home, table = state["home"], state["table"]
-    lock = _label_then_reingest(state, labelled=2, branch="other", reingested=0)
+    _label_then_reingest(state, labelled=2, branch="other", reingested=0)
     assert diff("small", "other", home)["replaced_on_main"] == []
-    merged = merge_branch(table, "other", lock)
+    merged = merge_branch(table, "other")
     assert merged["episodes"] == [2]
     rows = _columns(open_read_only(table), "episode_index", "next.success")
     assert rows["next.success"][rows["episode_index"] == 2].all() and not rows["next.success"][rows["episode_index"] != 2].any()
 
 
-def _label_then_reingest(state: dict, *, labelled: int, branch: str, reingested: int) -> Path:
-    """Label episode ``labelled`` on a new ``branch``, then re-ingest episode ``reingested`` on main; the table's lock."""
-    lock = Home(state["home"]).lock("small")
+def _label_then_reingest(state: dict, *, labelled: int, branch: str, reingested: int) -> None:
+    """Label episode ``labelled`` on a new ``branch``, then re-ingest episode ``reingested`` on main."""
     declared = {"next.success": ColumnSpec("next.success", "bool", False)}
-    apply_labels(state["table"], [Label(labelled, "next.success", True)], branch, f"label episode {labelled}", lock,
+    apply_labels(state["table"], [Label(labelled, "next.success", True)], branch, f"label episode {labelled}",
                  new_columns=declared)
     _reingest_episode(state["table"], reingested)
-    return lock
 
 
 def _reingest_episode(url: str, index: int) -> None:

@@ -1,0 +1,98 @@
+"""Two "machines" writing one table: processes with their own homes (nothing local shared) ingesting
+overlapping episodes into the same ``s3://`` tables root on a real S3-compatible server (moto on
+127.0.0.1) at the same time. The table's write lease serializes them: the result equals a serial
+ingest row for row, with no (episode, frame) twice.
+
+``LEROBOT_ASSETS_TRIALS`` sets how many times the race is run (default 3).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import deeplake
+import numpy as np
+import pytest
+
+from lerobot_assets.launch import ingest
+from lerobot_assets.synthetic import generate_dataset
+from lerobot_assets.table import open_read_only
+
+from .s3_server import S3Server
+from .test_faults import _rows
+
+LENGTHS = (9, 12, 8, 11, 10, 7)
+TRIALS = int(os.environ.get("LEROBOT_ASSETS_TRIALS", "3"))
+
+
+@pytest.fixture(scope="module")
+def source(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return generate_dataset(tmp_path_factory.mktemp("machines") / "src", episode_lengths=LENGTHS, cameras=("front",),
+                            codec="libx264", episodes_per_file=2)
+
+
+@pytest.fixture(scope="module")
+def serial(source: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, np.ndarray]:
+    """The rows of a serial ingest of every episode, by one process into a local table."""
+    return _rows(ingest(str(source), name="robot", home=tmp_path_factory.mktemp("serial"), workers=1)["table"])
+
+
+@pytest.fixture(scope="module")
+def s3() -> Iterator[S3Server]:
+    with S3Server() as server:
+        yield server
+
+
+def _machine(source: Path, home: Path, tables: str, episodes: str) -> subprocess.Popen:
+    """``lerobot-assets ingest`` in a process of its own, as on another machine: its own home."""
+    command = [sys.executable, "-m", "lerobot_assets.cli", "ingest", str(source), "--name", "robot", "--home", str(home),
+               "--tables", tables, "--episodes", episodes, "--workers", "1"]
+    return subprocess.Popen(command, stdout=subprocess.PIPE, stderr=(home.parent / f"{home.name}.log").open("w"), text=True)
+
+
+def _duplicates(url: str) -> int:
+    ds = open_read_only(url)
+    pairs = np.stack([np.asarray(ds["episode_index"][:]), np.asarray(ds["frame_index"][:])], axis=1)
+    return len(pairs) - len(np.unique(pairs, axis=0))
+
+
+def test_two_machines_ingesting_overlapping_episodes_equal_a_serial_ingest(
+    source: Path, serial: dict[str, np.ndarray], s3: S3Server, tmp_path: Path
+) -> None:
+    outcomes = []
+    for trial in range(TRIALS):
+        tables = f"s3://{s3.bucket}/trial{trial}"
+        homes = [tmp_path / f"trial{trial}-{machine}" for machine in "AB"]
+        machines = [_machine(source, home, tables, episodes) for home, episodes in zip(homes, ("0-3", "2-5"))]
+        codes = [machine.wait(timeout=600) for machine in machines]
+        materialized = [json.loads(machine.stdout.read().splitlines()[-1])["materialized"] if code == 0 else None
+                        for machine, code in zip(machines, codes)]
+        url = f"{tables}/robot"
+        rows = _rows(url)
+        outcomes.append({
+            "trial": trial, "exit codes": codes, "materialized": materialized, "rows": len(rows["index"]),
+            "duplicates": _duplicates(url),
+            "differ": [name for name in serial if name not in rows or not np.array_equal(rows[name], serial[name])],
+        })
+        if codes != [0, 0]:
+            print(f"trial {trial}:", *[(h.parent / f"{h.name}.log").read_text()[-2000:] for h in homes], sep="\n")
+    print(outcomes)
+    expected = {"exit codes": [0, 0], "materialized": [[0, 1, 2, 3], [2, 3, 4, 5]], "rows": sum(LENGTHS),
+                "duplicates": 0, "differ": []}
+    assert [{key: outcome[key] for key in expected} for outcome in outcomes] == [expected] * TRIALS, outcomes
+
+
+def test_a_table_whose_creation_was_not_committed_is_completed(source: Path, serial: dict[str, np.ndarray],
+                                                               tmp_path: Path) -> None:
+    """A writer died between creating the table and committing its columns: the next ingest completes it."""
+    tables = tmp_path / "tables"
+    deeplake.create(str(tables / "robot"))
+    result = ingest(str(source), name="robot", home=tmp_path / "home", tables=str(tables), workers=1)
+    rows = _rows(result["table"])
+    for name in serial:
+        assert np.array_equal(rows[name], serial[name]), name
