@@ -49,6 +49,7 @@ LEASE_FOLDER = ".leases"
 #: Seconds a lease stays valid without renewal; the holder renews it every quarter of that.
 DEFAULT_TTL = 60.0
 _held = threading.local()  # .leases: url -> [lease, depth] held by this thread
+_open_fds: set[int] = set()  # of the local leases held in this process
 
 
 def lease_url(table: str) -> str:
@@ -138,6 +139,7 @@ class _FileLease:
     def acquire(self) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self.fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        _open_fds.add(self.fd)
         try:
             fcntl.flock(self.fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -149,6 +151,7 @@ class _FileLease:
 
     def release(self) -> None:
         os.ftruncate(self.fd, 0)
+        _open_fds.discard(self.fd)
         os.close(self.fd)  # releases the flock
 
 
@@ -280,3 +283,19 @@ def _lease_for(table: str, ttl: float) -> _FileLease | _S3Lease:
                     "to run writers on several machines", scheme)
     digest = hashlib.sha256(table.encode()).hexdigest()[:16]
     return _FileLease(Path(tempfile.gettempdir()) / "lerobot-assets-leases" / digest, table)
+
+
+def _forget_in_child() -> None:
+    """A forked worker holds none of its parent's leases: closing its copies of their files keeps
+    it from holding a local lease once the parent releases it (an ``flock`` lasts while any copy of
+    its file is open), and it renews no S3 lease (no heartbeat thread survives a fork)."""
+    global _held, _clients_lock
+    _held = threading.local()
+    for fd in _open_fds:
+        os.close(fd)
+    _open_fds.clear()
+    _clients.clear()
+    _clients_lock = threading.Lock()
+
+
+os.register_at_fork(after_in_child=_forget_in_child)

@@ -185,3 +185,18 @@ def test_a_killed_holder_of_a_local_lease_releases_it(tmp_path: Path, caplog: py
     holder.wait(10)
     assert 0.9 <= waited < 10
     assert f"held by pid {holder.pid} on host {socket.gethostname()}" in caplog.text
+
+
+def test_a_worker_forked_while_a_local_lease_is_held_does_not_keep_it(tmp_path: Path) -> None:
+    """An ``flock`` lasts while any copy of its file is open: a forked child must close its copy."""
+    table = str(tmp_path / "tables" / "ds")
+    with hold(table):
+        child = os.fork()
+        if child == 0:  # the worker: holds nothing of its parent's, lives on
+            time.sleep(5)
+            os._exit(0)
+    started = time.monotonic()
+    with hold(table):
+        waited = time.monotonic() - started
+    os.waitpid(child, 0)
+    assert waited < 2
