@@ -21,4 +21,5 @@ demo: install
 
 test: install
 	sh tests/ui_setup.sh $(BIN)/python
+	sh tests/pg_setup.sh
 	$(BIN)/python -m pytest -q
