@@ -5,8 +5,8 @@ writes into the repository's default home).
 
 The run is a real one: ``lerobot-assets ingest`` (a separate process, as a user would start it) of a
 generated one-episode dataset, recorded in the instance the UI serves. To open the page while the run
-is surely still going, the test holds the dataset's table lock (as a concurrent writer would): the
-episode run decodes, then waits for the lock before it writes. The test then
+is surely still going, the test holds the table's write lease (as a concurrent writer would): the
+episode run decodes, then waits for the lease before it writes. The test then
 
 1. opens the page of the STARTED run that plans ``deeplake_table``, waits until it shows every event
    the instance holds so far, and records the rows (timestamp, event type or level, message);
@@ -43,7 +43,9 @@ from dagster import DagsterEventType, DagsterInstance, DagsterRunStatus, EventLo
 from filelock import FileLock
 
 from lerobot_assets.home import Home
+from lerobot_assets.lease import lease_url
 from lerobot_assets.synthetic import generate_dataset
+from lerobot_assets.table import table_url
 from tests.browser import chromium, launch_browser, skip_community_dialog  # noqa: F401 - chromium is a fixture
 from tests.dagster_server import dagster_command, free_port, graphql, serve, server_env, tail
 
@@ -163,7 +165,7 @@ def test_run_page_streams_log_lines_live(server: str, page, tmp_path: Path) -> N
     setup = _setup(server, tmp_path, port)
     env = server_env()
     with serve(setup.server, f"http://127.0.0.1:{port}", setup.cwd, env, out / "server.log") as base:
-        lock = Home(setup.home).lock(DATASET)
+        lock = Path(lease_url(table_url(Home(setup.home).tables, DATASET)))  # a local table's lease is an flock
         lock.parent.mkdir(parents=True, exist_ok=True)
         table_lock = FileLock(str(lock))
         table_lock.acquire()
