@@ -1,6 +1,6 @@
 """Dagster on PostgreSQL: the CLI records an ingest in an instance whose storage is a real
-PostgreSQL server (Debian's, started on 127.0.0.1 by tests/pg_server.py), configured the way
-docs/usage.md says (``postgres_url: postgresql+psycopg2://...``)."""
+PostgreSQL server (Debian's, started on 127.0.0.1 by tests/pg_server.py), configured as
+docs/usage.md shows (``postgres_url`` from ``$DAGSTER_POSTGRES_URL``: ``postgresql+psycopg2://...``)."""
 
 from __future__ import annotations
 
@@ -31,12 +31,13 @@ def _ingest(source: Path, home: Path, dagster_home: Path) -> dict:
     return json.loads(done.stdout.splitlines()[-1])
 
 
-def test_an_ingest_recorded_in_a_postgres_instance(tmp_path: Path) -> None:
+def test_an_ingest_recorded_in_a_postgres_instance(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     source = generate_dataset(tmp_path / "src", episode_lengths=(6, 7), cameras=("front",), codec="libx264")
     dagster_home = tmp_path / "dagster"
     dagster_home.mkdir()
     with PostgresServer() as pg:
-        (dagster_home / "dagster.yaml").write_text(f"storage:\n  postgres:\n    postgres_url: {json.dumps(pg.url)}\n")
+        monkeypatch.setenv("DAGSTER_POSTGRES_URL", pg.url)  # the CLI processes inherit it
+        (dagster_home / "dagster.yaml").write_text("storage:\n  postgres:\n    postgres_url:\n      env: DAGSTER_POSTGRES_URL\n")
         first = _ingest(source, tmp_path / "home", dagster_home)
         assert (first["added"], first["rows"]) == ([0, 1], 13)
         again = _ingest(source, tmp_path / "home", dagster_home)
