@@ -273,7 +273,7 @@ class SnapshotDataset(torch.utils.data.Dataset):
         self.stats: stats.Stats | None = stats.load_stats(ds, sorted_episode[firsts].tolist())
         self._ds: Any = None
         self._ds_pid = -1
-        self._ahead: tuple[int, tuple[int, ...], dict[str, tuple[Any, np.ndarray]]] = (0, (), {})  # (pid, indices, reads)
+        self._held: tuple[int, dict[tuple[int, ...], _WindowReads]] = (0, {})  # (pid, reads by window)
 
     def __len__(self) -> int:
         return len(self._samples)
@@ -287,7 +287,7 @@ class SnapshotDataset(torch.utils.data.Dataset):
         return len(self.episodes)
 
     def __getstate__(self) -> dict[str, Any]:
-        return {**self.__dict__, "_ds": None, "_ds_pid": -1, "_ahead": (0, (), {})}
+        return {**self.__dict__, "_ds": None, "_ds_pid": -1, "_held": (0, {})}
 
     def _table(self) -> Any:
         """The Deeplake dataset, opened once per process (a handle must not cross a fork)."""
@@ -311,7 +311,8 @@ class SnapshotDataset(torch.utils.data.Dataset):
         windows, pads = {}, {}
         for key in self._delta:
             windows[key], pads[f"{key}_is_pad"] = self._window(key, positions)
-        images = {cam: self._frames(future.result(), inverse) for cam, (future, inverse) in self._reads(indices).items()}
+        reads = self._reads(indices)
+        images = {cam: self._frames(reads[cam], windows[cam] if cam in windows else rows) for cam in self.camera_keys}
         columns = {key: _batch_tensor(values[windows.get(key, rows)]) for key, values in self._values.items()}
         columns.update({key: _batch_tensor(pad) for key, pad in pads.items()})
         items: list[dict[str, Any]] = []
@@ -330,68 +331,133 @@ class SnapshotDataset(torch.utils.data.Dataset):
         start, end = self._start[positions, None], self._end[positions, None]
         return self._order[np.clip(wanted, start, end - 1)], (wanted < start) | (wanted >= end)
 
-    def _reads(self, indices: Sequence[int]) -> dict[str, tuple[Any, np.ndarray]]:
-        """The reads of batch ``indices``' frames: those started ahead for it, else started now. A
-        :class:`ReadAheadBatches` batch also starts the reads of the worker's next batch."""
-        pid, started_for, started = self._ahead
-        reads = started if pid == os.getpid() and started_for == tuple(indices) else self._read(indices)
-        upcoming = getattr(indices, "ahead", [])
-        self._ahead = (os.getpid(), tuple(upcoming), self._read(upcoming) if upcoming else {})
-        return reads
+    def _reads(self, indices: Sequence[int]) -> _WindowReads:
+        """The reads holding batch ``indices``' frames: those of its :class:`ReadAheadBatches` window
+        (started ahead, or by an earlier batch of the window), else started now; a window batch also
+        starts the reads of the worker's next window. The worker holds at most those two windows."""
+        window = tuple(getattr(indices, "window", None) or indices)
+        if not set(indices) <= set(window):
+            window = tuple(indices)
+        ahead = tuple(getattr(indices, "ahead", ()))
+        pid, held = self._held
+        held = held if pid == os.getpid() else {}
+        kept = {key: held[key] if key in held else self._read(key) for key in (window, ahead) if key}
+        self._held = (os.getpid(), kept)
+        return kept[window]
 
-    def _read(self, indices: Sequence[int]) -> dict[str, tuple[Any, np.ndarray]]:
-        """Start reading the encoded frames of samples ``indices``, every camera at once (on S3 the later
-        ones arrive while the first decodes), each row once: per camera, the Deeplake future of the
-        distinct rows' bytes and where each of the batch's frames is among them."""
+    def _read(self, indices: Sequence[int]) -> _WindowReads:
+        """Start reading the encoded frames that samples ``indices`` need, every camera at once (on S3
+        the later ones arrive while the first decodes), each row once, contiguous rows as one range."""
         positions = self._samples[np.asarray(indices, dtype=np.int64)]
         reads = {}
         for cam in self.camera_keys:
-            wanted = self._window(cam, positions)[0] if cam in self._delta else self._order[positions]
-            unique, inverse = np.unique(wanted, return_inverse=True)
-            reads[cam] = (self._table()[cam].get_bytes_async(unique.tolist()), inverse.reshape(wanted.shape))
+            rows = np.unique(self._window(cam, positions)[0] if cam in self._delta else self._order[positions])
+            reads[cam] = _RowReads(rows, self._table()[cam])
         return reads
 
-    def _frames(self, encoded: list[bytes], inverse: np.ndarray) -> torch.Tensor:
-        """Frames ``encoded[inverse]`` decoded (each distinct one once), shaped ``(*inverse.shape, C, H, W)``."""
+    def _frames(self, reads: _RowReads, wanted: np.ndarray) -> torch.Tensor:
+        """The frames of table rows ``wanted`` decoded (each distinct one once), shaped ``(*wanted.shape, C, H, W)``."""
+        unique, inverse = np.unique(wanted, return_inverse=True)
+        encoded = reads.encoded(unique)
         if self.decode_device == "cuda" and is_jpeg(encoded[0]):  # nvJPEG decodes JPEG only
             unique_frames = decode_frames_cuda(encoded, self.image_dtype, self.image_size)
             frames = unique_frames[torch.from_numpy(inverse.ravel()).to(unique_frames.device)]
         else:
             frames = decode_frames([encoded[k] for k in inverse.ravel()], self.image_dtype, self.image_size)
-        return frames.view(*inverse.shape, *frames.shape[1:])
+        return frames.view(*wanted.shape, *frames.shape[1:])
+
+
+class _RowReads:
+    """The encoded bytes of sorted table ``rows`` of one camera column, being read: every run of
+    contiguous rows as one range read (which Deeplake serves from object storage with a few
+    whole-object requests, where a list of rows costs about one request per row), the others in one read."""
+
+    def __init__(self, rows: np.ndarray, column: Any) -> None:
+        self.rows = rows
+        starts = np.flatnonzero(np.r_[True, np.diff(rows) != 1])
+        lengths = np.diff(np.r_[starts, len(rows)])
+        runs = [(np.arange(a, a + n), column.get_bytes_async(slice(int(rows[a]), int(rows[a]) + int(n))))
+                for a, n in zip(starts, lengths) if n > 1]
+        single = np.concatenate([np.arange(a, a + n) for a, n in zip(starts, lengths) if n == 1] or [np.zeros(0, int)])
+        if len(single):
+            runs.append((single, column.get_bytes_async(rows[single].tolist())))
+        self._pending, self._bytes = runs, [b""] * len(rows)
+
+    def encoded(self, wanted: np.ndarray) -> list[bytes]:
+        """The bytes of rows ``wanted`` (all among ``rows``), waiting for the reads still running."""
+        for positions, future in self._pending:
+            for k, blob in zip(positions.tolist(), future.result()):
+                self._bytes[k] = blob
+        self._pending = []
+        return [self._bytes[k] for k in np.searchsorted(self.rows, wanted).tolist()]
+
+
+_WindowReads = dict[str, _RowReads]
 
 
 class ReadAheadBatches(torch.utils.data.Sampler[list[int]]):
-    """Batches of sample indices, shuffled or in order, each telling the worker its next batch, to read ahead.
+    """Batches of sample indices, shuffled or in order, grouped in windows that each worker reads ahead.
 
     Give it to the DataLoader as ``batch_sampler``, with the same ``num_workers``. The DataLoader
-    deals batches to its workers in turn, so a worker's next batch comes ``num_workers`` batches
-    later; a :class:`SnapshotDataset` worker starts reading that batch's encoded frames while it
-    decodes the current one. Worth it where a read waits on the network (an S3 snapshot). If the
-    batch a worker gets is not the one it read ahead, it simply reads it then: items never change.
+    deals batches to its workers in turn; this sampler orders them so that each worker gets all
+    the batches of a window in a row, and tells it its next window. A :class:`SnapshotDataset`
+    worker reads a whole window's encoded frames at once and starts reading its next window while
+    it decodes the current one. Worth it where a read waits on the network (an S3 snapshot).
+
+    By default a window is one batch of a full shuffle. With ``block`` > 1 the samples are
+    shuffled in blocks of ``block`` consecutive ones (consecutive frames of an episode), and a
+    window holds ``window`` samples (a multiple of ``batch_size``) from ``window // block`` blocks,
+    shuffled among themselves and cut into batches: on object storage a window is then a few
+    large range reads instead of about one request per frame and camera (measured on S3:
+    ``docs/benchmarks.md``). The price is a less mixed batch (frames from at most
+    ``window // block`` places); every sample still comes once per epoch, and items never change:
+    a batch whose window a worker does not hold is simply read then.
     """
 
     def __init__(self, size: int, batch_size: int, num_workers: int, shuffle: bool = True, drop_last: bool = False,
-                 generator: torch.Generator | None = None) -> None:
+                 generator: torch.Generator | None = None, window: int | None = None, block: int = 1) -> None:
+        if block < 1 or (window is not None and window < batch_size):
+            raise ValueError(f"block must be >= 1 and window >= batch_size ({batch_size}), not {block} and {window}")
         self.size, self.batch_size, self.step = size, batch_size, max(1, num_workers)
         self.shuffle, self.drop_last, self.generator = shuffle, drop_last, generator
+        self.batches_per_window, self.block = (window or batch_size) // batch_size, block
 
     def __len__(self) -> int:
         return self.size // self.batch_size if self.drop_last else math.ceil(self.size / self.batch_size)
 
     def __iter__(self) -> Iterator[list[int]]:
-        order = torch.randperm(self.size, generator=self.generator).tolist() if self.shuffle else list(range(self.size))
-        batches = [order[k : k + self.batch_size] for k in range(0, len(self) * self.batch_size, self.batch_size)]
-        for k, batch in enumerate(batches):
-            yield _Batch(batch, batches[k + self.step] if k + self.step < len(batches) else [])
+        blocks = torch.arange(self.size).split(self.block)
+        if self.shuffle:
+            blocks = [blocks[k] for k in torch.randperm(len(blocks), generator=self.generator).tolist()]
+        batches = list(torch.cat(blocks).split(self.batch_size)) if blocks else []
+        batches = batches[: len(self)]
+        # As many windows as the batches need, a multiple of the workers, with as many batches each as can be:
+        # every worker then gets the same number of batches (or one fewer) and stays in step with the DataLoader.
+        count = min(len(batches), math.ceil(len(batches) / self.batches_per_window / self.step) * self.step)
+        windows = []
+        for group in np.array_split(np.arange(len(batches)), count) if count else []:
+            members = [batches[k] for k in group.tolist()]
+            samples = torch.cat(members)
+            if self.shuffle:
+                samples = samples[torch.randperm(len(samples), generator=self.generator)]
+            windows.append((samples.tolist(), samples.split([len(m) for m in members])))
+        streams = []
+        for worker in range(self.step):
+            mine = windows[worker :: self.step]
+            streams.append([_Batch(batch.tolist(), samples, mine[k + 1][0] if k + 1 < len(mine) else [])
+                            for k, (samples, cut) in enumerate(mine) for batch in cut])
+        for round_ in range(max(map(len, streams), default=0)):
+            yield from (stream[round_] for stream in streams if round_ < len(stream))
 
 
 class _Batch(list):
-    """A batch of indices that also names the indices its worker will get next (pickled with it)."""
+    """A batch of indices that also names its window's indices and the worker's next window (pickled with it)."""
 
-    def __init__(self, indices: list[int], ahead: list[int]) -> None:
+    def __init__(self, indices: list[int], window: list[int], ahead: list[int]) -> None:
         super().__init__(indices)
-        self.ahead = ahead
+        self.window, self.ahead = window, ahead
+
+
 def _task_codes(ds: Any, episode: np.ndarray, task_index: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Every row's task text as a code into a few names, without a Python string per row.
 

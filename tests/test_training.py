@@ -400,7 +400,7 @@ def test_cuda_decoding_matches_the_cpu_decoder(snap: dict) -> None:
 
 def test_an_s3_snapshot_gives_the_same_items_as_the_local_one(snap: dict, tmp_path: Path) -> None:
     """The same source ingested into tables on a real S3-compatible server (moto, 127.0.0.1), read
-    through workers that read each next batch ahead."""
+    item by item, and through workers that read windows of contiguous samples ahead (range reads)."""
     home = snap["home"]
     source = Home.at(home).dataset_source("gen").source
     with S3Server() as s3:
@@ -410,13 +410,13 @@ def test_an_s3_snapshot_gives_the_same_items_as_the_local_one(snap: dict, tmp_pa
         assert remote.snapshot.table == f"s3://{s3.bucket}/tables/gen"
         reference = _items_by_index(SnapshotDataset("gen", "t1", home=home, delta_timestamps=HISTORY_AND_CHUNK))
         assert sorted(_items_by_index(remote)) == sorted(reference)
-        loader = DataLoader(remote, batch_sampler=ReadAheadBatches(len(remote), 5, num_workers=2), num_workers=2,
-                            collate_fn=collate)
-        seen = []
-        for batch in loader:
-            _assert_batch_equals(batch, reference)
-            seen += batch["index"].tolist()
-        assert sorted(seen) == sorted(reference)
+        for sampler in (ReadAheadBatches(len(remote), 5, num_workers=2),
+                        ReadAheadBatches(len(remote), 5, num_workers=2, window=10, block=4)):
+            seen = []
+            for batch in DataLoader(remote, batch_sampler=sampler, num_workers=2, collate_fn=collate):
+                _assert_batch_equals(batch, reference)
+                seen += batch["index"].tolist()
+            assert sorted(seen) == sorted(reference)
 
 
 def test_read_ahead_batches_name_each_workers_next_batch_and_leave_items_unchanged(snap: dict) -> None:
@@ -432,8 +432,42 @@ def test_read_ahead_batches_name_each_workers_next_batch_and_leave_items_unchang
     in_order = list(ReadAheadBatches(len(dataset), 6, num_workers=0))
     for batch, upcoming in zip(in_order, [*in_order[1:], []]):
         items = dataset.__getitems__(batch)
-        assert dataset._ahead[1] == tuple(upcoming)  # reading the next batch has started
+        assert set(dataset._held[1]) == {tuple(batch), tuple(upcoming)} - {()}  # reading the next batch has started
         for item in items:
             expected = reference[int(item["index"])]
             assert all(item[k] == v if k == "task" else torch.equal(item[k], v) for k, v in expected.items())
-    assert dataset._ahead[1] == ()
+    assert set(dataset._held[1]) == {tuple(in_order[-1])}
+
+
+def test_read_ahead_windows_deal_each_worker_whole_windows_of_contiguous_blocks(snap: dict) -> None:
+    """Windows of 12 samples from blocks of 4 consecutive ones, batches of 4, 2 workers: the DataLoader
+    deals batch k to worker k % 2, so each worker's batches run through its windows in order."""
+    sampler = ReadAheadBatches(35, 4, num_workers=2, window=12, block=4, generator=torch.Generator().manual_seed(1))
+    batches = list(sampler)
+    assert len(batches) == len(sampler) == 9 and sorted(i for b in batches for i in b) == list(range(35))
+    for worker in (0, 1):
+        mine = batches[worker::2]
+        windows = [list(w) for w in dict.fromkeys(tuple(b.window) for b in mine)]
+        assert [i for w in windows for i in w] == [i for b in mine for i in b]  # whole windows, in a row
+        for b in mine:
+            assert set(b) <= set(b.window) and b.ahead == (windows[windows.index(b.window) + 1]
+                                                             if b.window != windows[-1] else [])
+        for w in windows:  # at most window // block blocks of consecutive samples
+            assert len(w) <= 12 and len({i // 4 for i in w}) <= 3
+    assert [len(b) for b in ReadAheadBatches(35, 4, num_workers=2, window=12, block=4, drop_last=True)] == [4] * 8
+    assert list(ReadAheadBatches(10, 4, num_workers=1, shuffle=False, window=8, block=3)) == [[0, 1, 2, 3],
+                                                                                               [4, 5, 6, 7], [8, 9]]
+    with pytest.raises(ValueError, match="window >= batch_size"):
+        ReadAheadBatches(10, 4, num_workers=1, window=2)
+
+    dataset = SnapshotDataset("gen", "t1", home=snap["home"], delta_timestamps=HISTORY_AND_CHUNK)
+    reference = _items_by_index(dataset)
+    in_process = list(ReadAheadBatches(len(dataset), 5, num_workers=0, window=15, block=5))
+    for batch in in_process:
+        items = dataset.__getitems__(batch)
+        assert set(dataset._held[1]) == {tuple(batch.window), tuple(batch.ahead)} - {()}
+        assert [int(item["index"]) for item in items] == [int(reference_index) for reference_index in
+                                                            np.asarray(sorted(reference))[batch]]
+        for item in items:
+            expected = reference[int(item["index"])]
+            assert all(item[k] == v if k == "task" else torch.equal(item[k], v) for k, v in expected.items())
