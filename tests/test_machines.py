@@ -1,7 +1,9 @@
 """Two "machines" writing one table: processes with their own homes (nothing local shared) ingesting
 overlapping episodes into the same ``s3://`` tables root on a real S3-compatible server (moto on
 127.0.0.1) at the same time. The table's write lease serializes them: the result equals a serial
-ingest row for row, with no (episode, frame) twice.
+ingest row for row, with no (episode, frame) twice. Each trial starts with the test holding the
+lease until both machines wait for it at their first write (creating the table), so they contend
+every time; then they run free.
 
 ``LEROBOT_ASSETS_TRIALS`` sets how many times the race is run (default 3).
 """
@@ -12,6 +14,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -20,6 +23,7 @@ import numpy as np
 import pytest
 
 from lerobot_assets.launch import ingest
+from lerobot_assets.lease import hold
 from lerobot_assets.synthetic import generate_dataset
 from lerobot_assets.table import open_read_only
 
@@ -54,7 +58,22 @@ def _machine(source: Path, home: Path, tables: str, episodes: str) -> subprocess
     """``lerobot-assets ingest`` in a process of its own, as on another machine: its own home."""
     command = [sys.executable, "-m", "lerobot_assets.cli", "ingest", str(source), "--name", "robot", "--home", str(home),
                "--tables", tables, "--episodes", episodes, "--workers", "1"]
-    return subprocess.Popen(command, stdout=subprocess.PIPE, stderr=(home.parent / f"{home.name}.log").open("w"), text=True)
+    with (home.parent / f"{home.name}.log").open("w") as log:
+        return subprocess.Popen(command, stdout=subprocess.PIPE, stderr=log, text=True)
+
+
+def _log(home: Path) -> str:
+    return (home.parent / f"{home.name}.log").read_text()
+
+
+def _until_both_wait(machines: list[subprocess.Popen], homes: list[Path]) -> None:
+    """Return once both machines log that they wait for the write lease (or one has exited: the
+    code before the lease never waits)."""
+    deadline = time.monotonic() + 300
+    while not all("waiting for the write lease" in _log(home) for home in homes):
+        if any(machine.poll() is not None for machine in machines) or time.monotonic() > deadline:
+            return
+        time.sleep(0.2)
 
 
 def _duplicates(url: str) -> int:
@@ -69,24 +88,27 @@ def test_two_machines_ingesting_overlapping_episodes_equal_a_serial_ingest(
     outcomes = []
     for trial in range(TRIALS):
         tables = f"s3://{s3.bucket}/trial{trial}"
+        url = f"{tables}/robot"
         homes = [tmp_path / f"trial{trial}-{machine}" for machine in RANGES]
-        machines = [_machine(source, home, tables, episodes) for home, (episodes, _) in zip(homes, RANGES.values())]
+        with hold(url):  # both machines reach their first write (creating the table) and wait for this
+            machines = [_machine(source, home, tables, episodes) for home, (episodes, _) in zip(homes, RANGES.values())]
+            _until_both_wait(machines, homes)
         codes = [machine.wait(timeout=600) for machine in machines]
         # what each found in the table when done (what it materialized depends on who was first)
         held = [json.loads(machine.stdout.read().splitlines()[-1])["episodes"] if code == 0 else None
                 for machine, code in zip(machines, codes)]
-        url = f"{tables}/robot"
         rows = _rows(url)
         outcomes.append({
             "trial": trial, "exit codes": codes,
             "covered": [h is not None and set(episodes) <= set(h) for h, (_, episodes) in zip(held, RANGES.values())],
             "rows": len(rows["index"]), "duplicates": _duplicates(url),
+            "waited for the test": [f"held by pid {os.getpid()} on host" in _log(home) for home in homes],
             "differ": [name for name in serial if name not in rows or not np.array_equal(rows[name], serial[name])],
         })
         if codes != [0, 0]:
-            print(f"trial {trial}:", *[(h.parent / f"{h.name}.log").read_text()[-2000:] for h in homes], sep="\n")
+            print(f"trial {trial}:", *[_log(home)[-2000:] for home in homes], sep="\n")
     print(outcomes)
-    expected = {"exit codes": [0, 0], "covered": [True, True], "rows": sum(LENGTHS),
+    expected = {"exit codes": [0, 0], "covered": [True, True], "waited for the test": [True, True], "rows": sum(LENGTHS),
                 "duplicates": 0, "differ": []}
     assert [{key: outcome[key] for key in expected} for outcome in outcomes] == [expected] * TRIALS, outcomes
 
