@@ -25,6 +25,7 @@ from lerobot_assets.table import episode_versions, open_read_only
 
 # Runs a real ingest in a child process, through the real Deeplake table, but pauses at the commit that
 # follows an episode's delete + append, so the test can SIGKILL it at the worst moment.
+# Arguments: source, home, marker file[, tables root].
 _KILLABLE_INGEST = textwrap.dedent(
     """
     import sys, time
@@ -48,7 +49,7 @@ _KILLABLE_INGEST = textwrap.dedent(
             time.sleep(600)
 
     assets.replace_episode = lambda ds, *a, **k: real_replace(PausingAtCommit(ds), *a, **k)
-    ingest(sys.argv[1], name="robot", home=sys.argv[2], workers=1)
+    ingest(sys.argv[1], name="robot", home=sys.argv[2], tables=(sys.argv[4:] or [None])[0], workers=1)
     """
 )
 

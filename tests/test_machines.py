@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -28,7 +29,8 @@ from lerobot_assets.synthetic import generate_dataset
 from lerobot_assets.table import open_read_only
 
 from .s3_server import S3Server
-from .test_faults import _rows
+from .test_faults import _KILLABLE_INGEST, _rows, _wait_for
+from .test_lease import _s3_object
 
 LENGTHS = (40, 44, 38, 42, 40, 36)
 #: Episodes each machine ingests: both start at once and write 1-5 at about the same time.
@@ -120,5 +122,30 @@ def test_a_table_whose_creation_was_not_committed_is_completed(source: Path, ser
     deeplake.create(str(tables / "robot"))
     result = ingest(str(source), name="robot", home=tmp_path / "home", tables=str(tables), workers=1)
     rows = _rows(result["table"])
+    for name in serial:
+        assert np.array_equal(rows[name], serial[name]), name
+
+
+def test_a_machine_killed_mid_write_leaves_its_lease_to_the_next(source: Path, serial: dict[str, np.ndarray],
+                                                                  s3: S3Server, tmp_path: Path) -> None:
+    """Machine A dies holding the lease (SIGKILL at its first episode's commit): machine B, with another
+    home, takes the lease over at once (its holder is a dead process of this host; from another host,
+    after the lease's time to live) and its ingest leaves the table exact."""
+    tables = f"s3://{s3.bucket}/killed"
+    marker = tmp_path / "at-commit"
+    with (tmp_path / "A.log").open("w") as log:
+        a = subprocess.Popen([sys.executable, "-c", _KILLABLE_INGEST, str(source), str(tmp_path / "A"), str(marker), tables],
+                             stdout=subprocess.DEVNULL, stderr=log, start_new_session=True)
+    try:
+        _wait_for(marker, a)
+    finally:
+        os.killpg(a.pid, signal.SIGKILL)
+        a.wait(timeout=30)
+    client, bucket, key = _s3_object(f"{tables}/robot")
+    assert json.loads(client.get_object(Bucket=bucket, Key=key)["Body"].read())["pid"] == a.pid  # left behind
+    b = _machine(source, tmp_path / "B", tables, "0-5")
+    assert b.wait(timeout=600) == 0, _log(tmp_path / "B")[-3000:]
+    assert f"took over the write lease of {tables}/robot from pid {a.pid}" in _log(tmp_path / "B")
+    rows = _rows(f"{tables}/robot")
     for name in serial:
         assert np.array_equal(rows[name], serial[name]), name
