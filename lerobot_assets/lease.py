@@ -10,9 +10,9 @@ never start with a dot)::
 - ``s3://`` tables: the lease is an object created with a conditional PUT (``If-None-Match: *``), so
   of two writers exactly one creates it. The holder renews it (``If-Match`` on its ETag) every
   quarter of its time to live from a heartbeat thread and deletes it (``If-Match``) when done. A
-  waiter that sees the same lease content for a whole time to live, measured on its own clock (so
-  machines' clocks need not agree), or whose holder is a dead process on the waiter's own host,
-  takes it over with a conditional PUT on the ETag it saw: of several waiters one wins.
+  waiter that sees the same lease content for a whole time to live (the longer of its own and the
+  holder's), measured on its own clock (so machines' clocks need not agree), or whose holder is a
+  dead process on the waiter's own host (same boot and PID namespace), takes it over with a conditional PUT on the ETag it saw: of several waiters one wins.
 - local paths: the lease is a file under an exclusive ``flock``, which the kernel releases when its
   holder dies, so no expiry is needed. Machines sharing a local path must share it over a file
   system with working ``flock`` (NFSv4 does); otherwise put the tables on S3.
@@ -94,15 +94,38 @@ def check_held() -> None:
 
 
 def _owner(token: str, since: float, ttl: float | None = None, renewals: int = 0) -> bytes:
-    """The lease's content: its holder, since when it holds it and (S3) until when it holds unrenewed."""
-    owner: dict[str, Any] = {"host": socket.gethostname(), "pid": os.getpid(), "token": token, "since": _utc(since)}
+    """The lease's content: its holder, since when it holds it and (S3) its time to live and until when
+    it holds unrenewed."""
+    owner: dict[str, Any] = {"host": socket.gethostname(), "pid": os.getpid(), "pids": _pid_space(), "token": token,
+                             "since": _utc(since)}
     if ttl is not None:
-        owner.update(renewals=renewals, expires=_utc(time.time() + ttl))
+        owner.update(ttl=ttl, renewals=renewals, expires=_utc(time.time() + ttl))
     return json.dumps(owner).encode()
+
+
+def _pid_space() -> str:
+    """Which processes a pid names here: this boot's id and this PID namespace ("" where unknown).
+
+    Containers can share a host name (``--network host``) but not their processes: a pid is only
+    checked for life when the lease was written from the same boot and PID namespace.
+    """
+    try:
+        boot = Path("/proc/sys/kernel/random/boot_id").read_text().strip()
+        return f"{boot}/{os.readlink('/proc/self/ns/pid')}"
+    except OSError:
+        return ""
 
 
 def _utc(seconds: float) -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(seconds))
+
+
+def _ttl_of(body: bytes) -> float:
+    """The time to live the lease's holder renews it within (0 if unknown)."""
+    try:
+        return float(json.loads(body).get("ttl", 0))
+    except (ValueError, TypeError, AttributeError):
+        return 0.0
 
 
 def describe_holder(body: bytes) -> str:
@@ -115,10 +138,12 @@ def describe_holder(body: bytes) -> str:
 
 
 def _is_dead_local(body: bytes) -> bool:
-    """True when the lease's holder is a process of this host that no longer exists."""
+    """True when the lease's holder is a process of this host (same boot, same PID namespace) that no
+    longer exists."""
     try:
         owner = json.loads(body)
-        if owner["host"] != socket.gethostname():
+        here = _pid_space()
+        if owner["host"] != socket.gethostname() or not here or owner.get("pids") != here:
             return False
         os.kill(int(owner["pid"]), 0)
     except ProcessLookupError:
@@ -184,7 +209,7 @@ class _S3Lease:
             if etag != seen:
                 seen, since = etag, time.monotonic()
             holder = describe_holder(body)
-            if time.monotonic() - since >= self.ttl or _is_dead_local(body):
+            if time.monotonic() - since >= max(self.ttl, _ttl_of(body)) or _is_dead_local(body):
                 if self._put(IfMatch=etag):
                     log.warning("took over the write lease of %s from %s: not renewed for %.0f s or its process is gone",
                                 self.table, holder, time.monotonic() - since)

@@ -20,7 +20,7 @@ import boto3
 import pytest
 
 from lerobot_assets.errors import TableError
-from lerobot_assets.lease import check_held, hold, lease_url
+from lerobot_assets.lease import _pid_space, check_held, hold, lease_url
 from lerobot_assets.table import storage_creds
 
 from .s3_server import S3Server
@@ -124,11 +124,25 @@ def test_an_s3_lease_of_a_dead_process_on_this_host_is_taken_over_at_once(s3: S3
     client, bucket, key = _s3_object(table)
     dead = subprocess.Popen(["true"])
     dead.wait()
-    body = {"host": socket.gethostname(), "pid": dead.pid, "token": "x", "since": "2026-01-01T00:00:00Z"}
+    body = {"host": socket.gethostname(), "pid": dead.pid, "pids": _pid_space(), "token": "x", "since": "2026-01-01T00:00:00Z"}
     client.put_object(Bucket=bucket, Key=key, Body=json.dumps(body).encode())
     started = time.monotonic()
     with hold(table, ttl=60.0):
         assert time.monotonic() - started < 5
+
+
+def test_an_s3_lease_from_another_pid_namespace_of_this_host_name_waits_its_time_to_live(s3: S3Server) -> None:
+    """Containers may share the host name (``--network host``) but not their pids: no pid check then."""
+    table = _s3_table(s3, "container")
+    client, bucket, key = _s3_object(table)
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    body = {"host": socket.gethostname(), "pid": dead.pid, "pids": "another-boot/pid:[1]", "token": "x",
+            "since": "2026-01-01T00:00:00Z", "ttl": 1.5}
+    client.put_object(Bucket=bucket, Key=key, Body=json.dumps(body).encode())
+    started = time.monotonic()
+    with hold(table, ttl=0.5):  # the holder's 1.5 s time to live is the longer: it counts
+        assert 1.5 <= time.monotonic() - started < 10
 
 
 def test_a_live_holder_keeps_the_s3_lease_beyond_its_time_to_live(s3: S3Server, tmp_path: Path) -> None:
