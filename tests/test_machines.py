@@ -1,4 +1,5 @@
-"""Two "machines" writing one table: processes with their own homes (nothing local shared) ingesting
+"""Two "machines" writing one table: processes with their own homes (nothing local shared), each with
+its own Dagster instance or both on one PostgreSQL instance (as a team's would be), ingesting
 overlapping episodes into the same ``s3://`` tables root on a real S3-compatible server (moto on
 127.0.0.1) at the same time. The table's write lease serializes them: the result equals a serial
 ingest row for row, with no (episode, frame) twice. Each trial starts with the test holding the
@@ -28,6 +29,7 @@ from lerobot_assets.lease import hold
 from lerobot_assets.synthetic import generate_dataset
 from lerobot_assets.table import open_read_only
 
+from .pg_server import PostgresServer, postgres_bin
 from .s3_server import S3Server
 from .test_faults import _KILLABLE_INGEST, _rows, _wait_for
 from .test_lease import _s3_object
@@ -56,12 +58,12 @@ def s3() -> Iterator[S3Server]:
         yield server
 
 
-def _machine(source: Path, home: Path, tables: str, episodes: str) -> subprocess.Popen:
+def _machine(source: Path, home: Path, tables: str, episodes: str, env: dict[str, str] | None = None) -> subprocess.Popen:
     """``lerobot-assets ingest`` in a process of its own, as on another machine: its own home."""
     command = [sys.executable, "-m", "lerobot_assets.cli", "ingest", str(source), "--name", "robot", "--home", str(home),
                "--tables", tables, "--episodes", episodes, "--workers", "1"]
     with (home.parent / f"{home.name}.log").open("w") as log:
-        return subprocess.Popen(command, stdout=subprocess.PIPE, stderr=log, text=True)
+        return subprocess.Popen(command, stdout=subprocess.PIPE, stderr=log, text=True, env={**os.environ, **(env or {})})
 
 
 def _log(home: Path) -> str:
@@ -84,16 +86,31 @@ def _duplicates(url: str) -> int:
     return len(pairs) - len(np.unique(pairs, axis=0))
 
 
+@pytest.fixture(params=["own instances", "one PostgreSQL instance"])
+def instance(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[dict[str, str]]:
+    """The environment of both machines: each its home's Dagster instance, or one ``DAGSTER_HOME`` on PostgreSQL."""
+    if request.param == "own instances":
+        yield {}
+        return
+    if postgres_bin() is None:
+        pytest.skip("PostgreSQL is not installed (tests/pg_setup.sh installs it)")
+    with PostgresServer() as pg:
+        dagster_home = tmp_path / "dagster"
+        dagster_home.mkdir()
+        (dagster_home / "dagster.yaml").write_text(f"storage:\n  postgres:\n    postgres_url: {json.dumps(pg.url)}\n")
+        yield {"DAGSTER_HOME": str(dagster_home)}
+
+
 def test_two_machines_ingesting_overlapping_episodes_equal_a_serial_ingest(
-    source: Path, serial: dict[str, np.ndarray], s3: S3Server, tmp_path: Path
+    source: Path, serial: dict[str, np.ndarray], s3: S3Server, instance: dict[str, str], tmp_path: Path
 ) -> None:
     outcomes = []
     for trial in range(TRIALS):
-        tables = f"s3://{s3.bucket}/trial{trial}"
+        tables = f"s3://{s3.bucket}/{tmp_path.name}-trial{trial}"
         url = f"{tables}/robot"
         homes = [tmp_path / f"trial{trial}-{machine}" for machine in RANGES]
         with hold(url):  # both machines reach their first write (creating the table) and wait for this
-            machines = [_machine(source, home, tables, episodes) for home, (episodes, _) in zip(homes, RANGES.values())]
+            machines = [_machine(source, home, tables, episodes, instance) for home, (episodes, _) in zip(homes, RANGES.values())]
             _until_both_wait(machines, homes)
         codes = [machine.wait(timeout=600) for machine in machines]
         # what each found in the table when done (what it materialized depends on who was first)
