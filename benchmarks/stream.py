@@ -7,7 +7,9 @@ observation frames and 50 future actions per sample), uint8, and (240, 320). The
 
 - ``snapshot``: :class:`lerobot_assets.training.SnapshotDataset` on a tagged table, in that output;
 - ``snapshot_s3``: the same table ingested into an S3-compatible server (moto, on 127.0.0.1), read
-  with :class:`~lerobot_assets.training.ReadAheadBatches` (``_no_read_ahead``: without);
+  with :class:`~lerobot_assets.training.ReadAheadBatches` in windows of 8 blocks of 32 consecutive
+  samples (``WINDOWS``: a few range reads per window); ``snapshot_windows``: the local table read
+  the same way; ``snapshot_s3_full_shuffle``: the S3 table with a full shuffle, read ahead by batch;
 - ``deeplake``: Deeplake's own ``batches()`` over a shuffled view, which decodes the images itself;
 - ``lerobot``: LeRobotDataset's way, seeking into the MP4 files and decoding per sample with PyAV
   into float32 (``lerobot_resize``: then an area resize to (240, 320), as a policy at that size would);
@@ -17,7 +19,10 @@ observation frames and 50 future actions per sample), uint8, and (240, 320). The
 The dataset is written as lerobot writes it (AV1, a keyframe every 2 frames, 50 fps, 14 DOF).
 Rounds interleave the loaders, in a rotated order, so that a busy machine slows all of them alike;
 the median round is reported, with the CPU time the loader's processes used per sample (less
-sensitive to other load) and the peak resident memory of each worker.
+sensitive to other load), the S3 server's CPU time meanwhile, and the peak resident memory of each
+worker (VmHWM read inside it, and how far it rose above the worker's size at start). Then the
+workers' peak memory is compared on the table and on one holding its rows ``--memory-times`` times
+over (local and on S3), the same number of batches read from each.
 
     python benchmarks/stream.py            # 10 to 16 minutes on the shared 2-core VM
     python benchmarks/stream.py --only "float32 at 240x320" --only "uint8 at 240x320"   # those outputs only
@@ -27,6 +32,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import multiprocessing
 import os
 import shutil
 import statistics
@@ -35,15 +41,19 @@ import tempfile
 import time
 import warnings
 from collections.abc import Callable, Iterator
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import av
+import boto3
+import deeplake
 import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
+from lerobot_assets.home import DatasetSource, Home
 from lerobot_assets.launch import info, ingest, open_snapshot, snapshot
 from lerobot_assets.lerobot_format import DatasetMeta, read_dataset, read_episode_telemetry
 from lerobot_assets.synthetic import generate_dataset
@@ -59,6 +69,12 @@ WORKERS = 2
 NAME = "stream_bench"
 TAG = "bench"
 SMALL = (240, 320)
+#: ReadAheadBatches windows for the S3 snapshot: 4 blocks of 16 consecutive samples per window. Small,
+#: so that the 8-episode table has 8 windows per worker and the timed batches read their share of them
+#: (with 256-sample windows every read of this table was done during the warm-up).
+WINDOWS = {"window": 64, "block": 16}
+#: The S3 server's process, whose CPU the S3 loaders cost too (it shares the cores).
+SERVER_PIDS: list[int] = []
 VALUES = ("observation.state", "action", "observation.effort", "timestamp", "frame_index", "episode_index", "index",
           "task_index")
 #: Outputs measured, each a table of loaders: (mode, delta_timestamps?, SnapshotDataset options).
@@ -80,10 +96,12 @@ GOALS = [
     ("uint8 240x320 vs LeRobot-style + resize", ("uint8 at 240x320", "snapshot"),
      ("float32 at 240x320", "lerobot_resize"), None),
     *[(f"{mode} vs its limit", (mode, "snapshot"), (mode, "jpeg_limit"), 0.8) for mode in MODES],
-    ("float32: S3 vs local", ("float32", "snapshot_s3"), ("float32", "snapshot"), 0.8),
-    ("uint8: S3 vs local", ("uint8", "snapshot_s3"), ("uint8", "snapshot"), 0.8),
-    ("uint8: S3 read-ahead vs none", ("uint8", "snapshot_s3"), ("uint8", "snapshot_s3_no_read_ahead"), None),
-    ("uint8: local read-ahead vs none", ("uint8", "snapshot_read_ahead"), ("uint8", "snapshot"), None),
+    ("float32: S3 vs local, same windows", ("float32", "snapshot_s3"), ("float32", "snapshot_windows"), 0.8),
+    ("uint8: S3 vs local, same windows", ("uint8", "snapshot_s3"), ("uint8", "snapshot_windows"), 0.8),
+    ("float32: S3 windows vs local full shuffle", ("float32", "snapshot_s3"), ("float32", "snapshot"), 0.8),
+    ("uint8: S3 windows vs local full shuffle", ("uint8", "snapshot_s3"), ("uint8", "snapshot"), 0.8),
+    ("uint8: S3 full shuffle vs local", ("uint8", "snapshot_s3_full_shuffle"), ("uint8", "snapshot"), None),
+    ("uint8: local windows vs full shuffle", ("uint8", "snapshot_windows"), ("uint8", "snapshot"), None),
     ("float32: snapshot vs Deeplake batches()", ("float32", "snapshot"), ("float32", "deeplake"), 3.0),
 ]
 
@@ -211,13 +229,53 @@ def deeplake_batches(home: Path) -> Iterator[dict[str, torch.Tensor]]:
         yield images | {k: torch.from_numpy(np.asarray(batch[k])) for k in VALUES} | {"task": batch["task"]}
 
 
+class WorkerMemory(Dataset):
+    """``dataset``, with each item telling the memory of the worker that built it, read inside the worker
+    from /proc/self/status (``ru_maxrss`` would be the forking parent's peak): its peak RSS (VmHWM) and
+    its private anonymous memory now (RssAnon: what it allocated, without the shared-memory batch
+    buffers, whose number in flight varies from run to run), with both at the worker's start."""
+
+    def __init__(self, dataset: Dataset) -> None:
+        self.dataset = dataset
+
+    def __len__(self) -> int:
+        return len(self.dataset)  # type: ignore[arg-type]
+
+    def __getitems__(self, indices: list[int]) -> list[dict[str, Any]]:
+        read = getattr(self.dataset, "__getitems__", None)
+        items = read(indices) if read else [self.dataset[i] for i in indices]
+        status = _status_kb()
+        memory = {"worker_peak_kb": status["VmHWM"], "worker_anon_kb": status["RssAnon"]}
+        return [item | memory | _AT_START for item in items]
+
+
+_AT_START: dict[str, int] = {}
+
+
+def _status_kb() -> dict[str, int]:
+    """This process's memory figures from /proc/self/status, in kB."""
+    lines = Path("/proc/self/status").read_text().splitlines()
+    return {key: int(value.split()[0]) for key, value in (line.split(":", 1) for line in lines) if value.endswith("kB")}
+
+
+def _worker_started(_: int) -> None:
+    """Reset the worker's peak to its resident memory at start (what it shares with the process it was
+    forked from) and note that, so that the figures above it are what the worker itself came to hold."""
+    Path("/proc/self/clear_refs").write_text("5")
+    status = _status_kb()
+    _AT_START.update(worker_started_kb=status["VmRSS"], worker_anon_started_kb=status["RssAnon"])
+
+
 def loader(dataset: Dataset, collate_fn: Callable[[list[Any]], Any] | None = None,
-           read_ahead: bool = False) -> Callable[[], Iterator[Any]]:
-    """A new shuffled DataLoader iterator over ``dataset`` on each call (``read_ahead``: with :class:`ReadAheadBatches`)."""
-    if read_ahead:
-        batches = ReadAheadBatches(len(dataset), BATCH, num_workers=WORKERS)
-        return lambda: iter(DataLoader(dataset, batch_sampler=batches, num_workers=WORKERS, collate_fn=collate_fn))
-    return lambda: iter(DataLoader(dataset, BATCH, shuffle=True, num_workers=WORKERS, collate_fn=collate_fn))
+           read_ahead: dict[str, int] | None = None) -> Callable[[], Iterator[Any]]:
+    """A new shuffled DataLoader iterator over ``dataset`` on each call (``read_ahead``: with
+    :class:`ReadAheadBatches` and these options), its items telling their worker's memory."""
+    data = WorkerMemory(dataset)
+    options = {"num_workers": WORKERS, "collate_fn": collate_fn, "worker_init_fn": _worker_started}
+    if read_ahead is not None:
+        batches = ReadAheadBatches(len(dataset), BATCH, num_workers=WORKERS, **read_ahead)
+        return lambda: iter(DataLoader(data, batch_sampler=batches, **options))
+    return lambda: iter(DataLoader(data, BATCH, shuffle=True, **options))
 
 
 @dataclass(frozen=True)
@@ -226,26 +284,19 @@ class Measurement:
 
     samples_per_s: float
     cpu_ms_per_sample: float  # main process and workers: what the loader costs, whatever else runs
+    server_cpu_ms_per_sample: float  # the S3 server's CPU meanwhile (it runs on the same cores)
     worker_peak_rss_mb: float  # the largest VmHWM of its workers (0 without workers)
-    worker_private_mb: float  # the largest memory a worker alone holds, at the end (USS: its private pages)
+    worker_peak_growth_mb: float  # the largest peak of a worker above its resident memory at start
+    worker_anon_growth_mb: float  # the most private anonymous memory a worker held above its start (per batch)
 
 
-def _cpu_seconds(pids: list[int]) -> float:
+def cpu_seconds(pids: list[int]) -> float:
     """User + system CPU time of processes ``pids`` (all their threads), from /proc."""
     total = 0
     for pid in pids:
         fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
         total += int(fields[11]) + int(fields[12])
     return total / os.sysconf("SC_CLK_TCK")
-
-
-def _memory_mb(pid: int) -> tuple[float, float]:
-    """Peak resident memory of process ``pid`` (VmHWM: with the pages it shares with the process it was
-    forked from, and the shared-memory batch buffers it touched) and the memory only it holds (USS)."""
-    status = dict(line.split(":", 1) for line in Path(f"/proc/{pid}/status").read_text().splitlines())
-    rollup = dict(line.split(":", 1) for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines()[1:])
-    private = sum(int(rollup[key].split()[0]) for key in ("Private_Clean", "Private_Dirty"))
-    return int(status["VmHWM"].split()[0]) / 1024, private / 1024
 
 
 def measure(make: Callable[[], Iterator[Any]], batches: int, budget_s: float) -> Measurement:
@@ -259,16 +310,21 @@ def measure(make: Callable[[], Iterator[Any]], batches: int, budget_s: float) ->
     for _ in range(1 + 2 * len(workers)):
         next(iterator)
     pids = [os.getpid(), *(w.pid for w in workers)]
-    cpu, started = _cpu_seconds(pids), time.perf_counter()
-    done = 0
+    cpu, server, started = cpu_seconds(pids), cpu_seconds(SERVER_PIDS), time.perf_counter()
+    done, peak, growth, anon = 0, 0, 0, 0
     while done < batches and (done == 0 or time.perf_counter() - started < budget_s):
-        next(iterator)
+        batch = next(iterator)
         done += 1
-    seconds, cpu = time.perf_counter() - started, _cpu_seconds(pids) - cpu
-    memory = [_memory_mb(w.pid) for w in workers] or [(0.0, 0.0)]
+        if isinstance(batch, dict) and "worker_started_kb" in batch:  # every item of a batch has the same figures
+            peak = max(peak, int(batch["worker_peak_kb"][0]))
+            growth = max(growth, int(batch["worker_peak_kb"][0] - batch["worker_started_kb"][0]))
+            anon = max(anon, int(batch["worker_anon_kb"][0] - batch["worker_anon_started_kb"][0]))
+    seconds, cpu = time.perf_counter() - started, cpu_seconds(pids) - cpu
+    server = cpu_seconds(SERVER_PIDS) - server
     del iterator
-    return Measurement(done * BATCH / seconds, cpu * 1e3 / (done * BATCH), max(m[0] for m in memory),
-                       max(m[1] for m in memory))
+    per_sample = 1e3 / (done * BATCH)
+    return Measurement(done * BATCH / seconds, cpu * per_sample, server * per_sample, peak / 1024, growth / 1024,
+                       anon / 1024)
 
 
 def build(workdir: Path, episodes: int, length: int, tables: str | None = None) -> tuple[Path, Path]:
@@ -286,6 +342,66 @@ def build(workdir: Path, episodes: int, length: int, tables: str | None = None) 
         if TAG not in info(NAME, home=home)["tags"]:
             snapshot(NAME, tag=TAG, home=home)
     return source, home
+
+
+def worker_memory(home: Path, batches: int, options: dict[str, Any]) -> tuple[int, Measurement]:
+    """Rows, and the memory figures of SnapshotDataset's workers (:class:`Measurement`), over
+    ``batches`` batches of the snapshot in ``home``; run in a fresh (spawned) process, whose
+    workers then inherit no other table."""
+    torch.set_num_threads(1)
+    dataset = SnapshotDataset(NAME, TAG, home=home, image_dtype=options.get("image_dtype", "float32"))
+    return len(dataset), measure(loader(dataset, collate, options.get("read_ahead")), batches, float("inf"))
+
+
+def grown(home: Path, times: int, workdir: Path, s3: S3Server | None = None) -> Path:
+    """A home whose table holds the snapshot's rows ``times`` over (episodes and ``index`` renumbered), tagged
+    like it: a table ``times`` as large without generating and ingesting more video. With ``s3``, the table's
+    files are uploaded to the S3 server and the home points there."""
+    table = workdir / f"grown_x{times}" / NAME
+    if not table.is_dir():
+        shutil.copytree(info(NAME, home=home)["table"], table)
+        ds = deeplake.open(str(table))
+        rows, episodes = len(ds), int(np.max(ds["episode_index"][:])) + 1
+        names = [column.name for column in ds.schema.columns]
+        for k in range(1, times):
+            for start in range(0, rows, 128):
+                end = min(rows, start + 128)
+                part = {c: ds[c].get_bytes(list(range(start, end))) if c.startswith("observation.images")
+                        else ds[c][start:end] for c in names}
+                part["index"] = np.asarray(part["index"]) + k * rows
+                part["episode_index"] = np.asarray(part["episode_index"]) + k * episodes
+                ds.append(part)
+        ds.commit(f"the rows {times} times over")
+        ds.tags[TAG].delete()
+        ds.tag(TAG)
+    url = str(table)
+    if s3 is not None:
+        url = s3_tables(s3, f"grown_x{times}/{NAME}")
+        client = boto3.client("s3", endpoint_url=s3.url)
+        for path in table.rglob("*"):
+            if path.is_file():
+                client.put_object(Bucket=s3.bucket, Key=f"grown_x{times}/{NAME}/{path.relative_to(table)}",
+                                  Body=path.read_bytes())
+    out = workdir / f"home_x{times}{'' if s3 is None else '_s3'}"
+    Home.at(out).register(DatasetSource(NAME, str(workdir / "source"), "local", url))
+    return out
+
+
+def memory_by_table_size(homes: dict[str, dict[int, Path]], batches: int) -> None:
+    """Peak RSS per worker on tables of different sizes (``homes``: local and S3 homes by episodes),
+    the same number of batches read from each."""
+    print(f"\npeak RSS per worker by table size ({1 + 2 * WORKERS} + {batches} batches of {BATCH}, {WORKERS} fork "
+          "workers, each table in a fresh process):")
+    spawn = multiprocessing.get_context("spawn")  # a pool of 1 fresh process (not daemonic: it starts workers)
+    windows = {"image_dtype": "uint8", "read_ahead": WINDOWS}
+    for what, store, options in [("float32", "local", {}), ("uint8, windows", "local", windows),
+                                 ("uint8, windows", "S3", windows)]:
+        for episodes, home in homes.get(store, {}).items():
+            with ProcessPoolExecutor(1, mp_context=spawn) as pool:
+                rows, m = pool.submit(worker_memory, home, batches, options).result()
+            print(f"  {store:5s} {what:15s} {episodes:3d} episodes, {rows:6d} rows: worker peak RSS "
+                  f"{m.worker_peak_rss_mb:5.0f} MB, above its start {m.worker_peak_growth_mb:4.0f} MB, private "
+                  f"anonymous memory above its start {m.worker_anon_growth_mb:4.0f} MB", flush=True)
 
 
 def loaders(source: Path, home: Path, s3_home: Path | None,
@@ -313,19 +429,25 @@ def loaders(source: Path, home: Path, s3_home: Path | None,
             "snapshot_default_collate": loader(plain),
             "deeplake": lambda: deeplake_batches(home),
             "lerobot": loader(LeRobotStyle(source, None)),
-            "snapshot_s3": loader(SnapshotDataset(NAME, TAG, home=s3_home), collate, read_ahead=True),
+            "snapshot_s3": loader(SnapshotDataset(NAME, TAG, home=s3_home), collate, WINDOWS),
+            "snapshot_windows": loader(plain, collate, WINDOWS),
         }
     if "float32, 2 obs frames + 50 actions" in out:
         out["float32, 2 obs frames + 50 actions"]["lerobot"] = loader(LeRobotStyle(source, deltas))
     if "uint8" in out:
         s3_uint8 = SnapshotDataset(NAME, TAG, home=s3_home, image_dtype="uint8")
-        out["uint8"] |= {"snapshot_s3": loader(s3_uint8, collate, read_ahead=True),
-                         "snapshot_s3_no_read_ahead": loader(s3_uint8, collate),
-                         "snapshot_read_ahead": loader(SnapshotDataset(NAME, TAG, home=home, image_dtype="uint8"),
-                                                       collate, read_ahead=True)}
+        out["uint8"] |= {"snapshot_s3": loader(s3_uint8, collate, WINDOWS),
+                         "snapshot_s3_full_shuffle": loader(s3_uint8, collate, {}),
+                         "snapshot_windows": loader(SnapshotDataset(NAME, TAG, home=home, image_dtype="uint8"),
+                                                    collate, WINDOWS)}
     if "float32 at 240x320" in out:
         out["float32 at 240x320"]["lerobot_resize"] = loader(LeRobotStyle(source, None, SMALL))
     return out
+
+
+def s3_tables(s3: S3Server, prefix: str) -> str:
+    """Where tables go on the S3 server."""
+    return f"s3://{s3.bucket}/{prefix}"
 
 
 def needed_modes(only: list[str] | None) -> list[str]:
@@ -347,19 +469,23 @@ def uses_s3(modes: list[str]) -> bool:
 def report(results: dict[str, dict[str, Measurement]], rounds: int) -> None:
     print(f"\nmedians of {rounds} rounds; batch {BATCH}, shuffled, {WORKERS} workers")
     for mode, by_name in results.items():
-        print(f"\n{mode}:\n  {'loader':26s} {'samples/s':>9s} {'CPU ms/sample':>13s} {'worker MB: peak RSS':>19s}"
-              f" {'private':>7s}")
+        print(f"\n{mode}:\n  {'loader':26s} {'samples/s':>9s} {'CPU ms/sample':>13s} {'S3 server':>9s}"
+              f" {'worker MB: peak RSS':>19s} {'growth':>6s} {'anon':>5s}")
         for name, m in by_name.items():
-            rss = f"{m.worker_peak_rss_mb:19.0f} {m.worker_private_mb:7.0f}" if m.worker_peak_rss_mb else f"{'-':>19s}"
-            print(f"  {name:26s} {m.samples_per_s:9.1f} {m.cpu_ms_per_sample:13.1f} {rss}")
-    print(f"\n  {'ratio':42s} {'rate':>6s} {'by CPU':>6s}   goal")
+            rss = (f"{m.worker_peak_rss_mb:19.0f} {m.worker_peak_growth_mb:6.0f} {m.worker_anon_growth_mb:5.0f}"
+                   if m.worker_peak_rss_mb else f"{'-':>19s}")
+            print(f"  {name:26s} {m.samples_per_s:9.1f} {m.cpu_ms_per_sample:13.1f} "
+                  f"{m.server_cpu_ms_per_sample:9.1f} {rss}")
+    print(f"\n  {'ratio':42s} {'rate':>6s} {'by CPU':>6s} {'+server':>7s}   goal")
     for what, (mode, name), (base_mode, base), goal in GOALS:
         if name not in results.get(mode, {}) or base not in results.get(base_mode, {}):
             continue
         ours, theirs = results[mode][name], results[base_mode][base]
         ratio, cpu_ratio = ours.samples_per_s / theirs.samples_per_s, theirs.cpu_ms_per_sample / ours.cpu_ms_per_sample
+        total_ratio = ((theirs.cpu_ms_per_sample + theirs.server_cpu_ms_per_sample)
+                       / (ours.cpu_ms_per_sample + ours.server_cpu_ms_per_sample))
         verdict = "" if goal is None else f">= {goal}x: {'met' if ratio >= goal else 'NOT met'}"
-        print(f"  {what:42s} {ratio:5.2f}x {cpu_ratio:5.2f}x   {verdict}")
+        print(f"  {what:42s} {ratio:5.2f}x {cpu_ratio:5.2f}x {total_ratio:6.2f}x   {verdict}")
 
 
 def main(argv: list[str] | None = None) -> dict[str, dict[str, Measurement]]:
@@ -373,6 +499,11 @@ def main(argv: list[str] | None = None) -> dict[str, dict[str, Measurement]]:
     parser.add_argument("--only", action="append", choices=list(MODES), metavar="OUTPUT",
                         help="measure only this output (repeatable), with the outputs holding its goals' baselines; "
                              f"one of {list(MODES)}")
+    parser.add_argument("--loader", action="append", metavar="NAME",
+                        help="measure only loaders of this name (repeatable), e.g. snapshot, snapshot_s3")
+    parser.add_argument("--memory-times", type=int, default=4, metavar="K",
+                        help="also compare each worker's peak RSS on the table and on one holding its rows K times "
+                             "over, the same number of batches read from each (1: skip)")
     args = parser.parse_args(argv)
     modes = needed_modes(args.only)
     torch.set_num_threads(1)
@@ -382,11 +513,13 @@ def main(argv: list[str] | None = None) -> dict[str, dict[str, Measurement]]:
         workdir = args.workdir or Path(tmp)
         workdir.mkdir(parents=True, exist_ok=True)
         source, home = build(workdir, args.episodes, args.length)
-        s3_home = None if s3 is None else build(workdir, args.episodes, args.length, tables=f"s3://{s3.bucket}/tables")[1]
+        s3_home = None if s3 is None else build(workdir, args.episodes, args.length, s3_tables(s3, "tables"))[1]
+        SERVER_PIDS[:] = [] if s3 is None else [s3.pid]
         print(f"dataset: {args.episodes} episodes x {args.length} frames, cameras {CAMERAS} at 480x640 (AV1, g=2); "
               f"built and ingested (locally{'' if s3 is None else f' and into S3 at {s3.url}'}) in "
               f"{time.perf_counter() - started:.0f} s", flush=True)
-        candidates = loaders(source, home, s3_home, modes)
+        candidates = {mode: kept for mode, by_name in loaders(source, home, s3_home, modes).items()
+                      if (kept := {name: make for name, make in by_name.items() if not args.loader or name in args.loader})}
         runs: dict[str, dict[str, list[Measurement]]] = {mode: {n: [] for n in c} for mode, c in candidates.items()}
         for round_ in range(args.rounds):
             for mode, by_name in candidates.items():
@@ -395,6 +528,12 @@ def main(argv: list[str] | None = None) -> dict[str, dict[str, Measurement]]:
                     runs[mode][name].append(measure(by_name[name], args.batches, args.budget))
             print(f"round {round_ + 1}/{args.rounds} done ({time.perf_counter() - started:.0f} s, "
                   f"load average {os.getloadavg()[0]:.1f})", flush=True)
+        if args.memory_times > 1:
+            big = args.episodes * args.memory_times
+            homes = {"local": {args.episodes: home, big: grown(home, args.memory_times, workdir)}}
+            if s3 is not None:
+                homes["S3"] = {args.episodes: s3_home, big: grown(home, args.memory_times, workdir, s3)}
+            memory_by_table_size(homes, args.batches)
     results = {
         mode: {
             name: Measurement(*(statistics.median(getattr(m, field) for m in ms)

@@ -6,8 +6,9 @@ Why it is fast: the small numeric columns of the snapshot are read once, column 
 numpy at construction, so building an item's telemetry, windows and padding masks is array
 indexing. Only camera frames are read per batch: their encoded JPEG bytes, fetched in one
 Deeplake call per camera for the whole batch (``__getitems__``, which the DataLoader uses; all
-cameras requested at once, so that reads overlap decoding), each distinct frame then decoded once
-in the worker straight into one tensor per camera (float32, or uint8, optionally at a reduced
+cameras requested at once, so that reads overlap decoding), or per window of batches with
+:class:`ReadAheadBatches` (contiguous rows as range reads: a few requests on S3), each distinct
+frame then decoded once in the worker straight into one tensor per camera (float32, or uint8, optionally at a reduced
 size through libjpeg-turbo's DCT scaling), in a shared-memory buffer
 the worker refills once the training loop has dropped the batch (:mod:`batch_buffers`), which
 :func:`collate` hands to the main process without another copy. The Deeplake dataset is opened

@@ -58,6 +58,12 @@ class S3Server:
             os.environ[name] = value
         return self
 
+    @property
+    def pid(self) -> int:
+        """The server's process (to measure the CPU it takes)."""
+        assert self._process is not None, "the server is not running"
+        return self._process.pid
+
     def __exit__(self, *exc: Any) -> None:
         for name, value in self._saved.items():
             if value is None:
