@@ -24,7 +24,7 @@ worker (VmHWM read inside it, and how far it rose above the worker's size at sta
 workers' peak memory is compared on the table and on one holding its rows ``--memory-times`` times
 over (local and on S3), the same number of batches read from each.
 
-    python benchmarks/stream.py            # 10 to 16 minutes on the shared 2-core VM
+    python benchmarks/stream.py            # 12 to 20 minutes on the shared 2-core VM
     python benchmarks/stream.py --only "float32 at 240x320" --only "uint8 at 240x320"   # those outputs only
 """
 
