@@ -21,10 +21,14 @@ CPU is read from /proc/<pid>/stat, the client's from getrusage; the open is not 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
+import os
 import subprocess
 import sys
+import tempfile
 import urllib.request
+from collections.abc import Iterator
 from pathlib import Path
 
 import boto3
@@ -87,6 +91,20 @@ def run(url: str, tag: str, pattern: str, count: int, server: S3Server, record: 
     return out
 
 
+@contextlib.contextmanager
+def _recording_in(path: Path) -> Iterator[None]:
+    """Have the server write its recording to ``path`` (by default it writes ``moto_recording`` in the cwd)."""
+    saved = os.environ.get("MOTO_RECORDER_FILEPATH")
+    os.environ["MOTO_RECORDER_FILEPATH"] = str(path)
+    try:
+        yield
+    finally:
+        if saved is None:
+            del os.environ["MOTO_RECORDER_FILEPATH"]
+        else:
+            os.environ["MOTO_RECORDER_FILEPATH"] = saved
+
+
 def _recorder(server: S3Server, command: str) -> str:
     method = "GET" if command == "download-recording" else "POST"
     request = urllib.request.Request(f"{server.url}/moto-api/recorder/{command}", method=method)
@@ -100,7 +118,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--samples", type=int, default=512, help="samples read per pattern")
     args = parser.parse_args(argv)
     patterns = {"rows": 32, "list 8x32": 256, "ranges 8x32": 256, "ranges 4x16": 64}
-    with S3Server() as server:
+    with tempfile.TemporaryDirectory() as tmp, _recording_in(Path(tmp) / "recording"), S3Server() as server:
         client = boto3.client("s3", endpoint_url=server.url)
         for path in args.table.rglob("*"):
             if path.is_file():
