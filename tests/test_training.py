@@ -180,6 +180,12 @@ def _assert_batch_equals(batch: dict[str, Any], reference: dict[int, dict[str, A
             assert got == expected if key == "task" else torch.equal(got, expected), (key, index)
 
 
+def _assert_items_equal(items: list[dict[str, Any]], reference: dict[int, dict[str, Any]]) -> None:
+    for item in items:
+        expected = reference[int(item["index"])]
+        assert all(item[k] == v if k == "task" else torch.equal(item[k], v) for k, v in expected.items())
+
+
 @pytest.mark.parametrize("context", ["fork", "spawn"])
 def test_dataloader_workers_return_identical_items(snap: dict, context: str) -> None:
     dataset = SnapshotDataset("gen", "t1", home=snap["home"], delta_timestamps=HISTORY_AND_CHUNK)
@@ -433,10 +439,28 @@ def test_read_ahead_batches_name_each_workers_next_batch_and_leave_items_unchang
     for batch, upcoming in zip(in_order, [*in_order[1:], []]):
         items = dataset.__getitems__(batch)
         assert set(dataset._held[1]) == {tuple(batch), tuple(upcoming)} - {()}  # reading the next batch has started
-        for item in items:
-            expected = reference[int(item["index"])]
-            assert all(item[k] == v if k == "task" else torch.equal(item[k], v) for k, v in expected.items())
+        _assert_items_equal(items, reference)
     assert set(dataset._held[1]) == {tuple(in_order[-1])}
+
+
+class _WhichWorker(torch.utils.data.Dataset):
+    """Items that say which DataLoader worker built them."""
+
+    def __len__(self) -> int:
+        return 70
+
+    def __getitems__(self, indices: list[int]) -> list[int]:
+        return [get_worker_info().id] * len(indices)
+
+
+def test_the_dataloader_deals_windows_to_the_workers_they_were_made_for() -> None:
+    """What windows rely on: batch k of the sampler goes to worker k % num_workers, in every epoch,
+    also with persistent workers (each worker then reads only its own windows)."""
+    sampler = ReadAheadBatches(70, 4, num_workers=2, window=12, block=4)
+    loader = DataLoader(_WhichWorker(), batch_sampler=sampler, num_workers=2, persistent_workers=True,
+                        collate_fn=lambda workers: workers[0])
+    for _ in range(2):
+        assert list(loader) == [k % 2 for k in range(len(sampler))]
 
 
 def test_read_ahead_windows_deal_each_worker_whole_windows_of_contiguous_blocks(snap: dict) -> None:
@@ -468,6 +492,11 @@ def test_read_ahead_windows_deal_each_worker_whole_windows_of_contiguous_blocks(
         assert set(dataset._held[1]) == {tuple(batch.window), tuple(batch.ahead)} - {()}
         assert [int(item["index"]) for item in items] == [int(reference_index) for reference_index in
                                                             np.asarray(sorted(reference))[batch]]
-        for item in items:
-            expected = reference[int(item["index"])]
-            assert all(item[k] == v if k == "task" else torch.equal(item[k], v) for k, v in expected.items())
+        _assert_items_equal(items, reference)
+    for batch in ReadAheadBatches(len(dataset), 5, num_workers=3, window=15, block=5):  # all in one process
+        _assert_items_equal(dataset.__getitems__(batch), reference)  # each batch's window is not the last one's
+    odd = ReadAheadBatches(len(dataset), 5, num_workers=1, window=15, block=5)
+    stray = list(odd)[0]
+    stray.window = list(range(len(dataset) - 5, len(dataset)))  # a window that does not hold the batch
+    assert [int(item["index"]) for item in dataset.__getitems__(stray)] == [
+        int(i) for i in np.asarray(sorted(reference))[list(stray)]]
