@@ -12,7 +12,9 @@ never start with a dot)::
   quarter of its time to live from a heartbeat thread and deletes it (``If-Match``) when done. A
   waiter that sees the same lease content for a whole time to live (the longer of its own and the
   holder's), measured on its own clock (so machines' clocks need not agree), or whose holder is a
-  dead process on the waiter's own host (same boot and PID namespace), takes it over with a conditional PUT on the ETag it saw: of several waiters one wins.
+  dead process on the waiter's own host (same boot and PID namespace), takes it over with a
+  conditional PUT on the ETag it saw: of several waiters one wins. A holder without a confirmed
+  renewal for half its time to live stops committing.
 - local paths: the lease is a file under an exclusive ``flock``, which the kernel releases when its
   holder dies, so no expiry is needed. Machines sharing a local path must share it over a file
   system with working ``flock`` (NFSv4 does); otherwise put the tables on S3.
@@ -192,7 +194,8 @@ class _S3Lease:
         self.token = secrets.token_hex(8)
         self.since = 0.0
         self.etag = ""
-        self.lost = ""
+        self._lost = ""
+        self._renewed = 0.0  # time.monotonic() of the last write of the lease that S3 confirmed
         self._stop = threading.Event()
         self._heartbeat: threading.Thread | None = None
 
@@ -222,27 +225,39 @@ class _S3Lease:
         self._heartbeat = threading.Thread(target=self._renew, name=f"lease {self.key}", daemon=True)
         self._heartbeat.start()
 
+    @property
+    def lost(self) -> str:
+        """Why this holder may no longer write ("" while it holds the lease). Without a confirmed
+        renewal for half its time to live it counts as lost, well before a waiter (who waits a whole
+        time to live from when it saw the last renewal) can take it over."""
+        if not self._lost and time.monotonic() - self._renewed > self.ttl / 2:
+            return f"the write lease of {self.table} could not be renewed for {self.ttl / 2:.1f} s"
+        return self._lost
+
     def release(self) -> None:
         self._stop.set()
         if self._heartbeat is not None:
             self._heartbeat.join()
-        if not self.lost:
+        if self.lost:
+            return  # another writer's now, or soon
+        try:
             self._request("delete_object", IfMatch=self.etag)
+        except Exception as error:  # what was written under it stays written; the lease expires
+            log.warning("could not release the write lease of %s (%s): others take it over in %.0f s",
+                        self.table, type(error).__name__, self.ttl)
 
     def _renew(self) -> None:
-        renewed, count = time.monotonic(), 0
+        count = 0
         while not self._stop.wait(self.ttl / 4):
             count += 1
             try:
                 if self._put(renewals=count, IfMatch=self.etag):
-                    renewed = time.monotonic()
                     continue
-                self.lost = f"the write lease of {self.table} was taken over by another writer"
+                self._lost = f"the write lease of {self.table} was taken over by another writer"
             except Exception as error:  # the network: retry at the next beat while the lease lasts
                 log.warning("could not renew the write lease of %s: %s", self.table, type(error).__name__)
-                if time.monotonic() - renewed < self.ttl:
+                if not self.lost:
                     continue
-                self.lost = f"the write lease of {self.table} could not be renewed for {self.ttl:.0f} s"
             log.error("%s", self.lost)
             return
 
@@ -251,7 +266,7 @@ class _S3Lease:
         response = self._request("put_object", Body=_owner(self.token, self.since, self.ttl, renewals), **condition)
         if response is None:
             return False
-        self.etag = response["ETag"]
+        self.etag, self._renewed = response["ETag"], time.monotonic()
         return True
 
     def _get(self) -> tuple[bytes, str] | None:
@@ -278,12 +293,15 @@ _clients_lock = threading.Lock()
 def _s3_client(creds: dict[str, str]) -> Any:
     """A boto3 S3 client for ``creds`` (the names :func:`storage_creds` returns), one per process."""
     import boto3
+    from botocore.config import Config
 
     key = tuple(sorted(creds.items()))
     with _clients_lock:
         if key not in _clients:
             _clients[key] = boto3.client(
                 "s3",
+                # a renewal stuck in retries for minutes would outlive the lease it renews
+                config=Config(connect_timeout=5, read_timeout=10, retries={"max_attempts": 3, "mode": "standard"}),
                 endpoint_url=creds.get("endpoint_url"),
                 region_name=creds.get("aws_region"),
                 aws_access_key_id=creds.get("aws_access_key_id"),

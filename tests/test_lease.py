@@ -146,13 +146,13 @@ def test_an_s3_lease_from_another_pid_namespace_of_this_host_name_waits_its_time
 
 
 def test_a_live_holder_keeps_the_s3_lease_beyond_its_time_to_live(s3: S3Server, tmp_path: Path) -> None:
-    """The holder renews its 1 s lease for 4 s; the waiter gets it only after the holder lets go."""
+    """The holder renews its 2 s lease for 5 s; the waiter gets it only after the holder lets go."""
     table = _s3_table(s3, "live")
     released = tmp_path / "released"
     code = (
         "import time, pathlib\nfrom lerobot_assets.lease import hold\n"
-        f"with hold({table!r}, ttl=1.0):\n"
-        f"    pathlib.Path({str(tmp_path / 'held')!r}).touch()\n    time.sleep(4)\n"
+        f"with hold({table!r}, ttl=2.0):\n"
+        f"    pathlib.Path({str(tmp_path / 'held')!r}).touch()\n    time.sleep(5)\n"
         f"pathlib.Path({str(released)!r}).write_text(repr(time.time()))\n"
     )
     holder = _child(code)
@@ -172,12 +172,26 @@ def test_a_lost_s3_lease_stops_the_commit(s3: S3Server) -> None:
     table = _s3_table(s3, "lost")
     client, bucket, key = _s3_object(table)
     with pytest.raises(TableError, match="taken over by another writer"):
-        with hold(table, ttl=0.4):
+        with hold(table, ttl=2.0):
             client.put_object(Bucket=bucket, Key=key, Body=b'{"host": "h", "pid": 1, "token": "t", "since": "s"}')
-            time.sleep(0.5)
+            time.sleep(0.9)  # the next renewal (every 0.5 s) finds it taken
             with pytest.raises(TableError, match="not committing"):
                 check_held()
     assert json.loads(client.get_object(Bucket=bucket, Key=key)["Body"].read())["token"] == "t"  # theirs, left alone
+
+
+def test_an_s3_lease_that_cannot_be_renewed_stops_the_commit() -> None:
+    """The S3 service goes away while the lease is held: after half its time to live without a
+    confirmed renewal the holder refuses to commit (a waiter could take it over after a whole one)."""
+    with S3Server() as down:
+        table = f"s3://{down.bucket}/down/ds"
+        with pytest.raises(TableError, match="could not be renewed"):
+            with hold(table, ttl=1.0):
+                down.__exit__()  # stops the server
+                check_held()  # renewed 0.25 s ago at most: still held
+                time.sleep(0.8)
+                with pytest.raises(TableError, match="not committing"):
+                    check_held()
 
 
 def test_a_killed_holder_of_a_local_lease_releases_it(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
