@@ -243,12 +243,17 @@ def episode_positions(ds: deeplake.Dataset | deeplake.ReadOnlyDataset, episode_i
     go stale after deletes (see :func:`refresh_indexes`). Raises :class:`TableError` if the rows
     are not contiguous.
     """
-    rows = np.flatnonzero(np.asarray(ds["episode_index"][:]) == episode_index) if len(ds) else np.empty(0, np.int64)
+    rows = _rows_of(ds, episode_index)
     if not len(rows):
         return range(0)
     if rows[-1] - rows[0] + 1 != len(rows):
         raise TableError(f"episode {episode_index}'s {len(rows)} rows are not contiguous in the table ({rows[0]}..{rows[-1]})")
     return range(int(rows[0]), int(rows[-1]) + 1)
+
+
+def _rows_of(ds: deeplake.Dataset | deeplake.ReadOnlyDataset, episode_index: int) -> np.ndarray:
+    """Positions of every row of one episode, in order."""
+    return np.flatnonzero(np.asarray(ds["episode_index"][:]) == episode_index) if len(ds) else np.empty(0, np.int64)
 
 
 def episode_frames(ds: deeplake.Dataset | deeplake.ReadOnlyDataset, episode_index: int) -> np.ndarray:
@@ -292,12 +297,17 @@ def replace_episode(
     ``data_version`` is recorded with the rows (cleared on removal) under one key per episode of
     :data:`RUN_METADATA_COLUMN`'s metadata, like the episode's statistics: one commit holds both.
     Returns ``(rows_deleted, rows_written)``. The caller holds the table's write lock. Deeplake
-    4.7 deletes one row per call (no range delete), from the last so no position shifts.
+    4.7 deletes one row per call (no range delete), from the last so no position shifts. Every row
+    of the episode goes, also when they are not contiguous (the episode written twice by writers
+    that did not exclude each other, before the table's lease): replacing it repairs that.
     """
     ds[RUN_METADATA_COLUMN].metadata[_version_key(episode_index)] = data_version or ""
-    old = episode_positions(ds, episode_index)
+    old = _rows_of(ds, episode_index)
+    if len(old) and old[-1] - old[0] + 1 != len(old):
+        log.warning("episode %d's %d rows were not contiguous in the table (%d..%d): all are replaced",
+                    episode_index, len(old), old[0], old[-1])
     for offset in reversed(old):
-        ds.delete(offset)
+        ds.delete(int(offset))
     written = 0
     if rows is not None:
         ds.append(dict(rows))

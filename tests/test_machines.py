@@ -27,12 +27,13 @@ import pytest
 from lerobot_assets.launch import ingest
 from lerobot_assets.lease import hold
 from lerobot_assets.synthetic import generate_dataset
-from lerobot_assets.table import open_read_only
+from lerobot_assets.table import open_read_only, open_writable, replace_episode
 
 from .pg_server import PostgresServer, postgres_bin
 from .s3_server import S3Server
 from .test_faults import _KILLABLE_INGEST, _rows, _wait_for
 from .test_lease import _s3_object
+from .test_relabel import episode_copy
 
 LENGTHS = (40, 44, 38, 42, 40, 36)
 #: Episodes each machine ingests: both start at once and write 1-5 at about the same time.
@@ -164,5 +165,24 @@ def test_a_machine_killed_mid_write_leaves_its_lease_to_the_next(source: Path, s
     assert b.wait(timeout=600) == 0, _log(tmp_path / "B")[-3000:]
     assert f"took over the write lease of {tables}/robot from pid {a.pid}" in _log(tmp_path / "B")
     rows = _rows(f"{tables}/robot")
+    for name in serial:
+        assert np.array_equal(rows[name], serial[name]), name
+
+
+def test_an_episode_written_twice_is_repaired_by_replacing_it(source: Path, serial: dict[str, np.ndarray],
+                                                             tmp_path: Path) -> None:
+    """What two writers without the lease left (episodes 2 and 3 twice, as in a trial before it): the
+    next replacement of each episode leaves one copy (it used to fail: rows not contiguous)."""
+    url = ingest(str(source), name="robot", home=tmp_path / "home", workers=1)["table"]
+    ds = open_writable(url)
+    copies = {index: episode_copy(ds, index) for index in (2, 3)}
+    for index, rows in copies.items():
+        ds.append(rows)
+    ds.commit("episodes 2 and 3 again, as unleased writers left them")
+    assert _duplicates(url) == LENGTHS[2] + LENGTHS[3]
+    for index, rows in copies.items():
+        assert replace_episode(ds, index, rows, f"re-ingest episode {index}") == (2 * LENGTHS[index], LENGTHS[index])
+    assert _duplicates(url) == 0
+    rows = _rows(url)
     for name in serial:
         assert np.array_equal(rows[name], serial[name]), name

@@ -10,6 +10,7 @@ import csv
 import json
 from pathlib import Path
 
+import deeplake
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -247,9 +248,14 @@ def _label_then_reingest(state: dict, *, labelled: int, branch: str, reingested:
 def _reingest_episode(url: str, index: int) -> None:
     """Replace episode ``index``'s rows with copies of themselves, as a re-ingest does."""
     ds = open_writable(url)
+    replace_episode(ds, index, episode_copy(ds, index), f"re-ingest episode {index}")
+
+
+def episode_copy(ds: deeplake.Dataset, index: int) -> dict:
+    """Episode ``index``'s rows as ``Dataset.append`` takes them (images as their stored bytes)."""
     offsets = np.flatnonzero(np.asarray(ds["episode_index"][:]) == index)
     first, last = int(offsets[0]), int(offsets[-1]) + 1
-    rows = {
+    return {
         column.name: (
             [ds[column.name].get_bytes(int(o)) for o in offsets]
             if column.dtype.is_image
@@ -257,4 +263,3 @@ def _reingest_episode(url: str, index: int) -> None:
         )
         for column in ds.schema.columns
     }
-    replace_episode(ds, index, rows, f"re-ingest episode {index}")
