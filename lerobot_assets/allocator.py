@@ -10,6 +10,20 @@ first. A value set by the user wins. Processes that only read tables (training l
 do not import it.
 """
 
+import ctypes
 import os
 
 os.environ.setdefault("MIMALLOC_PURGE_DELAY", "10000")
+
+_MALLOC_TRIM = getattr(ctypes.CDLL(None), "malloc_trim", None) if os.name == "posix" else None
+
+
+def return_free_memory() -> None:
+    """Give the heap's free pages back to the system after an episode (glibc; elsewhere nothing).
+
+    An episode allocates and frees hundreds of MB of frames from several threads, which glibc
+    keeps, fragmented, in per-thread arenas: without this, a process's peak memory crept up
+    episode after episode (measured: +30% over 20 episodes in one process, flat with it).
+    """
+    if _MALLOC_TRIM is not None:
+        _MALLOC_TRIM(0)

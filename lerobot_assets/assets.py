@@ -2,22 +2,27 @@
 
     hf_snapshot -> episode_metadata -> telemetry_frame -> decoded_camera_frames -> deeplake_table -> training_snapshot
 
-``hf_snapshot``, ``episode_metadata`` and ``training_snapshot`` are partitioned by dataset; the
-three per-episode assets by (dataset, episode). The episode dimension is shared by every dataset,
-so a pair that does not exist in a dataset fails fast with a message saying so.
+Each registered dataset gets these assets of its own (:func:`dataset_assets`, keys under the
+dataset's name, see :mod:`lerobot_assets.partitions`). ``hf_snapshot``, ``episode_metadata`` and
+``training_snapshot`` are one per dataset; the three per-episode assets are partitioned by the
+dataset's own episodes, so every partition the UI shows exists.
 
-The three per-episode assets are one ``multi_asset`` (one step per episode run): they stay three
-assets with their own materializations, data versions and checks, and any subset of them can be
-materialized, but when all three run together nothing is written to disk or pickled between them.
+The three per-episode assets are one ``multi_asset`` (one step per run): they stay three assets
+with their own materializations and checks, and any subset of them can be materialized, but when
+all three run together nothing is written to disk or pickled between them. A run covers a range of
+episodes (``BackfillPolicy.multi_run``), decoded in parallel threads: Dagster's per-run cost is paid
+once per batch, not once per episode.
 """
 
 # First, before any library that brings its own mimalloc loads (Deeplake, pyarrow): see its docstring.
 import lerobot_assets.allocator  # noqa: F401, I001
 
 import functools
+import os
 import time
 import warnings
 from collections.abc import Collection, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, Optional
 
@@ -28,19 +33,19 @@ from dagster import (
     AssetCheckResult,
     AssetCheckSeverity,
     AssetCheckSpec,
-    AssetDep,
     AssetExecutionContext,
     AssetIn,
     AssetKey,
-    AssetMaterialization,
+    AssetsDefinition,
     AssetSpec,
+    BackfillPolicy,
     BetaWarning,
     Config,
+    DagsterInstance,
     DataVersion,
     Failure,
     MaterializeResult,
     MetadataValue,
-    MultiToSingleDimensionPartitionMapping,
     Output,
     TableColumn,
     TableSchema,
@@ -48,10 +53,11 @@ from dagster import (
     multi_asset,
 )
 
-from lerobot_assets.errors import TableError, where
+from lerobot_assets.allocator import return_free_memory
+from lerobot_assets.errors import LeRobotAssetsError, TableError, where
 from lerobot_assets.fingerprint import episode_fingerprints
 from lerobot_assets.lerobot_format import DatasetMeta, feature_array, read_dataset, read_episode_telemetry
-from lerobot_assets.partitions import dataset_partitions, episode_dimension, episode_key, episode_partition, episode_partitions
+from lerobot_assets.partitions import asset_prefix, dataset_asset_key, episode_key, episode_partitions
 from lerobot_assets.preview import plot_series, png_markdown, thumbnails_markdown
 from lerobot_assets.relabel import describe_reapplied, episode_labels, reapply_labels
 from lerobot_assets.resources import HubResource, ImageEncodingResource, StorageResource
@@ -79,33 +85,54 @@ from lerobot_assets.table import (
 from lerobot_assets.versions import CODE_VERSION, episode_data_version
 from lerobot_assets.video import DecodedCamera, decode_episode
 
-# Data versions and the (dataset, episode) -> dataset mapping are marked beta, but are the documented
-# way to do both; the warnings would only repeat on every run.
+# Data versions are marked beta, but are the documented way to record them; the warnings would only
+# repeat on every run.
 warnings.filterwarnings("ignore", category=BetaWarning)
 #: Asset groups, one per use: ingesting a dataset, tagging it for training, relabelling it.
 INGEST_GROUP, TRAINING_GROUP, LABELS_GROUP = "ingest", "training", "labels"
 
-_PER_DATASET = MultiToSingleDimensionPartitionMapping(partition_dimension_name="dataset")
-TELEMETRY, FRAMES, TABLE = AssetKey("telemetry_frame"), AssetKey("decoded_camera_frames"), AssetKey("deeplake_table")
+#: Episodes per run of a backfill (and of ``lerobot-assets ingest``): Dagster's cost per run (~1 s of
+#: run and event bookkeeping) is paid once per batch; a failed batch is retried as a whole.
+EPISODES_PER_RUN = 50
 
 
-def _episode_of(context: AssetExecutionContext) -> tuple[str, int]:
-    keys = context.partition_key.keys_by_dimension
-    return keys["dataset"], int(keys["episode"])
+@dataclass(frozen=True)
+class _Keys:
+    """The asset keys of one dataset's assets."""
+
+    snapshot: AssetKey
+    metadata: AssetKey
+    telemetry: AssetKey
+    frames: AssetKey
+    table: AssetKey
+    training: AssetKey
+
+    @staticmethod
+    def of(dataset: str) -> "_Keys":
+        names = ("hf_snapshot", "episode_metadata", "telemetry_frame", "decoded_camera_frames", "deeplake_table", "training_snapshot")
+        return _Keys(*(dataset_asset_key(dataset, name) for name in names))
 
 
-def _episode_meta(episode_metadata: dict[str, Any], dataset: str, index: int) -> DatasetMeta:
-    """``meta/`` of the pinned copy, failing fast for a (dataset, episode) pair that does not exist."""
-    if index not in episode_metadata["episodes"]:
-        known = sorted(episode_metadata["episodes"])
-        raise Failure(
-            f"dataset {dataset!r} has no episode {index} at revision {episode_metadata['revision'][:12]} "
-            f"(it has {len(known)} episodes: {known[0]}..{known[-1]}); the episode dimension is shared "
-            "by all datasets, so launch only pairs that exist (`lerobot-assets ingest --episodes`)"
-            if known
-            else f"dataset {dataset!r} has no episodes"
+@dataclass(frozen=True)
+class _Episode:
+    """One episode of one dataset, with the keys its events go to."""
+
+    dataset: str
+    index: int
+    keys: _Keys
+
+    def __str__(self) -> str:
+        return f"{self.dataset} episode {self.index}"
+
+
+def _episode_meta(episode_metadata: dict[str, Any], episode: _Episode) -> DatasetMeta:
+    """``meta/`` of the pinned copy, failing fast for an episode that is not at this revision."""
+    if episode.index not in episode_metadata["episodes"]:
+        raise LeRobotAssetsError(
+            f"dataset {episode.dataset!r} has no episode {episode.index} at revision {episode_metadata['revision'][:12]} "
+            f"(it has {len(episode_metadata['episodes'])} episodes); materialize episode_metadata first"
         )
-    return _pinned_meta(episode_metadata["path"], dataset)
+    return _pinned_meta(episode_metadata["path"], episode.dataset)
 
 
 @functools.lru_cache(maxsize=8)
@@ -116,16 +143,13 @@ def _pinned_meta(path: str, dataset: str) -> DatasetMeta:
     return read_dataset(path, dataset)
 
 
-@asset(partitions_def=dataset_partitions, code_version=CODE_VERSION, group_name=INGEST_GROUP, kinds={"huggingface"})
-def hf_snapshot(context: AssetExecutionContext, storage: StorageResource, hub: HubResource) -> Output[dict]:
-    """The dataset's source pinned to an exact revision (Hub commit sha, git HEAD or content hash), copied locally."""
-    name = context.partition_key
-    source = storage.home.dataset_source(name)
+def _pin_source(context: AssetExecutionContext, dataset: str, storage: StorageResource, hub: HubResource) -> Output[dict]:
+    source = storage.home.dataset_source(dataset)
     context.log.info(f"pinning {source.kind} source {source.source!r} (revision {source.revision or 'latest'})")
-    snapshot = pin(source, storage.home.sources(name), hub.settings())
-    context.log.info(f"{name}: revision {snapshot.revision}, {snapshot.files} files, {snapshot.bytes} bytes")
+    snapshot = pin(source, storage.home.sources(dataset), hub.settings())
+    context.log.info(f"{dataset}: revision {snapshot.revision}, {snapshot.files} files, {snapshot.bytes} bytes")
     value = {
-        "dataset": name,
+        "dataset": dataset,
         "source": source.source,
         "kind": source.kind,
         "revision": snapshot.revision,
@@ -147,37 +171,24 @@ def hf_snapshot(context: AssetExecutionContext, storage: StorageResource, hub: H
     )
 
 
-@asset(partitions_def=dataset_partitions, code_version=CODE_VERSION, group_name=INGEST_GROUP, kinds={"json", "parquet"})
-def episode_metadata(
-    context: AssetExecutionContext, hf_snapshot: dict, storage: StorageResource, encoding: ImageEncodingResource
+def _read_metadata(
+    context: AssetExecutionContext, dataset: str, hf_snapshot: dict, storage: StorageResource, encoding: ImageEncodingResource
 ) -> Output[dict]:
-    """``meta/`` of the pinned dataset, checked: episodes, tasks, cameras, and a fingerprint of every episode's inputs.
-
-    Refuses a dataset whose metadata disagrees with its files (totals, dtypes, fps) or that its
-    existing table cannot hold (a new camera, another shape), before any episode is written.
-    Registers the dataset's episodes as partitions of the shared ``episode`` dimension, and deletes
-    from the table the rows of episodes that are gone at this revision: whichever path reads a new
-    revision (the CLI, the UI, the sensor) removes them.
-    """
-    name = context.partition_key
-    meta = read_dataset(hf_snapshot["path"], name)
+    meta = read_dataset(hf_snapshot["path"], dataset)
     if meta.empty_episodes:
         context.log.warning(
-            f"{name}: skipping episodes {list(meta.empty_episodes)}: meta/ lists them with 0 frames, nothing to store"
+            f"{dataset}: skipping episodes {list(meta.empty_episodes)}: meta/ lists them with 0 frames, nothing to store"
         )
-    fingerprints = episode_fingerprints(meta, storage.home.error_details(name))
-    check_table_fits(storage.table_url(name), meta, encoding.image_format)
-    removed, labels_lost = _remove_vanished(context, storage, set(meta.episodes), hf_snapshot["revision"])
-    existing = set(context.instance.get_dynamic_partitions(episode_dimension.name))
-    new_keys = [episode_key(i) for i in sorted(meta.episodes) if episode_key(i) not in existing]
-    if new_keys:
-        context.instance.add_dynamic_partitions(episode_dimension.name, new_keys)
+    fingerprints = episode_fingerprints(meta, storage.home.error_details(dataset))
+    check_table_fits(storage.table_url(dataset), meta, encoding.image_format)
+    removed, labels_lost = _remove_vanished(context, dataset, storage, set(meta.episodes), hf_snapshot["revision"])
+    _sync_partitions(context.instance, dataset, meta.episodes)
     episodes = {
         i: {"length": e.length, "tasks": list(e.tasks), "fingerprint": fingerprints[i]}
         for i, e in sorted(meta.episodes.items())
     }
     context.log.info(
-        f"{name}: {meta.version}, {len(episodes)} episodes, {sum(e.length for e in meta.episodes.values())} frames, "
+        f"{dataset}: {meta.version}, {len(episodes)} episodes, {sum(e.length for e in meta.episodes.values())} frames, "
         f"cameras {meta.cameras}, {meta.fps:g} fps"
     )
     task_counts: dict[str, int] = {}
@@ -206,6 +217,8 @@ def episode_metadata(
             "cameras": MetadataValue.json(meta.cameras),
             "fps": meta.fps,
             "removed": MetadataValue.json(removed),
+            "skipped": MetadataValue.json(list(meta.empty_episodes)),
+            "labels_lost": MetadataValue.json(labels_lost),
             "fingerprints": MetadataValue.json({episode_key(i): e["fingerprint"] for i, e in episodes.items()}),
             "tasks": MetadataValue.md(
                 "| task | episodes |\n|---|---|\n" + "\n".join(f"| {t} | {n} |" for t, n in sorted(task_counts.items()))
@@ -215,14 +228,25 @@ def episode_metadata(
     )
 
 
+def _sync_partitions(instance: DagsterInstance, dataset: str, episodes: Collection[int]) -> None:
+    """Make the dataset's episode partitions exactly ``episodes``: add the new ones (in order, so a
+    range of keys is a range of episodes), delete those of episodes gone upstream."""
+    name = episode_partitions(dataset).name
+    existing = instance.get_dynamic_partitions(name)
+    wanted = {episode_key(i) for i in episodes}
+    for key in sorted(set(existing) - wanted):
+        instance.delete_dynamic_partition(name, key)
+    new = [episode_key(i) for i in sorted(episodes) if episode_key(i) not in set(existing)]
+    if new:
+        instance.add_dynamic_partitions(name, new)
+
+
 def _remove_vanished(
-    context: AssetExecutionContext, storage: StorageResource, upstream: set[int], revision: str
+    context: AssetExecutionContext, dataset: str, storage: StorageResource, upstream: set[int], revision: str
 ) -> tuple[list[int], list[dict[str, Any]]]:
     """Delete the rows of the table's episodes that are not in ``upstream`` (one commit each; earlier
-    tags keep them), each recorded as a materialization of its ``deeplake_table`` partition, then
-    recreate the indexes (Deeplake's miss rows after deletes). Returns the episodes removed and the
-    merged labels their rows carried (they cannot be re-applied)."""
-    dataset = context.partition_key
+    tags keep them), then recreate the indexes (Deeplake's miss rows after deletes). Returns the
+    episodes removed and the merged labels their rows carried (they cannot be re-applied)."""
     url = storage.table_url(dataset)
     try:
         held = summarize(open_read_only(url), url).episodes
@@ -239,135 +263,225 @@ def _remove_vanished(
             store_episode_stats(ds, index, None)
             deleted, _ = replace_episode(ds, index, None, f"remove {dataset} episode {index}: gone at revision {revision}")
             context.log.info(f"{dataset}: removed episode {index} ({deleted} rows), gone at revision {revision[:12]}")
-            context.log_event(
-                AssetMaterialization(
-                    asset_key=TABLE,
-                    partition=str(episode_partition(dataset, index)),
-                    metadata={"removed": True, "rows_removed": deleted, "table_version": ds.version, "revision": revision},
-                )
-            )
         refresh_indexes(ds)
         ds.commit(f"recreate indexes after removing episodes {gone}")
     return gone, lost
 
 
-_METADATA_DEP = AssetDep("episode_metadata", partition_mapping=_PER_DATASET)
 Event = MaterializeResult | AssetCheckResult
 
 
-def _episode_spec(key: AssetKey, description: str, upstream: tuple[AssetKey, ...] = (), **kwargs: Any) -> AssetSpec:
-    deps = [_METADATA_DEP, *upstream]
-    return AssetSpec(key, description=description, deps=deps, code_version=CODE_VERSION, group_name=INGEST_GROUP, **kwargs)
+def _episode_assets(dataset: str, keys: _Keys) -> AssetsDefinition:
+    def spec(key: AssetKey, description: str, upstream: tuple[AssetKey, ...] = (), **kwargs: Any) -> AssetSpec:
+        deps = [keys.metadata, *upstream]
+        return AssetSpec(key, description=description, deps=deps, code_version=CODE_VERSION, group_name=INGEST_GROUP, **kwargs)
+
+    @multi_asset(
+        name=f"{asset_prefix(dataset)}__episode_assets",
+        specs=[
+            spec(keys.telemetry, "One episode's telemetry rows (state, action, effort, index columns), checked for gaps and order.", kinds={"parquet"}),
+            spec(keys.frames, "Every camera's frame for every telemetry row, decoded from the episode's segment only and encoded.", (keys.telemetry,), kinds={"video", "jpeg"}),
+            spec(keys.table, "The episode's rows in the dataset's Deeplake table, replacing any earlier rows of that episode.", (keys.telemetry, keys.frames), kinds={"deeplake"}),
+        ],
+        check_specs=[
+            AssetCheckSpec("finite_values", asset=keys.telemetry, description="No NaN or infinite values in the numeric features (stored anyway, but flagged)."),
+            AssetCheckSpec("frames_aligned", asset=keys.frames, blocking=True, description="Every row has a frame per camera within the tolerance of its timestamp."),
+            AssetCheckSpec("episode_rows_match", asset=keys.table, blocking=True, description="The table holds exactly one row per frame of the episode, frame_index 0..length-1."),
+        ],
+        partitions_def=episode_partitions(dataset),
+        backfill_policy=BackfillPolicy.multi_run(max_partitions_per_run=EPISODES_PER_RUN),
+        ins={"episode_metadata": AssetIn(key=keys.metadata)},
+        can_subset=True,
+    )
+    def episode_assets(
+        context: AssetExecutionContext, episode_metadata: dict, storage: StorageResource, encoding: ImageEncodingResource
+    ) -> Iterator[Event]:
+        """The three per-episode assets of a range of episodes in one step, so frames go from the
+        decoder to the table in memory.
+
+        Any subset can be materialized: ``decoded_camera_frames`` without ``deeplake_table`` leaves
+        its frames in a staging file, which a later ``deeplake_table`` run uses while it matches the
+        episode's inputs (and otherwise decodes again). Telemetry is re-read from the pinned source
+        (a small parquet slice), so nothing passes through an IO manager.
+        """
+        episodes = [_Episode(dataset, int(key), keys) for key in context.partition_keys]
+        results = _run_episodes(context, episodes, episode_metadata, storage, encoding)
+        failed = {str(e): error for e, (error, _) in results.items() if error}
+        # Dagster records the inputs of an asset computed in the same step as the latest materialization
+        # of that upstream asset in any partition; recording this run's results back to back, while
+        # no other run records its own, keeps that the materialization of these partitions.
+        if failed:  # nothing is recorded for a failed run: the whole range is retried (unchanged episodes cheaply)
+            raise Failure(
+                f"{len(failed)} of {len(episodes)} episodes failed: " + "; ".join(f"{e}: {m}" for e, m in failed.items()),
+                metadata={"failed": MetadataValue.json({str(e.index): m for e, (m, _) in results.items() if m})},
+            )
+        replaced = sorted(e.index for e, (_, events) in results.items() if _rows_replaced(events))
+        if replaced:
+            _recreate_indexes(context, dataset, storage, replaced)
+        with storage.home.events_lock():
+            if len(episodes) == 1:
+                yield from _selected(context, results[episodes[0]][1])
+            else:
+                yield from _selected(context, _batch_events(context, keys, {e: events for e, (_, events) in results.items()}))
+
+    return episode_assets
 
 
-@multi_asset(
-    name="episode_assets",
-    specs=[
-        _episode_spec(TELEMETRY, "One episode's telemetry rows (state, action, effort, index columns), checked for gaps and order.", kinds={"parquet"}),
-        _episode_spec(FRAMES, "Every camera's frame for every telemetry row, decoded from the episode's segment only and encoded.", (TELEMETRY,), kinds={"video", "jpeg"}),
-        _episode_spec(TABLE, "The episode's rows in the dataset's Deeplake table, replacing any earlier rows of that episode.", (TELEMETRY, FRAMES), kinds={"deeplake"}),
-    ],
-    check_specs=[
-        AssetCheckSpec("finite_values", asset=TELEMETRY, description="No NaN or infinite values in the numeric features (stored anyway, but flagged)."),
-        AssetCheckSpec("frames_aligned", asset=FRAMES, blocking=True, description="Every row has a frame per camera within the tolerance of its timestamp."),
-        AssetCheckSpec("episode_rows_match", asset=TABLE, blocking=True, description="The table holds exactly one row per frame of the episode, frame_index 0..length-1."),
-    ],
-    partitions_def=episode_partitions,
-    ins={"episode_metadata": AssetIn()},
-    can_subset=True,
-)
-def episode_assets(
-    context: AssetExecutionContext, episode_metadata: dict, storage: StorageResource, encoding: ImageEncodingResource
-) -> Iterator[Event]:
-    """The three per-episode assets in one step, so frames go from the decoder to the table in memory.
+def _rows_replaced(events: list[Event]) -> int:
+    return sum(
+        event.metadata["rows_replaced"]  # a plain int: MaterializeResult keeps the values it was given
+        for event in events
+        if isinstance(event, MaterializeResult) and event.metadata and "rows_replaced" in event.metadata
+    )
 
-    Any subset can be materialized: ``decoded_camera_frames`` without ``deeplake_table`` leaves its
-    frames in a staging file, which a later ``deeplake_table`` run uses while it matches the
-    episode's inputs (and otherwise decodes again). Telemetry is re-read from the pinned source
-    (a small parquet slice), so nothing passes through an IO manager.
-    """
-    events = _episode_events(context, episode_metadata, storage, encoding)
-    # Dagster records the inputs of an asset computed in the same step as the latest materialization
-    # of that upstream asset in any partition; recording this episode's results back to back, while
-    # no other episode run records its own, keeps that the materialization of this partition.
-    with storage.home.events_lock():
-        yield from _selected(context, events)
+
+def _recreate_indexes(context: AssetExecutionContext, dataset: str, storage: StorageResource, replaced: list[int]) -> None:
+    """Deeplake's indexes miss rows after deletes: recreate them once per run that replaced rows, in
+    whichever path the run came from (the CLI, a UI backfill, the sensor)."""
+    with write_lock(storage.table_url(dataset)):
+        ds = open_writable(storage.table_url(dataset))
+        done = refresh_indexes(ds)
+        if done:
+            ds.commit(f"recreate indexes after replacing episodes {replaced}")
+    context.log.info(f"{dataset}: recreated the indexes of {done} after replacing episodes {replaced}")
+
+
+def _run_episodes(
+    context: AssetExecutionContext,
+    episodes: list[_Episode],
+    episode_metadata: dict,
+    storage: StorageResource,
+    encoding: ImageEncodingResource,
+) -> dict[_Episode, tuple[str | None, list[Event]]]:
+    """Each episode's events, or the error that stopped it; episodes are decoded in parallel threads
+    (PyAV and libjpeg-turbo release the GIL), their writes to the table serialized by its lock."""
+    url = storage.table_url(episodes[0].dataset)
+    try:
+        recorded = episode_versions(open_read_only(url))
+    except TableError:
+        recorded = {}
+
+    def one(episode: _Episode) -> tuple[str | None, list[Event]]:
+        try:
+            return None, _episode_events(context, episode, episode_metadata, recorded, storage, encoding)
+        except (LeRobotAssetsError, Failure) as exc:
+            message = exc.description if isinstance(exc, Failure) else str(exc)
+            context.log.error(f"{episode}: {message}")
+            return message, []
+        finally:
+            return_free_memory()
+
+    workers = max(1, min(encoding.workers or os.cpu_count() or 1, len(episodes)))
+    with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="episode") as pool:
+        return dict(zip(episodes, pool.map(one, episodes)))
+
+
+def _batch_events(context: AssetExecutionContext, keys: _Keys, events: dict[_Episode, list[Event]]) -> list[Event]:
+    """One result per asset and check for a run of several episodes: Dagster records one
+    materialization per partition of the range; each gets its episode's metadata (``add_asset_metadata``),
+    and its own data version is recorded with the rows in the table (Dagster keeps one per run)."""
+    summary: dict[AssetKey, dict[str, Any]] = {}
+    checks: dict[tuple[AssetKey, str], list[tuple[_Episode, AssetCheckResult]]] = {}
+    for episode, episode_events in events.items():
+        for event in episode_events:
+            if isinstance(event, AssetCheckResult):
+                checks.setdefault((event.asset_key, event.check_name), []).append((episode, event))
+                continue
+            metadata = {"unchanged": False, **(event.metadata or {})}
+            if event.data_version is not None:
+                metadata["data_version"] = event.data_version.value
+            if event.asset_key in context.selected_asset_keys:
+                context.add_asset_metadata(metadata, asset_key=event.asset_key, partition_key=episode_key(episode.index))
+            totals = summary.setdefault(event.asset_key, {"run_episodes": 0, "run_unchanged": 0})
+            totals["run_episodes"] += 1
+            totals["run_unchanged"] += bool(metadata["unchanged"])
+    results: list[Event] = [MaterializeResult(asset_key=key, metadata=totals) for key, totals in summary.items()]
+    for (key, name), evaluated in checks.items():
+        failed = {str(e.index): {k: v.value for k, v in r.metadata.items()} for e, r in evaluated if not r.passed}
+        results.append(
+            AssetCheckResult(
+                asset_key=key,
+                check_name=name,
+                passed=not failed,
+                severity=evaluated[0][1].severity,
+                metadata={"episodes": len(evaluated), "failed": MetadataValue.json(failed)},
+            )
+        )
+    return results
 
 
 def _episode_events(
-    context: AssetExecutionContext, episode_metadata: dict, storage: StorageResource, encoding: ImageEncodingResource
+    context: AssetExecutionContext,
+    episode: _Episode,
+    episode_metadata: dict,
+    recorded: dict[int, str],
+    storage: StorageResource,
+    encoding: ImageEncodingResource,
 ) -> list[Event]:
     """Compute the selected per-episode assets; their materializations and check results, in graph order."""
-    dataset, index = _episode_of(context)
-    meta = _episode_meta(episode_metadata, dataset, index)
+    keys, index = episode.keys, episode.index
+    meta = _episode_meta(episode_metadata, episode)
     fingerprint = episode_metadata["episodes"][index]["fingerprint"]
     version = DataVersion(episode_data_version(fingerprint))
     selected = context.selected_asset_keys
     telemetry = read_episode_telemetry(meta, index)
-    events = _telemetry_events(context, meta, telemetry, version) if TELEMETRY in selected else []
-    if FRAMES not in selected and TABLE not in selected:
+    events = _telemetry_events(context, episode, meta, telemetry, version) if keys.telemetry in selected else []
+    if keys.frames not in selected and keys.table not in selected:
         return events
-    unchanged = _unchanged_events(context, storage, episode_metadata, version)
-    if unchanged is not None:
-        return events + unchanged
-    staged_at = staging_path(storage.home.staging(dataset), index)
-    staged = None if FRAMES in selected else read_frames(staged_at)
+    if recorded.get(index) == version.value:
+        return events + _unchanged_events(context, episode, storage, episode_metadata, version)
+    staged_at = staging_path(storage.home.staging(episode.dataset), index)
+    staged = None if keys.frames in selected else read_frames(staged_at)
     decoded = None
     if staged is not None and (staged.fingerprint, staged.frame_index) == (fingerprint, telemetry["frame_index"].to_pylist()):
-        context.log.info(f"{dataset} episode {index}: using the frames staged in {str(staged_at)!r}")
+        context.log.info(f"{episode}: using the frames staged in {str(staged_at)!r}")
     else:
-        if FRAMES not in selected:
-            context.log.info(f"{dataset} episode {index}: no staged frames for these inputs; decoding them")
-        staged, decoded = _decode_frames(context, meta, telemetry, fingerprint, encoding)
+        if keys.frames not in selected:
+            context.log.info(f"{episode}: no staged frames for these inputs; decoding them")
+        staged, decoded = _decode_frames(context, episode, meta, telemetry, fingerprint, encoding)
     preview = MetadataValue.md(thumbnails_markdown(staged.images, count=4))  # both assets show it
-    if decoded is not None and FRAMES in selected:
-        events += _frames_events(meta, telemetry, decoded, version, encoding, preview)
-    if TABLE in selected:
-        events += _table_events(context, meta, episode_metadata, telemetry, staged, version, storage, encoding, preview)
+    if decoded is not None and keys.frames in selected:
+        events += _frames_events(keys, meta, telemetry, decoded, version, encoding, preview)
+    if keys.table in selected:
+        events += _table_events(context, episode, meta, episode_metadata, telemetry, staged, version, storage, encoding, preview)
         staged_at.unlink(missing_ok=True)
     else:
         write_frames(staged_at, staged)
-        context.log.info(f"{dataset} episode {index}: frames staged in {str(staged_at)!r} for deeplake_table")
+        context.log.info(f"{episode}: frames staged in {str(staged_at)!r} for deeplake_table")
     return events
 
 
 def _unchanged_events(
-    context: AssetExecutionContext, storage: StorageResource, episode_metadata: dict[str, Any], version: DataVersion
-) -> list[Event] | None:
-    """When the table holds this episode written from the same inputs by the same code (its recorded
-    data version), the results that say so, without decoding; otherwise None.
+    context: AssetExecutionContext, episode: _Episode, storage: StorageResource, episode_metadata: dict[str, Any], version: DataVersion
+) -> list[Event]:
+    """The results saying the table holds this episode written from the same inputs by the same code
+    (its recorded data version), without decoding.
 
     The frames and table keep their data version, so nothing downstream turns stale; the table
     check is evaluated on the rows the table holds, ``frames_aligned`` keeps its result from the
     run that decoded them.
     """
-    dataset, index = _episode_of(context)
-    url = storage.table_url(dataset)
-    try:
-        ds = open_read_only(url)
-    except TableError:
-        return None
-    if episode_versions(ds).get(index) != version.value:
-        return None
-    context.log.info(f"{dataset} episode {index}: unchanged in table version {ds.version} (data version {version.value}); not decoded")
+    url = storage.table_url(episode.dataset)
+    ds = open_read_only(url)
+    context.log.info(f"{episode}: unchanged in table version {ds.version} (data version {version.value}); not decoded")
     metadata = {"unchanged": True, "table_version": ds.version}
-    events: list[Event] = [MaterializeResult(asset_key=FRAMES, metadata=metadata, data_version=version)]
-    stored = episode_frames(ds, index)
-    return events + [
+    stored = episode_frames(ds, episode.index)
+    return [
+        MaterializeResult(asset_key=episode.keys.frames, metadata=metadata, data_version=version),
         MaterializeResult(
-            asset_key=TABLE,
+            asset_key=episode.keys.table,
             metadata={**metadata, "rows_written": 0, "dagster/row_count": len(stored), "table": MetadataValue.path(url),
                       "revision": episode_metadata["revision"]},
             data_version=version,
         ),
-        _rows_check(stored, episode_metadata["episodes"][index]["length"]),
+        _rows_check(episode.keys, stored, episode_metadata["episodes"][episode.index]["length"]),
     ]
 
 
-def _rows_check(stored: np.ndarray, expected: int) -> AssetCheckResult:
+def _rows_check(keys: _Keys, stored: np.ndarray, expected: int) -> AssetCheckResult:
     """``episode_rows_match``: the table holds one row per frame of the episode, frame_index 0..length-1."""
     return AssetCheckResult(
-        asset_key=TABLE,
+        asset_key=keys.table,
         check_name="episode_rows_match",
         passed=bool(np.array_equal(np.sort(stored), np.arange(expected))),
         metadata={"rows_in_table": len(stored), "expected": expected},
@@ -384,7 +498,9 @@ def _selected(context: AssetExecutionContext, events: list[Event]) -> Iterator[E
             yield event
 
 
-def _telemetry_events(context: AssetExecutionContext, meta: DatasetMeta, table: pa.Table, version: DataVersion) -> list[Event]:
+def _telemetry_events(
+    context: AssetExecutionContext, episode: _Episode, meta: DatasetMeta, table: pa.Table, version: DataVersion
+) -> list[Event]:
     bad = {}
     for feature in meta.value_features:
         values = feature_array(table, feature).reshape(table.num_rows, -1)
@@ -392,16 +508,15 @@ def _telemetry_events(context: AssetExecutionContext, meta: DatasetMeta, table: 
         if len(rows):
             bad[feature.key] = {"rows": len(rows), "first_frame": int(rows[0])}
     if bad:
-        dataset, index = _episode_of(context)
-        context.log.warning(f"{dataset} episode {index}: non-finite values in {bad}")
+        context.log.warning(f"{episode}: non-finite values in {bad}")
     return [
         MaterializeResult(
-            asset_key=TELEMETRY,
+            asset_key=episode.keys.telemetry,
             metadata={"rows": table.num_rows, "columns": MetadataValue.json(table.column_names)},
             data_version=version,
         ),
         AssetCheckResult(
-            asset_key=TELEMETRY,
+            asset_key=episode.keys.telemetry,
             check_name="finite_values",
             passed=not bad,
             severity=AssetCheckSeverity.WARN,
@@ -419,10 +534,15 @@ class _Decoded:
 
 
 def _decode_frames(
-    context: AssetExecutionContext, meta: DatasetMeta, telemetry: pa.Table, fingerprint: str, encoding: ImageEncodingResource
+    context: AssetExecutionContext,
+    episode: _Episode,
+    meta: DatasetMeta,
+    telemetry: pa.Table,
+    fingerprint: str,
+    encoding: ImageEncodingResource,
 ) -> tuple[StagedFrames, _Decoded]:
-    dataset, index = _episode_of(context)
-    context.log.info(f"{dataset} episode {index}: decoding {telemetry.num_rows} frames x {len(meta.cameras)} cameras")
+    index = episode.index
+    context.log.info(f"{episode}: decoding {telemetry.num_rows} frames x {len(meta.cameras)} cameras")
     started = time.perf_counter()
     decoded = decode_episode(
         meta,
@@ -434,7 +554,7 @@ def _decode_frames(
     )
     seconds = time.perf_counter() - started
     frames = telemetry.num_rows * len(decoded)
-    context.log.info(f"{dataset} episode {index}: decoded {frames} camera-frames in {seconds:.2f} s ({frames / max(seconds, 1e-9):.0f}/s)")
+    context.log.info(f"{episode}: decoded {frames} camera-frames in {seconds:.2f} s ({frames / max(seconds, 1e-9):.0f}/s)")
     staged = StagedFrames(
         fingerprint=fingerprint,
         frame_index=telemetry["frame_index"].to_pylist(),
@@ -445,12 +565,13 @@ def _decode_frames(
 
 
 def _frames_events(
+    keys: _Keys,
     meta: DatasetMeta, telemetry: pa.Table, decoded: _Decoded, version: DataVersion, encoding: ImageEncodingResource, preview: MetadataValue
 ) -> list[Event]:
     frames = telemetry.num_rows * len(decoded.cameras)
     return [
         MaterializeResult(
-            asset_key=FRAMES,
+            asset_key=keys.frames,
             metadata={
                 "camera_frames": frames,
                 "frames_per_second": round(frames / max(decoded.seconds, 1e-9), 1),
@@ -460,7 +581,7 @@ def _frames_events(
             data_version=version,
         ),
         AssetCheckResult(
-            asset_key=FRAMES,
+            asset_key=keys.frames,
             check_name="frames_aligned",
             passed=all(len(result.frames) == telemetry.num_rows for result in decoded.cameras.values()),
             metadata={
@@ -473,6 +594,7 @@ def _frames_events(
 
 def _table_events(
     context: AssetExecutionContext,
+    episode: _Episode,
     meta: DatasetMeta,
     episode_metadata: dict[str, Any],
     telemetry: pa.Table,
@@ -483,7 +605,7 @@ def _table_events(
     preview: MetadataValue,
 ) -> list[Event]:
     """Replace the episode's rows in the table (one commit, with its statistics)."""
-    dataset, index = _episode_of(context)
+    dataset, index = episode.dataset, episode.index
     rows = episode_rows(meta, telemetry, staged.images)
     data_file = where(dataset, index, meta.root / meta.episode(index).data_path)
     stats = episode_stats({k: v for k, v in rows.items() if k not in meta.cameras}, {}, data_file) | staged.stats
@@ -500,14 +622,14 @@ def _table_events(
         table_version = ds.version
         stored = episode_frames(ds, index)
         schema = column_types(ds)
-    context.log.info(f"{dataset} episode {index}: wrote {written} rows (replaced {deleted}), table version {table_version}")
+    context.log.info(f"{episode}: wrote {written} rows (replaced {deleted}), table version {table_version}")
     if labels["reapplied"] or labels["not_reapplied"]:
-        context.log.warning(f"{dataset} episode {index}, new rows: {describe_reapplied(labels)}")
+        context.log.warning(f"{episode}, new rows: {describe_reapplied(labels)}")
     series = {f.key: feature_array(telemetry, f) for f in meta.value_features if f.key in ("observation.state", "action")}
     expected = episode_metadata["episodes"][index]["length"]
     return [
         MaterializeResult(
-            asset_key=TABLE,
+            asset_key=episode.keys.table,
             metadata={
                 "rows_written": written,
                 "rows_replaced": deleted,
@@ -525,7 +647,7 @@ def _table_events(
             },
             data_version=version,
         ),
-        _rows_check(stored, expected),
+        _rows_check(episode.keys, stored, expected),
     ]
 
 
@@ -545,18 +667,7 @@ def default_tag(dataset: str, revision: str, existing: Collection[str]) -> str:
     return tag
 
 
-@asset(
-    partitions_def=dataset_partitions,
-    deps=[AssetDep("deeplake_table", partition_mapping=_PER_DATASET)],
-    code_version=CODE_VERSION,
-    group_name=TRAINING_GROUP,
-    kinds={"deeplake"},
-)
-def training_snapshot(
-    context: AssetExecutionContext, config: SnapshotConfig, storage: StorageResource
-) -> MaterializeResult:
-    """A tag on the table's current version: the exact, reloadable data a training run names."""
-    dataset = context.partition_key
+def _tag_table(context: AssetExecutionContext, dataset: str, config: SnapshotConfig, storage: StorageResource) -> MaterializeResult:
     url = storage.table_url(dataset)
     with write_lock(url):
         started = time.perf_counter()
@@ -580,6 +691,52 @@ def training_snapshot(
     )
 
 
-ALL_ASSETS = [hf_snapshot, episode_metadata, episode_assets, training_snapshot]
-DATASET_ASSETS = [hf_snapshot, episode_metadata]
-EPISODE_ASSETS = [episode_assets]
+@dataclass(frozen=True)
+class DatasetAssets:
+    """One dataset's ingest and training assets."""
+
+    hf_snapshot: AssetsDefinition
+    episode_metadata: AssetsDefinition
+    episodes: AssetsDefinition
+    training_snapshot: AssetsDefinition
+
+    @property
+    def all(self) -> list[AssetsDefinition]:
+        return [self.hf_snapshot, self.episode_metadata, self.episodes, self.training_snapshot]
+
+
+def dataset_assets(dataset: str) -> DatasetAssets:
+    """The assets of ``dataset``: thin wiring of the functions above, under keys prefixed with its name."""
+    keys = _Keys.of(dataset)
+
+    @asset(key=keys.snapshot, code_version=CODE_VERSION, group_name=INGEST_GROUP, kinds={"huggingface"})
+    def hf_snapshot(context: AssetExecutionContext, storage: StorageResource, hub: HubResource) -> Output[dict]:
+        """The dataset's source pinned to an exact revision (Hub commit sha, git HEAD or content hash), copied locally."""
+        return _pin_source(context, dataset, storage, hub)
+
+    @asset(
+        key=keys.metadata,
+        ins={"hf_snapshot": AssetIn(key=keys.snapshot)},
+        code_version=CODE_VERSION,
+        group_name=INGEST_GROUP,
+        kinds={"json", "parquet"},
+    )
+    def episode_metadata(
+        context: AssetExecutionContext, hf_snapshot: dict, storage: StorageResource, encoding: ImageEncodingResource
+    ) -> Output[dict]:
+        """``meta/`` of the pinned dataset, checked: episodes, tasks, cameras, and a fingerprint of every episode's inputs.
+
+        Refuses a dataset whose metadata disagrees with its files (totals, dtypes, fps) or that its
+        existing table cannot hold (a new camera, another shape), before any episode is written.
+        Makes the dataset's episode partitions exactly its episodes, and deletes from the table the
+        rows of episodes that are gone at this revision: whichever path reads a new revision (the
+        CLI, the UI, the sensor) removes them.
+        """
+        return _read_metadata(context, dataset, hf_snapshot, storage, encoding)
+
+    @asset(key=keys.training, deps=[keys.table], code_version=CODE_VERSION, group_name=TRAINING_GROUP, kinds={"deeplake"})
+    def training_snapshot(context: AssetExecutionContext, config: SnapshotConfig, storage: StorageResource) -> MaterializeResult:
+        """A tag on the table's current version: the exact, reloadable data a training run names."""
+        return _tag_table(context, dataset, config, storage)
+
+    return DatasetAssets(hf_snapshot, episode_metadata, _episode_assets(dataset, keys), training_snapshot)

@@ -1,60 +1,55 @@
 """Materializing the asset graph from Python and the CLI, through a persistent Dagster instance.
 
 Runs launched here are recorded in ``$DAGSTER_HOME``'s instance when set, else in ``<home>/dagster``
-(Dagster's default SQLite storage), so they show up in ``lerobot-assets ui`` / ``dagster dev``. ``ingest`` runs the dataset-level assets once, then
-one run per episode partition that needs it, in this process and in parallel worker processes
-(forked from this one, warm); table writes stay serialized by the table's write lease.
+(Dagster's default SQLite storage), so they show up in ``lerobot-assets ui`` / ``dagster dev``,
+under the dataset's named jobs. ``ingest`` runs the dataset's ``ingest_dataset`` job once, then
+its ``ingest_episodes`` job over ranges of episodes, the same runs a backfill from the UI makes.
 """
 
-import ctypes
 import functools
 import json
 import logging
-import multiprocessing
 import os
 import re
 import shutil
 import socket
-import sys
 import threading
-from collections import deque
-from collections.abc import Sequence
-from concurrent.futures import Future, ProcessPoolExecutor
-from concurrent.futures.process import BrokenProcessPool
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from dagster import (
     AssetKey,
+    DagsterEvent,
+    DagsterEventType,
     AssetRecordsFilter,
-    AssetsDefinition,
     DagsterInstance,
     DagsterRunStatus,
     Definitions,
     ExecuteInProcessResult,
-    MultiPartitionKey,
     RunsFilter,
 )
 from filelock import FileLock
+from tqdm.auto import tqdm
 
-from lerobot_assets.assets import DATASET_ASSETS, EPISODE_ASSETS, training_snapshot
+from lerobot_assets.assets import EPISODES_PER_RUN
+from lerobot_assets.deployment import submit_job, submits, wait_for
 from lerobot_assets.errors import LeRobotAssetsError, bounded
 from lerobot_assets.home import DatasetSource, Home, check_name, name_from_source
-from lerobot_assets.partitions import dataset_partitions, episode_partition
+from lerobot_assets.partitions import (
+    asset_prefix,
+    dataset_asset_key,
+    episode_key,
+    episode_partitions,
+    job_name,
+    partition_ranges,
+    range_tags,
+)
 from lerobot_assets.relabel import describe_reapplied
 from lerobot_assets.resources import HubResource, ImageEncodingResource, StorageResource, io_manager
 from lerobot_assets.source import classify_source
-from lerobot_assets.table import (
-    open_read_only,
-    open_tag,
-    open_writable,
-    refresh_indexes,
-    storage_report,
-    summarize,
-    table_url,
-    write_lock,
-)
+from lerobot_assets.table import open_read_only, open_tag, storage_report, summarize, table_url
 from lerobot_assets.versions import plan_changes, recorded_versions
 
 log = logging.getLogger(__name__)
@@ -82,12 +77,21 @@ class Settings:
     home: Path
     image_format: str = "jpeg"
     quality: int = 95
+    workers: int | None = None
+
+    def run_config(self) -> dict[str, Any]:
+        """The run config that gives a run launched elsewhere (by a deployment) these settings' resources."""
+        return {
+            "storage": {"config": {"home_dir": str(self.home)}},
+            "encoding": {"config": {"image_format": self.image_format, "quality": self.quality, "workers": self.workers}},
+            "io_manager": {"config": {"base_dir": str(Home(self.home).dagster_home / "storage")}},
+        }
 
     def resources(self) -> dict[str, Any]:
         return {
             "storage": StorageResource(home_dir=str(self.home)),
             "hub": HubResource(),
-            "encoding": ImageEncodingResource(image_format=self.image_format, quality=self.quality),
+            "encoding": ImageEncodingResource(image_format=self.image_format, quality=self.quality, workers=self.workers),
             "io_manager": io_manager(Home(self.home)),
         }
 
@@ -123,9 +127,9 @@ def _open_instance(dagster_home: Path) -> DagsterInstance:
         return DagsterInstance.from_config(str(dagster_home))
 
 
-def failure_message(result: ExecuteInProcessResult) -> str:
-    """The user-facing message of the first failed step (our own exception text, not Dagster's wrapper)."""
-    for event in result.all_events:
+def failure_message(events: Iterable[DagsterEvent]) -> str:
+    """The user-facing message of a run's first failed step (our own exception text, not Dagster's wrapper)."""
+    for event in events:
         if event.is_step_failure:
             error = event.step_failure_data.error
             while error.cause is not None and error.cls_name.startswith("Dagster"):  # Dagster's wrapper
@@ -143,44 +147,71 @@ _QUIET_LOGGING = {"loggers": {"console": {"config": {"log_level": "CRITICAL"}}}}
 
 
 @functools.lru_cache(maxsize=8)
-def _definitions(settings: Settings) -> Definitions:
+def _definitions(settings: Settings, datasets: tuple[str, ...]) -> Definitions:
     # imported here: the code location imports the relabel assets, which import this module
     from lerobot_assets.definitions import build_definitions
 
-    return build_definitions(settings.resources())
+    return build_definitions(settings.resources(), datasets)
 
 
-def _job_for(keys: set[AssetKey]) -> tuple[str, bool]:
-    """The named job whose assets include every key of ``keys``, and whether ``keys`` are all of them."""
-    from lerobot_assets.definitions import JOB_ASSETS
-
-    for name, (assets, _) in JOB_ASSETS.items():
-        job_keys = {key for asset in assets for key in asset.keys}
-        if keys <= job_keys:
-            return name, keys == job_keys
-    raise ValueError(f"no job materializes {sorted(k.to_user_string() for k in keys)}")
+def code_location(settings: Settings) -> Definitions:
+    """The definitions of every dataset registered in the home, as ``dagster dev`` loads them."""
+    return _definitions(settings, tuple(sorted(source.name for source in Home(settings.home).registered())))
 
 
-def run_assets(
+def run_job(
     instance: DagsterInstance,
     settings: Settings,
-    selection: Sequence[AssetsDefinition | AssetKey],
-    partition_key: Any,
+    dataset: str,
+    use: str,
+    partitions: Sequence[str] = (),
+    assets: Sequence[AssetKey] | None = None,
     run_config: dict | None = None,
 ) -> ExecuteInProcessResult:
-    """One in-process run of ``selection`` for one partition under the named job of its use, recorded
-    in ``instance`` and tagged as launched by this CLI and this process; success or not."""
-    keys = {key for item in selection for key in (item.keys if isinstance(item, AssetsDefinition) else [item])}
-    name, whole = _job_for(keys)
-    job = _definitions(settings).resolve_job_def(name)
+    """One in-process run of ``dataset``'s named job for ``use`` (see ``definitions.USES``), over
+    ``partitions`` (one key, or a range from :func:`partition_ranges`), recorded in ``instance`` and
+    tagged as launched by this CLI and this process; success or not. ``assets`` runs a subset."""
+    job = code_location(settings).resolve_job_def(job_name(dataset, use))
+    tags = {LAUNCHED_BY_TAG: LAUNCHED_BY, PROCESS_TAG: f"{socket.gethostname()}:{os.getpid()}"}
+    if len(partitions) > 1:
+        tags.update(range_tags(partitions))
     return job.execute_in_process(
         run_config={**(_QUIET_LOGGING if _quiet() else _LOGGING), **(run_config or {})},
         instance=instance,
-        partition_key=str(partition_key),
+        partition_key=partitions[0] if len(partitions) == 1 else None,
         raise_on_error=False,
-        tags={LAUNCHED_BY_TAG: LAUNCHED_BY, PROCESS_TAG: f"{socket.gethostname()}:{os.getpid()}"},
-        asset_selection=None if whole else sorted(keys, key=AssetKey.to_user_string),  # a subset job costs a resolution
+        tags=tags,
+        asset_selection=assets,
     )
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """A finished run, wherever it ran: its id and whether it succeeded (its events are in the instance)."""
+
+    run_id: str
+    success: bool
+
+    def events(self, instance: DagsterInstance, of_type: DagsterEventType | None = None) -> list[DagsterEvent]:
+        return [e.dagster_event for e in instance.all_logs(self.run_id, of_type=of_type) if e.dagster_event]
+
+
+def launch_job(
+    instance: DagsterInstance, settings: Settings, dataset: str, use: str, partitions: Sequence[str] = (), run_config: dict | None = None
+) -> Outcome:
+    """Run ``dataset``'s job for ``use`` the way ``instance`` runs jobs: submitted to its deployment
+    (queued for its daemon, or launched elsewhere) and followed until it finishes, or else here, in
+    process (:func:`run_job`)."""
+    if not (os.environ.get("DAGSTER_HOME") and submits(instance)):  # the embedded instance: run here
+        result = run_job(instance, settings, dataset, use, partitions, run_config=run_config)
+        return Outcome(result.run_id, result.success)
+    tags = {LAUNCHED_BY_TAG: LAUNCHED_BY, **(range_tags(partitions) if len(partitions) > 1 else {})}
+    if len(partitions) == 1:
+        tags["dagster/partition"] = partitions[0]  # the tag Dagster's own launchers set for one partition
+    config = {**(run_config or {}), "resources": settings.run_config()}
+    run_id = submit_job(settings.home, job_name(dataset, use), config, tags)
+    log.info("%s: submitted run %s of %s to the Dagster deployment", dataset, run_id, job_name(dataset, use))
+    return Outcome(run_id, wait_for(instance, run_id) == DagsterRunStatus.SUCCESS)
 
 
 def fail_orphaned_runs(instance: DagsterInstance) -> list[str]:
@@ -215,17 +246,25 @@ def _quiet() -> bool:
     return logging.getLogger("lerobot_assets").level > logging.INFO
 
 
-def _run(instance: DagsterInstance, settings: Settings, selection: list, partition_key: Any, **kwargs: Any):
-    result = run_assets(instance, settings, selection, partition_key, **kwargs)
-    if not result.success:
-        raise LeRobotAssetsError(users_paths(failure_message(result), Home(settings.home), partition_key))
-    return result
+def _run(instance: DagsterInstance, settings: Settings, dataset: str, use: str, **kwargs: Any) -> Outcome:
+    outcome = launch_job(instance, settings, dataset, use, **kwargs)
+    if not outcome.success:
+        raise LeRobotAssetsError(users_paths(failure_message(outcome.events(instance)), Home(settings.home), dataset))
+    return outcome
 
 
-def users_paths(message: str, home: Home, partition_key: Any) -> str:
+def _materialization(instance: DagsterInstance, outcome: Outcome, key: AssetKey) -> dict[str, Any]:
+    """The metadata values of the materialization of ``key`` that the run ``outcome`` recorded."""
+    for event in outcome.events(instance, DagsterEventType.ASSET_MATERIALIZATION):
+        materialization = event.event_specific_data.materialization
+        if materialization.asset_key == key:
+            return {name: value.value for name, value in materialization.metadata.items()}
+    raise LeRobotAssetsError(f"run {outcome.run_id} recorded no materialization of {key.to_user_string()}")
+
+
+def users_paths(message: str, home: Home, name: str) -> str:
     """``message`` with each path inside the dataset's pinned copies (``<home>/sources/<name>/<revision>``,
     or a Hub snapshot there) replaced by the source the user gave: the user's file, not our copy of it."""
-    name = partition_key.keys_by_dimension["dataset"] if isinstance(partition_key, MultiPartitionKey) else partition_key
     try:
         source = home.dataset_source(name).source
     except LeRobotAssetsError:
@@ -234,31 +273,6 @@ def users_paths(message: str, home: Home, partition_key: Any) -> str:
     spellings = sorted({str(pins), str(pins.absolute()), str(pins.resolve())}, key=len, reverse=True)
     roots = "|".join(re.escape(p) for p in spellings)
     return re.sub(rf"(?:{roots})/(?:hf_cache/[^/]+/snapshots/)?[^/\s'\"]+", lambda _: source, message)
-
-
-def _materialize_episode(settings: Settings, dataset: str, index: int) -> tuple[int, str | None]:
-    """One run for one (dataset, episode) partition, here or in a worker process."""
-    try:
-        _run(dagster_instance(Home(settings.home)), settings, EPISODE_ASSETS, episode_partition(dataset, index))
-    except LeRobotAssetsError as exc:
-        return index, str(exc)
-    finally:
-        _return_free_memory()
-    return index, None
-
-
-_MALLOC_TRIM = getattr(ctypes.CDLL(None), "malloc_trim", None) if os.name == "posix" else None
-
-
-def _return_free_memory() -> None:
-    """Give the heap's free pages back to the system after an episode (glibc; elsewhere nothing).
-
-    An episode run allocates and frees hundreds of MB of frames from several threads, which glibc
-    keeps, fragmented, in per-thread arenas: without this, a worker's peak memory crept up
-    episode after episode (measured: +30% over 20 episodes in one process, flat with it).
-    """
-    if _MALLOC_TRIM is not None:
-        _MALLOC_TRIM(0)
 
 
 def spans(indices: Sequence[int], shown: int = 5) -> str:
@@ -294,7 +308,7 @@ def parse_episodes(spec: str) -> list[int]:
 def register(
     home: Home, source: str, name: str | None, revision: str | None, tables: str | None
 ) -> tuple[DatasetSource, bool]:
-    """Record where dataset ``name`` comes from and where its table lives, and add its partition.
+    """Record where dataset ``name`` comes from and where its table lives.
 
     Returns the entry and whether it is new.
     """
@@ -314,11 +328,14 @@ def register(
         if tables is not None and previous.table != url:
             raise LeRobotAssetsError(f"dataset {name!r} already has its table at {previous.table}; omit --tables")
         url = previous.table
+    else:
+        clash = [other.name for other in home.registered() if asset_prefix(other.name) == asset_prefix(name)]
+        if clash:
+            raise LeRobotAssetsError(
+                f"dataset name {name!r} and registered {clash[0]!r} are both {asset_prefix(name)!r} in Dagster; choose another --name"
+            )
     entry = DatasetSource(name=name, source=location, kind=kind, table=url, revision=revision)
     home.register(entry)
-    instance = dagster_instance(home)
-    if not instance.has_dynamic_partition(dataset_partitions.name, name):
-        instance.add_dynamic_partitions(dataset_partitions.name, [name])
     return entry, previous is None
 
 
@@ -334,15 +351,16 @@ def ingest(
     quality: int = 95,
     workers: int | None = None,
 ) -> dict[str, Any]:
-    """Register ``source`` and materialize what changed: only episodes whose inputs differ from the table.
+    """Register ``source`` and materialize its episodes: only those whose inputs differ from the
+    table are decoded and written, the others are recorded as unchanged.
 
     Returns the JSON-able result printed by ``lerobot-assets ingest``.
     """
     home_ = Home.at(home)
-    settings = Settings(home_.root, image_format, quality)
+    settings = Settings(home_.root, image_format, quality, workers)
     entry, new = register(home_, source, name, revision, tables)
     try:
-        return _ingest(settings, entry, episodes, workers)
+        return _ingest(settings, entry, episodes)
     except BaseException:
         if new and not _table_episodes(entry.table):  # a failed first ingest leaves nothing behind
             _forget(home_, entry.name)
@@ -350,23 +368,25 @@ def ingest(
 
 
 def _forget(home: Home, name: str) -> None:
-    """Unregister ``name`` and delete its partition, pinned copies and staged frames."""
+    """Unregister ``name`` and delete its episode partitions, pinned copies and staged frames."""
     home.unregister(name)
-    dagster_instance(home).delete_dynamic_partition(dataset_partitions.name, name)
+    instance = dagster_instance(home)
+    partitions = episode_partitions(name).name
+    for key in instance.get_dynamic_partitions(partitions):
+        instance.delete_dynamic_partition(partitions, key)
     for path in (home.sources(name), home.staging(name)):
         shutil.rmtree(path, ignore_errors=True)
 
 
-def _ingest(
-    settings: Settings, entry: DatasetSource, episodes: Sequence[int] | None, workers: int | None
-) -> dict[str, Any]:
+def _ingest(settings: Settings, entry: DatasetSource, episodes: Sequence[int] | None) -> dict[str, Any]:
     """The body of :func:`ingest` once the dataset is registered (which undoes a failed first one)."""
     home_ = Home(settings.home)
     instance = dagster_instance(home_)
     log.info("resolving %s (%s)", entry.source, entry.kind)
-    result = _run(instance, settings, DATASET_ASSETS, entry.name)
-    metadata = result.output_for_node("episode_metadata")
-    upstream = sorted(metadata["episodes"])
+    outcome = _run(instance, settings, entry.name, "ingest_dataset")
+    metadata = _materialization(instance, outcome, dataset_asset_key(entry.name, "episode_metadata"))
+    fingerprints = {int(key): value for key, value in metadata["fingerprints"].items()}
+    upstream = sorted(fingerprints)
     requested = upstream if episodes is None else sorted(set(episodes))
     unknown = sorted(set(requested) - set(upstream))
     if unknown:
@@ -376,24 +396,17 @@ def _ingest(
         )
     if metadata["skipped"]:
         log.warning("%s: skipped episodes %s: meta/ lists them with 0 frames", entry.name, spans(metadata["skipped"]))
-    fingerprints = {i: metadata["episodes"][i]["fingerprint"] for i in requested}
-    plan = plan_changes(recorded_versions(entry.table), fingerprints)
+    plan = plan_changes(recorded_versions(entry.table), {i: fingerprints[i] for i in requested})
     log.info("%s: %d episodes to materialize, %d unchanged", entry.name, len(plan.todo), len(plan.unchanged))
-    latest = instance.fetch_materializations(AssetKey("deeplake_table"), limit=1).records
-    failures = _materialize_episodes(settings, entry.name, plan.todo, workers)
+    latest = instance.fetch_materializations(dataset_asset_key(entry.name, "deeplake_table"), limit=1).records
+    failures = _materialize_episodes(instance, settings, entry.name, requested)
     labels = _label_reports(instance, entry.name, plan.todo, latest[0].storage_id if latest else None)
     labels["not_reapplied"] += metadata["labels_lost"]
-    replaced = [i for i in plan.changed if i not in failures]  # a failed episode's rows are as they were
-    if replaced:  # rows were deleted: Deeplake's indexes would miss rows (episode_metadata did it for removals)
-        with write_lock(entry.table):
-            ds = open_writable(entry.table)
-            refresh_indexes(ds)
-            ds.commit(f"recreate indexes after replacing episodes {sorted(replaced)}")
     if labels["reapplied"] or labels["not_reapplied"]:
         log.warning("%s, re-ingested episodes: %s", entry.name, describe_reapplied(labels))
     if failures:
-        head = f"{len(failures)} of {len(plan.todo)} episodes failed"
-        lines = {i: f"episode {i}: {message}" for i, message in failures.items()}
+        head = f"{len(failures)} of {len(requested)} episodes failed"
+        lines = {i: f"episode {i}: {message}" for i, message in sorted(failures.items())}
         raise LeRobotAssetsError(bounded(head, lines, home_.error_details(entry.name)))
     summary = summarize(open_read_only(entry.table), entry.table)
     return {
@@ -423,8 +436,8 @@ def _label_reports(
         return report
     records = instance.fetch_materializations(
         AssetRecordsFilter(
-            asset_key=AssetKey("deeplake_table"),
-            asset_partitions=[str(episode_partition(dataset, i)) for i in indices],
+            asset_key=dataset_asset_key(dataset, "deeplake_table"),
+            asset_partitions=[episode_key(i) for i in indices],
             after_storage_id=after,
         ),
         limit=len(indices) * 4,
@@ -444,113 +457,59 @@ def _table_episodes(url: str) -> dict[int, int]:
         return {}
 
 
-def _worker_context() -> multiprocessing.context.BaseContext:
-    """How worker processes start: forked on Linux while this is the process's only Python thread
-    (as in the CLI: decoding threads live only within an episode run), spawned otherwise.
-
-    A forked worker is a copy of this process as the episodes start: Dagster, Deeplake and PyAV
-    imported, the instance open, ``meta/`` read. It decodes at once, where a worker forked from a
-    server with Dagster preloaded first spent ~2.5 CPU-seconds importing the rest and warming up.
-    Forking a process that has imported Deeplake is supported by Deeplake (it wraps ``os.fork`` to
-    prepare its thread pools); Dagster's SQLite storage opens a connection per operation, so none
-    is shared with the child. A thread of an embedding
-    program (a notebook, a server) could hold a lock that the child would inherit held, and fork
-    is unsafe on macOS: there workers are spawned and import everything first.
-    """
-    fork = sys.platform.startswith("linux") and threading.active_count() == 1
-    return multiprocessing.get_context("fork" if fork else "spawn")
-
-
 def _materialize_episodes(
-    settings: Settings,
-    dataset: str,
-    indices: Sequence[int],
-    workers: int | None,
+    instance: DagsterInstance, settings: Settings, dataset: str, indices: Sequence[int]
 ) -> dict[int, str]:
-    """Run one Dagster run per episode, here and in ``workers - 1`` worker processes (see
-    :func:`_worker_context`); return {episode: error}.
+    """Run the dataset's ``ingest_episodes`` job over ``indices``, in ranges of
+    :data:`EPISODES_PER_RUN` episodes (each run decodes its episodes in parallel threads), with a
+    progress bar; return {episode: error}.
 
-    Whoever is free takes the next episode. This process is warm when the episodes start (Dagster
-    and Deeplake imported, the instance open), so it begins at once.
+    The episodes of a failed run that did not fail themselves were written, but Dagster records
+    nothing for a failed run: they are run once more, as unchanged, so their materializations are recorded.
     """
-    helpers = min(workers or os.cpu_count() or 1, len(indices)) - 1
-    pending = deque(indices)
+    ordered = instance.get_dynamic_partitions(episode_partitions(dataset).name)
+
+    def run(keys: Sequence[str]) -> dict[int, str]:
+        outcome = launch_job(instance, settings, dataset, "ingest_episodes", partitions=keys)
+        return {} if outcome.success else _failed_episodes(outcome.events(instance), settings, dataset, keys)
+
     failures: dict[int, str] = {}
-    errors: list[BaseException] = []  # of the worker pool (e.g. a worker killed); stop and report
-    state = threading.Condition()
-    finished = in_flight = 0
-
-    def take() -> int | None:
-        with state:
-            return pending.popleft() if pending and not errors else None
-
-    def record(index: int, error: str | None) -> None:
-        nonlocal finished
-        with state:
-            finished += 1
-            if error:
-                failures[index] = error
-                # progress, not the error: ingest's one error line names every failure (-q shows only that)
-                log.info("%s episode %d failed: %s", dataset, index, error)
-            log.info("%s: %d of %d episodes done", dataset, finished, len(indices))
-
-    def dispatch() -> None:
-        nonlocal in_flight
-        index = take()
-        if index is not None:
-            future = pool.submit(_materialize_episode, settings, dataset, index)
-            with state:
-                in_flight += 1
-            future.add_done_callback(collect)
-
-    def collect(future: Future) -> None:
-        nonlocal in_flight
-        try:
-            record(*future.result())
-            dispatch()  # the next one is counted in flight before this one is counted out
-        except BaseException as exc:
-            with state:
-                errors.append(exc)
-        finally:
-            with state:
-                in_flight -= 1
-                state.notify_all()
-
-    def run_here() -> None:
-        while (index := take()) is not None:
-            record(*_materialize_episode(settings, dataset, index))
-
-    if helpers < 1:
-        run_here()
-        return failures
-    with ProcessPoolExecutor(max_workers=helpers, mp_context=_worker_context()) as pool:
-        try:
-            for _ in range(helpers):
-                dispatch()
-            run_here()
-        except BrokenProcessPool as exc:  # a worker died before this process submitted to it
-            with state:
-                errors.append(exc)
-        finally:
-            with state:
-                pending.clear()  # on an error here, workers finish their episode and take no other
-                state.wait_for(lambda: in_flight == 0)
-    if errors:
-        raise LeRobotAssetsError(
-            f"{dataset}: a worker process failed ({type(errors[0]).__name__}: {errors[0]}); the episodes "
-            f"finished so far ({finished} of {len(indices)}) are in the table, run the ingest again for the rest"
-        ) from errors[0]
+    done = 0
+    with tqdm(total=len(indices), unit="episode", desc=dataset, disable=_quiet() or None) as progress:
+        for batch in partition_ranges(ordered, {episode_key(i) for i in indices}, EPISODES_PER_RUN):
+            failed = run(batch)
+            written = set(batch) - {episode_key(i) for i in failed}
+            if failed and written:
+                for again in partition_ranges(ordered, written, EPISODES_PER_RUN):
+                    failed.update(run(again))
+            failures.update(failed)
+            done += len(batch)
+            progress.update(len(batch))
+            log.info("%s: %d of %d episodes done", dataset, done, len(indices))
     return failures
+
+
+def _failed_episodes(events: list[DagsterEvent], settings: Settings, dataset: str, batch: Sequence[str]) -> dict[int, str]:
+    """{episode: error} of a failed ``ingest_episodes`` run: as the step reported them, or every
+    episode of the run with the run's error when it failed otherwise."""
+    home = Home(settings.home)
+    for event in events:
+        if event.is_step_failure and event.step_failure_data.user_failure_data is not None:
+            failed = event.step_failure_data.user_failure_data.metadata.get("failed")
+            if failed is not None:
+                return {int(i): users_paths(message, home, dataset) for i, message in failed.value.items()}
+    message = users_paths(failure_message(events), home, dataset)
+    return {int(key): message for key in batch}
 
 
 def snapshot(name: str, *, tag: str | None = None, home: str | Path | None = None) -> dict[str, Any]:
     """Materialize ``training_snapshot`` for ``name``: tag the table's current version."""
     home_ = Home.at(home)
     entry = home_.dataset_source(name)
-    run_config = {"ops": {training_snapshot.op.name: {"config": {"tag": tag}}}}
-    result = _run(dagster_instance(home_), Settings(home_.root), [training_snapshot], name, run_config=run_config)
-    event = result.get_asset_materialization_events()[0].event_specific_data.materialization
-    values = {key: value.value for key, value in event.metadata.items()}
+    op = dataset_asset_key(name, "training_snapshot").to_python_identifier()
+    instance = dagster_instance(home_)
+    outcome = _run(instance, Settings(home_.root), name, "snapshot", run_config={"ops": {op: {"config": {"tag": tag}}}})
+    values = _materialization(instance, outcome, dataset_asset_key(name, "training_snapshot"))
     return {
         "dataset": name,
         "tag": values["tag"],

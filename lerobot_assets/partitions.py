@@ -1,21 +1,63 @@
-"""The partitions of the asset graph: datasets, and (dataset, episode) pairs.
+"""Names in Dagster for each registered dataset: its asset keys, its episode partitions, its jobs.
 
-Both dimensions are dynamic: datasets are added when registered, episodes when a dataset's
-``meta/`` is read. The episode dimension is shared by all datasets, so not every pair exists;
-launchers only request pairs that do.
+Every dataset gets its own assets (keys under the dataset's name) and its own dynamic partitions of
+episodes, so each episode asset lists exactly the episodes its dataset has: the UI never offers a
+(dataset, episode) pair that does not exist. See docs/architecture.md for why, and how it scales.
 """
 
-from dagster import DynamicPartitionsDefinition, MultiPartitionKey, MultiPartitionsDefinition
+import re
+from collections.abc import Collection, Sequence
 
-dataset_partitions = DynamicPartitionsDefinition(name="dataset")
-episode_dimension = DynamicPartitionsDefinition(name="episode")
-episode_partitions = MultiPartitionsDefinition({"dataset": dataset_partitions, "episode": episode_dimension})
+from dagster import AssetKey, DynamicPartitionsDefinition
+
+
+def asset_prefix(dataset: str) -> str:
+    """The dataset's name as a Dagster name (letters, digits, ``_``): its assets' key prefix and its jobs' prefix."""
+    return re.sub(r"[^A-Za-z0-9_]", "_", dataset)
+
+
+def dataset_asset_key(dataset: str, name: str) -> AssetKey:
+    """The key of asset ``name`` (``deeplake_table``, ``hf_snapshot``...) of ``dataset``."""
+    return AssetKey([asset_prefix(dataset), name])
+
+
+def episode_partitions(dataset: str) -> DynamicPartitionsDefinition:
+    """The episodes of ``dataset`` as dynamic partitions, added when its ``meta/`` is read."""
+    return DynamicPartitionsDefinition(name=f"{asset_prefix(dataset)}_episodes")
 
 
 def episode_key(index: int) -> str:
-    """The episode dimension's key for ``index``: zero-padded so keys sort like numbers."""
+    """An episode's partition key: zero-padded so keys sort like numbers."""
     return f"{index:06d}"
 
 
-def episode_partition(dataset: str, index: int) -> MultiPartitionKey:
-    return MultiPartitionKey({"dataset": dataset, "episode": episode_key(index)})
+def job_name(dataset: str, use: str) -> str:
+    """The named job of ``use`` (``ingest_episodes``, ``snapshot``...) for ``dataset``."""
+    return f"{asset_prefix(dataset)}__{use}"
+
+
+#: The run tags that make a run cover a range of partitions (Dagster's, as a backfill sets them).
+RANGE_START_TAG, RANGE_END_TAG = "dagster/asset_partition_range_start", "dagster/asset_partition_range_end"
+
+
+def partition_ranges(ordered: Sequence[str], wanted: Collection[str], size: int) -> list[list[str]]:
+    """``wanted`` keys cut into runs of at most ``size`` keys that are consecutive in ``ordered``
+    (the order Dagster keeps dynamic partitions in), so each run is a range ``[first, last]``."""
+    wanted = set(wanted)
+    ranges: list[list[str]] = []
+    current: list[str] = []
+    for key in ordered:
+        if key in wanted and len(current) < size:
+            current.append(key)
+            continue
+        if current:
+            ranges.append(current)
+        current = [key] if key in wanted else []
+    if current:
+        ranges.append(current)
+    return ranges
+
+
+def range_tags(keys: Sequence[str]) -> dict[str, str]:
+    """The tags of a run over ``keys`` (a range from :func:`partition_ranges`)."""
+    return {RANGE_START_TAG: keys[0], RANGE_END_TAG: keys[-1]}

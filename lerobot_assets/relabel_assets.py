@@ -1,6 +1,6 @@
 """Relabelling in Dagster: a label file, a blocking check against the table, and per-episode writes.
 
-    label_file (dataset) --[labels_fit_table, blocking]--> episode_labels (dataset x episode)
+    <dataset>/label_file --[labels_fit_table, blocking]--> <dataset>/episode_labels (one partition per episode)
 
 ``label_file`` reads the file named in its run config, and its check ``labels_fit_table`` validates
 every label against the table (or the branch, when it exists); being blocking, it stops the run
@@ -18,16 +18,15 @@ from dagster import (
     AssetCheckResult,
     AssetCheckSeverity,
     AssetCheckSpec,
-    AssetDep,
     AssetExecutionContext,
     AssetIn,
+    AssetsDefinition,
     Config,
     DagsterInstance,
     ExecuteInProcessResult,
     Failure,
     MaterializeResult,
     MetadataValue,
-    MultiToSingleDimensionPartitionMapping,
     Output,
     asset,
 )
@@ -35,8 +34,8 @@ from dagster import (
 from lerobot_assets.assets import LABELS_GROUP
 from lerobot_assets.errors import LeRobotAssetsError
 from lerobot_assets.home import Home
-from lerobot_assets.launch import Settings, dagster_instance, failure_message, run_assets
-from lerobot_assets.partitions import dataset_partitions, episode_partition, episode_partitions
+from lerobot_assets.launch import Settings, dagster_instance, failure_message, run_job
+from lerobot_assets.partitions import dataset_asset_key, episode_key, episode_partitions
 from lerobot_assets.relabel import (
     Label,
     LabelError,
@@ -51,7 +50,6 @@ from lerobot_assets.relabel import (
 from lerobot_assets.resources import StorageResource
 from lerobot_assets.table import open_read_only
 
-_PER_DATASET = MultiToSingleDimensionPartitionMapping(partition_dimension_name="dataset")
 _PREVIEW_LABELS = 20
 
 
@@ -63,26 +61,11 @@ class LabelFileConfig(Config):
     new_columns: list[str] = []  # declarations name:type=default, besides the file's header block
 
 
-@asset(
-    partitions_def=dataset_partitions,
-    group_name=LABELS_GROUP,
-    kinds={"csv", "parquet", "json"},
-    check_specs=[
-        AssetCheckSpec(
-            "labels_fit_table",
-            asset="label_file",
-            blocking=True,
-            description="Every label names an existing episode, frames inside it, a column that may be relabelled, "
-            "and a value of that column's type; nothing is written otherwise.",
-        )
-    ],
-)
-def label_file(context: AssetExecutionContext, config: LabelFileConfig, storage: StorageResource):
+def _read_labels(context: AssetExecutionContext, dataset: str, config: LabelFileConfig, storage: StorageResource):
     """The labels of one relabel request, read from the file, with the branch they are for; checked against the table.
 
     The check reads the branch when it exists (it may already hold new label columns), else main.
     """
-    dataset = context.partition_key
     path = Path(config.path).expanduser().resolve()
     branch = check_branch(config.branch)
     label_set = read_label_file(path)
@@ -130,17 +113,9 @@ def _preview(labels: list[Label]) -> str:
     return "\n".join(lines)
 
 
-@asset(
-    partitions_def=episode_partitions,
-    ins={"label_file": AssetIn(partition_mapping=_PER_DATASET)},
-    deps=[AssetDep("deeplake_table")],
-    group_name=LABELS_GROUP,
-    kinds={"deeplake"},
-)
-def episode_labels(context: AssetExecutionContext, label_file: dict, storage: StorageResource) -> MaterializeResult:
+def _write_labels(context: AssetExecutionContext, dataset: str, label_file: dict, storage: StorageResource) -> MaterializeResult:
     """One episode's labels written onto the label file's branch of the table (main is untouched)."""
-    keys = context.partition_key.keys_by_dimension
-    dataset, index = keys["dataset"], int(keys["episode"])
+    index = int(context.partition_key)
     labels: list[Label] = label_file["labels"]
     if not any(label.episode == index for label in labels):
         labelled = sorted({label.episode for label in labels})
@@ -175,29 +150,63 @@ def episode_labels(context: AssetExecutionContext, label_file: dict, storage: St
     )
 
 
-RELABEL_ASSETS = [label_file, episode_labels]
+def label_assets(dataset: str) -> tuple[AssetsDefinition, AssetsDefinition]:
+    """``label_file`` and ``episode_labels`` of ``dataset``: thin wiring of the functions above."""
+    file_key = dataset_asset_key(dataset, "label_file")
+
+    @asset(
+        key=file_key,
+        group_name=LABELS_GROUP,
+        kinds={"csv", "parquet", "json"},
+        check_specs=[
+            AssetCheckSpec(
+                "labels_fit_table",
+                asset=file_key,
+                blocking=True,
+                description="Every label names an existing episode, frames inside it, a column that may be relabelled, "
+                "and a value of that column's type; nothing is written otherwise.",
+            )
+        ],
+    )
+    def label_file(context: AssetExecutionContext, config: LabelFileConfig, storage: StorageResource):
+        """The labels of one relabel request, read from the file, with the branch they are for; checked against the table."""
+        yield from _read_labels(context, dataset, config, storage)
+
+    @asset(
+        key=dataset_asset_key(dataset, "episode_labels"),
+        partitions_def=episode_partitions(dataset),
+        ins={"label_file": AssetIn(key=file_key)},
+        deps=[dataset_asset_key(dataset, "deeplake_table")],
+        group_name=LABELS_GROUP,
+        kinds={"deeplake"},
+    )
+    def episode_labels(context: AssetExecutionContext, label_file: dict, storage: StorageResource) -> MaterializeResult:
+        """One episode's labels written onto the label file's branch of the table (main is untouched)."""
+        return _write_labels(context, dataset, label_file, storage)
+
+    return label_file, episode_labels
 
 
 def _run(
     instance: DagsterInstance,
     settings: Settings,
-    selection: list,
-    partition_key: Any,
+    dataset: str,
+    use: str,
     labels_path: Path | None = None,
     **kwargs: Any,
 ) -> ExecuteInProcessResult:
     """One in-process run of the relabel assets; a failed label check raises :class:`LabelError` with its problems,
     naming ``labels_path``, the user's label file, when given."""
-    result = run_assets(instance, settings, selection, partition_key, **kwargs)
+    result = run_job(instance, settings, dataset, use, **kwargs)
     if not result.success:
         for evaluation in result.get_asset_check_evaluations():
             if not evaluation.passed:
                 problems = evaluation.metadata["problems"].value
                 where = f" label file {str(labels_path)!r}:" if labels_path else ""
                 raise LabelError(
-                    f"labels for dataset {partition_key!r} were rejected, nothing was written:{where}", problems
+                    f"labels for dataset {dataset!r} were rejected, nothing was written:{where}", problems
                 )
-        raise LeRobotAssetsError(failure_message(result))
+        raise LeRobotAssetsError(failure_message(result.all_events))
     return result
 
 
@@ -220,13 +229,13 @@ def relabel(
     path = Path(labels_path).expanduser().resolve()
     column_specs(new_columns)  # a malformed declaration fails here, in one line, before any run
     config = {"path": str(path), "branch": branch, "new_columns": list(new_columns)}
-    run_config = {"ops": {label_file.op.name: {"config": config}}}
-    checked = _run(instance, settings, [label_file], name, run_config=run_config, labels_path=path)
-    labels: list[Label] = checked.output_for_node(label_file.op.name)["labels"]
+    op = dataset_asset_key(name, "label_file").to_python_identifier()
+    checked = _run(instance, settings, name, "relabel_check", run_config={"ops": {op: {"config": config}}}, labels_path=path)
+    labels: list[Label] = checked.output_for_node(op)["labels"]
     affected = sorted({label.episode for label in labels})
     rows, episodes, columns, added = 0, [], set[str](), set[str]()
     for index in affected:
-        run = _run(instance, settings, [episode_labels], episode_partition(name, index))
+        run = _run(instance, settings, name, "relabel", partitions=[episode_key(index)])
         event = run.get_asset_materialization_events()[0].event_specific_data.materialization
         values = {key: value.value for key, value in event.metadata.items()}
         rows += values["rows_changed"]

@@ -47,10 +47,13 @@ class HubResource(ConfigurableResource):
 
 
 class ImageEncodingResource(ConfigurableResource):
-    """How decoded frames are stored in the table."""
+    """How decoded frames are stored in the table, and how many episodes a run decodes at once."""
 
     image_format: str = Field(default="jpeg", description="'jpeg' or 'png'.")
     quality: int = Field(default=95, ge=1, le=100, description="JPEG quality.")
+    workers: Optional[int] = Field(
+        default=None, ge=1, description="Episodes of a run decoded at once, in threads (default: the CPU count)."
+    )
     tolerance_s: float = Field(
         default=DEFAULT_TOLERANCE_S,
         gt=0,

@@ -13,11 +13,11 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-from dagster import AssetCheckKey, AssetKey, DagsterInstance
+from dagster import AssetCheckKey, DagsterInstance
 
 from lerobot_assets.errors import LeRobotAssetsError
 from lerobot_assets.launch import info, ingest, parse_episodes, snapshot
-from lerobot_assets.partitions import episode_partition
+from lerobot_assets.partitions import dataset_asset_key
 from lerobot_assets.synthetic import generate_dataset
 from lerobot_assets.table import open_read_only
 
@@ -183,20 +183,13 @@ def test_non_finite_values_are_stored_but_flagged(tmp_path: Path) -> None:
     state = np.asarray(ds["observation.state"][:])[rows]
     assert np.isnan(state[np.asarray(ds["frame_index"][:])[rows] == 2][0][0])
     instance = DagsterInstance.from_config(str(home / "dagster"))
-    history = instance.event_log_storage.get_asset_check_execution_history(
-        AssetCheckKey(AssetKey("telemetry_frame"), "finite_values"), limit=10
+    (record,) = instance.event_log_storage.get_asset_check_execution_history(
+        AssetCheckKey(dataset_asset_key("nan", "telemetry_frame"), "finite_values"), limit=10
     )
-    results = {
-        instance.get_run_by_id(record.run_id).tags["dagster/partition"]: record.event.dagster_event.event_specific_data
-        for record in history
-    }
-    assert set(results) == {str(episode_partition("nan", 0)), str(episode_partition("nan", 1))}
-    assert results[str(episode_partition("nan", 0))].passed
-    flagged = results[str(episode_partition("nan", 1))]
-    assert not flagged.passed
-    assert flagged.metadata["non_finite"].value == {
-        "observation.state": {"rows": 1, "first_frame": 2},
-        "action": {"rows": 1, "first_frame": 5},
+    flagged = record.event.dagster_event.event_specific_data  # one result for the run's range of episodes
+    assert not flagged.passed and flagged.metadata["episodes"].value == 2
+    assert flagged.metadata["failed"].value == {  # episode 0 passed, episode 1 did not
+        "1": {"non_finite": {"observation.state": {"rows": 1, "first_frame": 2}, "action": {"rows": 1, "first_frame": 5}}}
     }
 
 

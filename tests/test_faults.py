@@ -8,18 +8,16 @@ import signal
 import subprocess
 import sys
 import textwrap
-import threading
 import time
-from concurrent.futures.process import BrokenProcessPool
 from pathlib import Path
 
 import deeplake
 import numpy as np
 import pytest
-from dagster import DagsterInstance, DagsterRunStatus, RunsFilter
+from dagster import AssetKey, DagsterInstance, DagsterRunStatus, RunsFilter
 
-from lerobot_assets.errors import LeRobotAssetsError, TableError
-from lerobot_assets.launch import _worker_context, info, ingest, snapshot
+from lerobot_assets.errors import LeRobotAssetsError
+from lerobot_assets.launch import info, ingest, snapshot
 from lerobot_assets.synthetic import generate_dataset, shift_actions
 from lerobot_assets.table import episode_versions, open_read_only
 
@@ -104,7 +102,7 @@ def test_sigkill_during_episode_write_keeps_last_commit(tmp_path: Path) -> None:
 
     instance = DagsterInstance.from_config(str(home / "dagster"))
     (killed,) = instance.get_runs(filters=RunsFilter(statuses=[DagsterRunStatus.STARTED]))
-    assert killed.job_name == "ingest_episodes" and killed.tags["launched-by"] == "lerobot-assets-cli"
+    assert killed.job_name == "robot__ingest_episodes" and killed.tags["launched-by"] == "lerobot-assets-cli"
     # the next command-line start marks the killed process's run failed; the dead writer's lock is gone
     cli = [sys.executable, "-m", "lerobot_assets.cli", "ingest", str(source), "--name", "robot", "--home", str(home)]
     done = subprocess.run([*cli, "--workers", "1", "-q"], capture_output=True, text=True, timeout=600)
@@ -126,14 +124,14 @@ def test_a_table_being_created_holds_no_recorded_episode(tmp_path: Path) -> None
     assert episode_versions(open_read_only(url)) == {}
 
 
-@pytest.mark.parametrize("mode", ["4 worker processes", "two runs at once"])
+@pytest.mark.parametrize("mode", ["4 decoding threads", "two runs at once"])
 def test_concurrent_writers_equal_a_serial_ingest(mode: str, tmp_path: Path) -> None:
     lengths = (9, 12, 8, 11, 10, 7, 13, 9)
     source = generate_dataset(tmp_path / "src", episode_lengths=lengths, cameras=("front", "wrist"),
                               codec="libx264", episodes_per_file=2)
     serial = ingest(str(source), name="robot", home=tmp_path / "serial", workers=1)
     home = tmp_path / "concurrent"
-    if mode == "4 worker processes":
+    if mode == "4 decoding threads":
         result = ingest(str(source), name="robot", home=home, workers=4)
         assert result["added"] == list(range(8))
     else:
@@ -155,21 +153,9 @@ def test_concurrent_writers_equal_a_serial_ingest(mode: str, tmp_path: Path) -> 
         assert np.array_equal(expected[name], actual[name]), name
 
 
-def _episode_run_pids(home: Path) -> dict[int, int]:
-    """{episode: pid of the process that executed its run}, from Dagster's engine events."""
-    instance = DagsterInstance.from_config(str(home / "dagster"))
-    pids = {}
-    for run in instance.get_runs():
-        episode = run.tags.get("dagster/partition/episode")
-        for entry in instance.all_logs(run.run_id):
-            if episode is not None and entry.dagster_event and entry.dagster_event.event_type_value == "ENGINE_EVENT":
-                pids[int(episode)] = int(entry.dagster_event.event_specific_data.metadata["pid"].text)
-    return pids
-
-
-def test_this_process_and_a_worker_share_the_episodes_and_report_failures(tmp_path: Path) -> None:
-    """With 2 workers, this process runs episodes too: both take episodes until none is left; an
-    episode that fails (a truncated video) is reported with its file, wherever it ran, and the rest land."""
+def test_a_failing_episode_is_reported_with_its_file_and_the_rest_land_and_are_recorded(tmp_path: Path) -> None:
+    """An episode that fails (a truncated video) in a run of several is reported with the user's file;
+    the others land in the table and, after the run is retried without it, are recorded in Dagster."""
     lengths = (9, 12, 8, 11, 10, 7)
     source = generate_dataset(tmp_path / "src", episode_lengths=lengths, cameras=("front",), codec="libx264",
                               episodes_per_file=1, files_per_chunk=10)
@@ -181,77 +167,38 @@ def test_this_process_and_a_worker_share_the_episodes_and_report_failures(tmp_pa
     table = info("robot", home=home)
     assert table["episodes"] == [0, 1, 2, 4, 5]
     assert table["rows"] == sum(lengths) - lengths[3]
-    pids = _episode_run_pids(home)
-    assert sorted(pids) == list(range(6))
-    assert os.getpid() in pids.values() and len(set(pids.values())) == 2
+    instance = DagsterInstance.from_config(str(home / "dagster"))
+    records = instance.fetch_materializations(AssetKey(["robot", "deeplake_table"]), limit=50).records
+    assert {r.asset_materialization.partition for r in records} == {"000000", "000001", "000002", "000004", "000005"}
+    # the dataset run, the range 0-5 (failed: nothing recorded), then the retries of 0-2 and 4-5
+    assert sorted(run.status.value for run in instance.get_runs()) == ["FAILURE", "SUCCESS", "SUCCESS", "SUCCESS"]
 
 
-def test_with_other_threads_running_workers_are_spawned_not_forked(tmp_path: Path) -> None:
-    """A thread of an embedding program could hold a lock that a forked child would inherit held:
-    with one running, workers are spawned (and import everything themselves); the episodes land."""
-    assert _worker_context().get_start_method() == ("fork" if sys.platform.startswith("linux") else "spawn")
-    lengths = (9, 12, 8, 11)
-    source = generate_dataset(tmp_path / "src", episode_lengths=lengths, cameras=("front",), codec="libx264",
-                              episodes_per_file=1)
+def test_ctrl_c_stops_the_ingest_within_seconds_and_leaves_no_run_started(tmp_path: Path) -> None:
+    """Ctrl-C (SIGINT to the command's process group, as a terminal sends it) during the episodes
+    stops the ingest in seconds: no process is left behind and its run is not left STARTED."""
+    source = generate_dataset(tmp_path / "src", episode_lengths=[120] * 12, cameras=("front", "wrist"), height=240,
+                              width=320, codec="libx264", episodes_per_file=1)
     home = tmp_path / "home"
-    stop = threading.Event()
-    other = threading.Thread(target=stop.wait)
-    other.start()
-    try:
-        assert _worker_context().get_start_method() == "spawn"
-        result = ingest(str(source), name="robot", home=home, workers=2)
-    finally:
-        stop.set()
-        other.join()
-    assert result["rows"] == sum(lengths) and result["episodes"] == [0, 1, 2, 3]
-    pids = _episode_run_pids(home)
-    assert os.getpid() in pids.values() and len(set(pids.values())) == 2
-
-
-def _kill_first_worker(parent: int, killed: list[int]) -> None:
-    """Kill the first worker as soon as it has loaded the pipeline: a child of ``parent`` started by
-    multiprocessing with Deeplake mapped, not a short-lived helper process (Dagster's compute log
-    capture forks some, which run another program). (This killer is a thread of ``parent``, so the
-    ingest spawns its worker rather than forking it: see ``_worker_context``.)"""
-    deadline = time.monotonic() + 120
-    while not killed and time.monotonic() < deadline:
-        for child in Path(f"/proc/{parent}/task/{parent}/children").read_text().split():
-            try:
-                spawned = b"multiprocessing" in Path(f"/proc/{child}/cmdline").read_bytes()
-                is_worker = spawned and "deeplake" in Path(f"/proc/{child}/maps").read_text()
-            except OSError:  # a process that has exited meanwhile
-                continue
-            if is_worker:
-                os.kill(int(child), signal.SIGKILL)
-                killed.append(int(child))
-                return
-        time.sleep(0.01)
-
-
-@pytest.mark.skipif(not Path(f"/proc/{os.getpid()}/task/{os.getpid()}/children").exists(), reason="needs Linux /proc children lists")
-def test_a_killed_worker_fails_the_ingest_without_hanging_and_a_rerun_completes(tmp_path: Path) -> None:
-    """A worker killed (here as it starts) stops the ingest with an error that says what to do, instead
-    of hanging; the table holds whole episodes only, and a re-run completes it."""
-    lengths = (9, 12, 8, 11, 10, 7)
-    source = generate_dataset(tmp_path / "src", episode_lengths=lengths, cameras=("front",), codec="libx264",
-                              episodes_per_file=1)
-    home = tmp_path / "home"
-    killed: list[int] = []
-    killer = threading.Thread(target=_kill_first_worker, args=(os.getpid(), killed))
-    killer.start()
-    try:
-        with pytest.raises(LeRobotAssetsError, match=r"robot: a worker process failed \(BrokenProcessPool: .*run the ingest again") as failed:
-            ingest(str(source), name="robot", home=home, workers=2)
-    finally:
-        killer.join()
-    assert killed and isinstance(failed.value.__cause__, BrokenProcessPool)
-    try:
-        landed = _rows(info("robot", home=home)["table"])["episode_index"]
-    except TableError:  # the worker died before any episode was written
-        landed = np.array([], dtype=np.int64)
-    episodes, counts = np.unique(landed, return_counts=True)
-    assert [int(n) for n in counts] == [lengths[e] for e in episodes]
-    assert ingest(str(source), name="robot", home=home, workers=1)["rows"] == sum(lengths)
+    cli = [sys.executable, "-m", "lerobot_assets.cli", "ingest", str(source), "--name", "robot", "--home", str(home)]
+    log = tmp_path / "cli.log"
+    child = subprocess.Popen(cli, stdout=subprocess.DEVNULL, stderr=log.open("w"), start_new_session=True)
+    deadline = time.monotonic() + 300
+    while "decoded" not in log.read_text():
+        assert child.poll() is None, log.read_text()[-3000:]
+        assert time.monotonic() < deadline, "the ingest never started decoding"
+        time.sleep(0.1)
+    os.killpg(child.pid, signal.SIGINT)
+    started = time.monotonic()
+    code = child.wait(timeout=60)
+    stopped = time.monotonic() - started
+    assert code != 0 and stopped < 15, (code, stopped)
+    assert subprocess.run(["pgrep", "-g", str(child.pid)], capture_output=True).stdout == b""  # nothing left in its group
+    instance = DagsterInstance.from_config(str(home / "dagster"))
+    episodes = [run for run in instance.get_runs() if run.job_name == "robot__ingest_episodes"]
+    assert episodes and all(run.status in (DagsterRunStatus.CANCELED, DagsterRunStatus.FAILURE) for run in episodes), [
+        run.status for run in episodes
+    ]
 
 
 _DISK_FULL = textwrap.dedent(

@@ -7,12 +7,11 @@ import subprocess
 from pathlib import Path
 
 import numpy as np
-from dagster import DagsterInstance, build_sensor_context, materialize
+from dagster import DagsterInstance, build_sensor_context
 
-from lerobot_assets.assets import ALL_ASSETS, DATASET_ASSETS, EPISODE_ASSETS
+from lerobot_assets.definitions import build_definitions
 from lerobot_assets.launch import Settings, ingest, snapshot
-from lerobot_assets.partitions import episode_partition
-from lerobot_assets.sensors import upstream_revision_sensor
+from lerobot_assets.partitions import dataset_asset_key, range_tags
 from lerobot_assets.synthetic import generate_dataset, shift_actions
 from lerobot_assets.table import open_read_only, open_tag
 
@@ -91,16 +90,27 @@ def _resources(home: Path) -> dict:
     return Settings(home).resources()
 
 
+def _run(instance: DagsterInstance, home: Path, use: str, tags: dict | None = None, partition: str | None = None):
+    """A plain run of the ``gen`` dataset's job for ``use``, as the UI or the daemon launches it."""
+    job = build_definitions(_resources(home), ["gen"]).resolve_job_def(f"gen__{use}")
+    result = job.execute_in_process(instance=instance, tags=tags, partition_key=partition)
+    assert result.success
+    return result
+
+
+def _sensor(home: Path):
+    return build_definitions(_resources(home), ["gen"]).resolve_sensor_def("upstream_revision_sensor")
+
+
 def test_sensor_requests_exactly_the_changed_episodes(tmp_path: Path) -> None:
     repo = _make_repo(tmp_path / "repo")
     home = tmp_path / "home"
     ingest(str(repo), name="gen", home=home, workers=1)
     instance = DagsterInstance.from_config(str(home / "dagster"))
-    resources = _resources(home)
+    resources, sensor = _resources(home), _sensor(home)
 
     def tick(cursor: str | None):
-        context = build_sensor_context(instance=instance, cursor=cursor, resources=resources)
-        return upstream_revision_sensor(context)
+        return sensor(build_sensor_context(instance=instance, cursor=cursor, resources=resources))
 
     # First tick after an ingest: revision already materialized, every episode up to date.
     result = tick(None)
@@ -110,23 +120,23 @@ def test_sensor_requests_exactly_the_changed_episodes(tmp_path: Path) -> None:
     _edit_actions(repo, [1, 3])
     head = _git(repo, "rev-parse", "HEAD")
     result = tick(cursor)
-    assert [(r.partition_key, sorted(k.to_user_string() for k in r.asset_selection)) for r in result.run_requests] == [
-        ("gen", ["episode_metadata", "hf_snapshot"])
-    ]
+    assert [(r.job_name, r.partition_key) for r in result.run_requests] == [("gen__ingest_dataset", None)]
     assert result.run_requests[0].tags["lerobot_assets/revision"] == head
     cursor = result.cursor
     assert tick(cursor).run_requests == []  # requested once per revision, not on every tick
 
-    materialize(ALL_ASSETS, selection=DATASET_ASSETS, partition_key="gen", instance=instance, resources=resources)
+    _run(instance, home, "ingest_dataset")
     result = tick(cursor)
-    assert sorted(r.partition_key for r in result.run_requests) == [
-        str(episode_partition("gen", 1)), str(episode_partition("gen", 3))
-    ]
-    assert {k.to_user_string() for k in result.run_requests[0].asset_selection} == {k.to_user_string() for a in EPISODE_ASSETS for k in a.keys}
+    # every episode is compared (the unchanged ones are recorded as such, so none stays out of sync), in one range run
+    assert [(r.job_name, r.tags["dagster/asset_partition_range_start"], r.tags["dagster/asset_partition_range_end"])
+            for r in result.run_requests] == [("gen__ingest_episodes", "000000", "000004")]
     cursor = result.cursor
-    for request in result.run_requests:
-        materialize(ALL_ASSETS, selection=EPISODE_ASSETS, partition_key=request.partition_key, instance=instance,
-                    resources=resources)
+    written = _table_metadata(_run(instance, home, "ingest_episodes", tags=dict(result.run_requests[0].tags)), "gen")
+    assert written == {0: True, 1: False, 2: True, 3: False, 4: True}
+    ds = open_read_only(str(home / "tables" / "gen"))
+    assert [c.message.split(" at ")[0] for c in ds.history][-3:] == [
+        "ingest gen episode 1", "ingest gen episode 3", "recreate indexes after replacing episodes [1, 3]"
+    ]
     assert tick(cursor).run_requests == []  # no new commit: nothing to do
 
 
@@ -136,7 +146,7 @@ def test_sensor_skips_unreachable_source(tmp_path: Path) -> None:
     ingest(str(repo), name="gen", home=home, workers=1)
     instance = DagsterInstance.from_config(str(home / "dagster"))
     shutil.rmtree(repo)
-    result = upstream_revision_sensor(build_sensor_context(instance=instance, resources=_resources(home)))
+    result = _sensor(home)(build_sensor_context(instance=instance, resources=_resources(home)))
     assert result.run_requests == []
     assert "unreachable" in result.skip_reason.skip_message and "gen" in result.skip_reason.skip_message
 
@@ -163,22 +173,18 @@ def test_interrupted_backfill_resumes_with_only_unfinished_episodes(tmp_path: Pa
     assert resumed["episodes"] == [1, 2, 3, 4] and resumed["rows"] == sum(LENGTHS[1:])
 
 
-def _materialize_every_episode(instance: DagsterInstance, home: Path, episodes: range) -> list:
-    """What a UI "Materialize all" does: the dataset assets, then every episode partition, no planning."""
-    resources = _resources(home)
-    assert materialize(ALL_ASSETS, selection=DATASET_ASSETS, partition_key="gen", instance=instance, resources=resources).success
-    results = []
-    for index in episodes:
-        result = materialize(ALL_ASSETS, selection=EPISODE_ASSETS, partition_key=str(episode_partition("gen", index)),
-                             instance=instance, resources=resources)
-        assert result.success
-        results.append(result)
-    return results
+def _materialize_every_episode(instance: DagsterInstance, home: Path) -> dict[int, bool]:
+    """What a UI "Materialize all" does: the dataset assets, then a backfill of every episode
+    partition in one range run, no planning. Returns {episode: recorded as unchanged}."""
+    _run(instance, home, "ingest_dataset")
+    keys = instance.get_dynamic_partitions("gen_episodes")
+    return _table_metadata(_run(instance, home, "ingest_episodes", tags=range_tags(keys)), "gen")
 
 
-def _table_metadata(result, key: str) -> dict:
-    (event,) = [e for e in result.get_asset_materialization_events() if e.asset_key.to_user_string() == key]
-    return {k: v.value for k, v in event.event_specific_data.materialization.metadata.items()}
+def _table_metadata(result, dataset: str) -> dict[int, bool]:
+    """{episode: recorded as unchanged} of the ``deeplake_table`` materializations of ``result``'s run."""
+    events = [e for e in result.get_asset_materialization_events() if e.asset_key == dataset_asset_key(dataset, "deeplake_table")]
+    return {int(e.partition): e.event_specific_data.materialization.metadata["unchanged"].value for e in events}
 
 
 def test_materializing_every_partition_rewrites_only_changed_episodes(tmp_path: Path) -> None:
@@ -189,18 +195,16 @@ def test_materializing_every_partition_rewrites_only_changed_episodes(tmp_path: 
     home = tmp_path / "home"
     first = ingest(str(repo), name="gen", home=home, workers=1)
     instance = DagsterInstance.from_config(str(home / "dagster"))
-    results = _materialize_every_episode(instance, home, range(len(LENGTHS)))
+    assert _materialize_every_episode(instance, home) == {i: True for i in range(len(LENGTHS))}
     ds = open_read_only(first["table"])
     assert ds.version == first["version"]
-    assert all(_table_metadata(r, "deeplake_table")["unchanged"] for r in results)
-    checks = [e for r in results for e in r.get_asset_check_evaluations() if e.check_name == "episode_rows_match"]
-    assert len(checks) == len(LENGTHS) and all(c.passed for c in checks)
 
     _edit_actions(repo, [2])
-    results = _materialize_every_episode(instance, home, range(len(LENGTHS)))
-    written = [i for i, r in enumerate(results) if not _table_metadata(r, "deeplake_table").get("unchanged")]
-    assert written == [2]
+    unchanged = _materialize_every_episode(instance, home)
+    assert [i for i, same in unchanged.items() if not same] == [2]
     ds = open_read_only(first["table"])
     assert ds.version != first["version"]
-    assert [c.message for c in ds.history][-1].startswith("ingest gen episode 2 at revision")
+    messages = [c.message for c in ds.history]
+    assert messages[-2].startswith("ingest gen episode 2 at revision")
+    assert messages[-1] == "recreate indexes after replacing episodes [2]"
     assert len(ds) == sum(LENGTHS)

@@ -104,7 +104,7 @@ def test_one_episode_off_the_fps_fails_alone(tmp_path: Path) -> None:
     timestamps[5:] += np.float32(1 / 30)  # a dropped frame: frames 4 and 5 are 2/30 s apart
     column = table.schema.get_field_index("timestamp")
     pq.write_table(table.set_column(column, table.schema.field(column), pa.array(timestamps)), path)
-    _refused(source, home, "f", "1 of 1 episodes failed: episode 1: ", "file-001.parquet",
+    _refused(source, home, "f", "1 of 3 episodes failed: episode 1: ", "file-001.parquet",
              "frame 5 comes 0.066667 s after frame 4", "at 30 fps (meta/info.json) frames are 0.033333 s apart")
 
 

@@ -6,7 +6,6 @@ import io
 import json
 import os
 from pathlib import Path
-from typing import Any
 
 import av
 import numpy as np
@@ -15,17 +14,17 @@ import pytest
 from dagster import AssetKey, DagsterInstance
 from PIL import Image
 
-from lerobot_assets.assets import FRAMES, TABLE, TELEMETRY
 from lerobot_assets.cli import main as cli_main
 from lerobot_assets.home import Home
-from lerobot_assets.launch import Settings, dagster_instance, ingest, open_snapshot, run_assets, snapshot
-from lerobot_assets.partitions import episode_partition
+from lerobot_assets.launch import Settings, dagster_instance, ingest, open_snapshot, run_job, snapshot
+from lerobot_assets.partitions import dataset_asset_key, episode_key
 from lerobot_assets.query import run_query
 from lerobot_assets.table import open_read_only
 
 from .conftest import white_block_x
 
 CAMERAS = ("observation.images.cam_high", "observation.images.cam_left_wrist")
+TELEMETRY, FRAMES, TABLE = (dataset_asset_key("small", name) for name in ("telemetry_frame", "decoded_camera_frames", "deeplake_table"))
 
 
 def _decode_all(path: Path) -> dict[float, np.ndarray]:
@@ -89,16 +88,14 @@ def test_official_fixture_images_match_independent_decode(ingested: dict, offici
 
 def test_dagster_instance_records_partitions_and_metadata(ingested: dict) -> None:
     instance = DagsterInstance.from_config(str(ingested["home"] / "dagster"))
-    assert instance.get_dynamic_partitions("dataset") == ["small"]
-    assert instance.get_dynamic_partitions("episode") == ["000000", "000001", "000002"]
-    event = instance.get_latest_materialization_event(AssetKey("hf_snapshot"))
-    assert event.asset_materialization.partition == "small"
+    assert instance.get_dynamic_partitions("small_episodes") == ["000000", "000001", "000002"]
+    event = instance.get_latest_materialization_event(dataset_asset_key("small", "hf_snapshot"))
+    assert event.asset_materialization.partition is None
     assert event.asset_materialization.metadata["files"].value == 7
     pinned = event.asset_materialization.metadata["pinned_copy"].value
     assert (Path(pinned) / "meta" / "info.json").is_file() and "storage" not in Path(pinned).parts
     for index, rows in ((0, 37), (1, 33), (2, 31)):
-        key = str(episode_partition("small", index))
-        record = instance.get_latest_data_version_record(AssetKey("deeplake_table"), partition_key=key)
+        record = instance.get_latest_data_version_record(TABLE, partition_key=episode_key(index))
         metadata = record.asset_materialization.metadata
         assert metadata["rows_written"].value == rows
         assert metadata["dagster/row_count"].value == rows
@@ -108,7 +105,8 @@ def test_dagster_instance_records_partitions_and_metadata(ingested: dict) -> Non
         assert metadata["table_version"].value
         assert "data:image/jpeg;base64," in metadata["preview"].value
         assert record.asset_materialization.tags["dagster/data_version"]
-    meta_event = instance.get_latest_materialization_event(AssetKey("episode_metadata"))
+        assert metadata["data_version"].value.endswith("-3") and metadata["unchanged"].value is False
+    meta_event = instance.get_latest_materialization_event(dataset_asset_key("small", "episode_metadata"))
     assert meta_event.asset_materialization.metadata["episodes"].value == 3
 
 
@@ -124,12 +122,14 @@ def test_cli_instance_is_dagsters_default_storage_with_compute_logs(ingested: di
     assert type(ours.run_storage).__name__ == "SqliteRunStorage"
     assert type(ours.compute_log_manager).__name__ == "LocalComputeLogManager"
     instance = DagsterInstance.from_config(str(dagster_home))
-    assert instance.get_dynamic_partitions("episode") == ["000000", "000001", "000002"]
-    record = instance.get_latest_data_version_record(AssetKey("deeplake_table"), partition_key=str(episode_partition("small", 1)))
+    assert instance.get_dynamic_partitions("small_episodes") == ["000000", "000001", "000002"]
+    record = instance.get_latest_data_version_record(TABLE, partition_key=episode_key(1))
     assert record.asset_materialization.metadata["rows_written"].value == 33
     runs = instance.get_runs()
-    assert len(runs) == 4  # the dataset run and one run per episode, under the named job of each use
-    assert sorted(run.job_name for run in runs) == ["ingest_dataset", *["ingest_episodes"] * 3]
+    assert len(runs) == 2  # the dataset run and one run over the range of episodes, under the named job of each use
+    assert sorted(run.job_name for run in runs) == ["small__ingest_dataset", "small__ingest_episodes"]
+    episodes = next(run for run in runs if run.job_name == "small__ingest_episodes")
+    assert (episodes.tags["dagster/asset_partition_range_start"], episodes.tags["dagster/asset_partition_range_end"]) == ("000000", "000002")
     assert all(run.tags["launched-by"] == "lerobot-assets-cli" for run in runs)
     logs = list((dagster_home / "storage").rglob("*.err"))
     assert logs and any("decoding" in path.read_text() for path in logs)
@@ -148,7 +148,7 @@ def test_an_old_home_with_the_removed_custom_storages_opens_with_dagsters_defaul
     )
     instance = dagster_instance(Home(home))
     assert type(instance.event_log_storage).__name__ == "SqliteEventLogStorage"
-    assert instance.get_dynamic_partitions("episode") == ["000000", "000001", "000002"]
+    assert instance.get_dynamic_partitions("small_episodes") == ["000000", "000001", "000002"]
 
 
 def test_dagster_home_is_honoured(official_dataset: Path, home: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -162,15 +162,15 @@ def test_dagster_home_is_honoured(official_dataset: Path, home: Path, tmp_path: 
     ingest(str(official_dataset), name="small", home=home, episodes=[0], workers=1)
     instance = DagsterInstance.from_config(str(configured))
     assert len(instance.get_runs()) == 2  # the dataset run and the episode's
-    assert instance.get_dynamic_partitions("dataset") == ["small"]
+    assert instance.get_dynamic_partitions("small_episodes") == ["000000", "000001", "000002"]
     assert not (home / "dagster" / "dagster.yaml").exists()
 
 
 def test_every_asset_has_a_group_of_its_use_and_a_kind() -> None:
     """The UI groups assets by use (ingest, training, labels) and shows what each is stored as."""
-    from lerobot_assets.definitions import defs
+    from lerobot_assets.definitions import RESOURCES, build_definitions
 
-    specs = {spec.key.to_user_string(): spec for spec in defs.resolve_all_asset_specs()}
+    specs = {spec.key.path[-1]: spec for spec in build_definitions(RESOURCES, ["small"]).resolve_all_asset_specs()}
     groups = {key: spec.group_name for key, spec in specs.items()}
     assert groups == {
         "hf_snapshot": "ingest", "episode_metadata": "ingest", "telemetry_frame": "ingest",
@@ -202,9 +202,7 @@ def test_reingest_is_idempotent_and_snapshot_is_stable(official_dataset: Path, h
     assert again["rows"] == 101 and again["materialized"] == [] and again["unchanged"] == [0, 1, 2]
     assert again["version"] == tag["version"]
     # An explicit re-run of one episode replaces its rows instead of appending them.
-    from lerobot_assets.launch import _materialize_episode
-
-    assert _materialize_episode(Settings(home), "small", 1) == (1, None)
+    assert run_job(dagster_instance(Home(home)), Settings(home), "small", "ingest_episodes", partitions=[episode_key(1)]).success
     ds = open_read_only(first["table"])
     assert len(ds) == 101
     assert int((np.asarray(ds["episode_index"][:]) == 1).sum()) == 33
@@ -282,7 +280,7 @@ def test_episode_assets_materialize_apart_like_together(ingested: dict, official
     staged = home / "staging" / "small" / "episode_000001.arrow"
 
     def run(keys: list[AssetKey], index: int):
-        result = run_assets(instance, settings, keys, episode_partition("small", index))
+        result = run_job(instance, settings, "small", "ingest_episodes", partitions=[episode_key(index)], assets=keys)
         assert result.success
         materialized = {e.asset_key for e in result.get_asset_materialization_events()}
         checks = {e.check_name for e in result.get_asset_check_evaluations()}
@@ -333,25 +331,52 @@ def test_writing_processes_keep_deeplakes_freed_memory_for_reuse() -> None:
     assert _purge_delay_deeplake_sees("lerobot_assets.training") == "10"
 
 
-def test_parallel_episode_runs_record_their_own_partition_as_input(tmp_path: Path) -> None:
+def test_episode_runs_record_inputs_of_their_own_run(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """Dagster records the in-step inputs of decoded_camera_frames and deeplake_table as the latest
-    materialization of the upstream asset in any partition; with two workers recording at once, that
-    must still be the materialization of the same episode (else the UI would show partitions as stale)."""
+    materialization of the upstream asset in any partition; each run records its results back to
+    back, so that is a materialization of the same run (of the episode itself in a one-episode run),
+    never one of another run, and no data version mismatch is reported."""
+    from lerobot_assets import launch
     from lerobot_assets.synthetic import generate_dataset
 
-    root = generate_dataset(tmp_path / "ds", episode_lengths=[40] * 8, episodes_per_file=4)
+    monkeypatch.setattr(launch, "EPISODES_PER_RUN", 3)
+    root = generate_dataset(tmp_path / "ds", episode_lengths=[20] * 8, episodes_per_file=4)
     home = tmp_path / "home"
     ingest(str(root), name="par", home=home, workers=2)
+    assert run_job(dagster_instance(Home(home)), Settings(home), "par", "ingest_episodes", partitions=[episode_key(7)]).success
     instance = DagsterInstance.from_config(str(home / "dagster"))
-    latest = {key: instance.fetch_materializations(key, limit=100).records for key in (TELEMETRY, FRAMES, TABLE)}
-    for index in range(8):
-        partition = str(episode_partition("par", index))
-        ids = {
-            key: next(r.storage_id for r in records if r.asset_materialization.partition == partition)
-            for key, records in latest.items()
-        }
-        tags = next(r for r in latest[TABLE] if r.asset_materialization.partition == partition).asset_materialization.tags
-        assert tags["dagster/input_event_pointer/telemetry_frame"] == str(ids[TELEMETRY]), index
-        assert tags["dagster/input_event_pointer/decoded_camera_frames"] == str(ids[FRAMES]), index
-    warnings = [e.message for run in instance.get_runs() for e in instance.all_logs(run.run_id) if "Data version mismatch" in (e.message or "")]
+    keys = {name: dataset_asset_key("par", name) for name in ("telemetry_frame", "decoded_camera_frames", "deeplake_table")}
+    records = {name: instance.fetch_materializations(key, limit=100).records for name, key in keys.items()}
+    by_id = {r.storage_id: r for rs in records.values() for r in rs}
+    runs = [r for r in instance.get_runs() if r.job_name == "par__ingest_episodes"]
+    assert len(runs) == 4  # 8 episodes in ranges of 3, then episode 7 alone
+    for table in records["deeplake_table"]:
+        for name in ("telemetry_frame", "decoded_camera_frames"):
+            pointer = by_id[int(table.asset_materialization.tags[f"dagster/input_event_pointer/par/{name}"])]
+            assert pointer.run_id == table.run_id, table.asset_materialization.partition
+    alone = next(r for r in records["deeplake_table"] if r.run_id == runs[0].run_id)  # the latest run: episode 7
+    pointer = alone.asset_materialization.tags["dagster/input_event_pointer/par/telemetry_frame"]
+    assert by_id[int(pointer)].asset_materialization.partition == episode_key(7)
+    warnings = [e.message for run in runs for e in instance.all_logs(run.run_id) if "Data version mismatch" in (e.message or "")]
     assert warnings == []
+
+
+def test_episode_assets_list_exactly_the_episodes_of_their_dataset(tmp_path: Path) -> None:
+    """With two datasets of 6 and 3 episodes, every episode asset of each lists exactly its own
+    episodes as partitions (no (dataset, episode) pair that does not exist), and so does the instance."""
+    from lerobot_assets.launch import code_location
+    from lerobot_assets.synthetic import generate_dataset
+
+    home = tmp_path / "home"
+    for name, count in (("six", 6), ("three", 3)):
+        root = generate_dataset(tmp_path / name, episode_lengths=[8] * count, cameras=("front",), codec="libx264")
+        ingest(str(root), name=name, home=home, workers=1)
+    instance = dagster_instance(Home(home))
+    defs = code_location(Settings(home))
+    for name, count in (("six", 6), ("three", 3)):
+        for asset in ("telemetry_frame", "decoded_camera_frames", "deeplake_table", "episode_labels"):
+            partitions = defs.get_assets_def(dataset_asset_key(name, asset)).partitions_def
+            keys = partitions.get_partition_keys(dynamic_partitions_store=instance)
+            assert keys == [episode_key(i) for i in range(count)], (name, asset)
+        for asset in ("hf_snapshot", "episode_metadata", "training_snapshot", "label_file"):
+            assert defs.get_assets_def(dataset_asset_key(name, asset)).partitions_def is None

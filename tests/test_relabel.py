@@ -15,12 +15,12 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-from dagster import AssetCheckKey, AssetKey, DagsterInstance
+from dagster import AssetCheckKey, DagsterInstance
 
 from lerobot_assets.errors import TableError
 from lerobot_assets.home import Home
 from lerobot_assets.launch import ingest, open_snapshot, snapshot
-from lerobot_assets.partitions import episode_partition
+from lerobot_assets.partitions import dataset_asset_key, episode_key
 from lerobot_assets.relabel import ColumnSpec, Label, LabelError, apply_labels, merge_branch, read_labels
 from lerobot_assets.relabel_assets import diff, merge, relabel
 from lerobot_assets.table import open_read_only, open_writable, replace_episode
@@ -50,7 +50,7 @@ def _columns(ds, *names: str) -> dict[str, np.ndarray]:
 def _check_outcomes(home: Path) -> list[bool]:
     """Outcomes of the ``labels_fit_table`` check, oldest first."""
     instance = DagsterInstance.from_config(str(home / "dagster"))
-    key = AssetCheckKey(AssetKey("label_file"), "labels_fit_table")
+    key = AssetCheckKey(dataset_asset_key("small", "label_file"), "labels_fit_table")
     records = instance.event_log_storage.get_asset_check_execution_history(key, limit=100)
     return [r.event.dagster_event.event_specific_data.passed for r in reversed(records)]
 
@@ -58,7 +58,7 @@ def _check_outcomes(home: Path) -> list[bool]:
 def _materializations(home: Path) -> dict[str, dict]:
     """Latest ``episode_labels`` metadata per partition, from the home's Dagster instance."""
     instance = DagsterInstance.from_config(str(home / "dagster"))
-    records = instance.fetch_materializations(AssetKey("episode_labels"), limit=100).records
+    records = instance.fetch_materializations(dataset_asset_key("small", "episode_labels"), limit=100).records
     latest: dict[str, dict] = {}
     for record in sorted(records, key=lambda r: r.storage_id):
         event = record.asset_materialization
@@ -125,13 +125,13 @@ def test_relabel_changes_only_the_labelled_rows_on_the_branch(state: dict) -> No
 
 def test_dagster_records_only_the_affected_episode_partitions(state: dict) -> None:
     records = _materializations(state["home"])
-    assert set(records) == {str(episode_partition("small", 1)), str(episode_partition("small", 2))}
+    assert set(records) == {episode_key(1), episode_key(2)}
     for index, rows, columns in ((1, 33, ["task"]), (2, 10, ["next.reward"])):
-        metadata = records[str(episode_partition("small", index))]
+        metadata = records[episode_key(index)]
         assert (metadata["branch"], metadata["label_file"]) == ("fix", str(state["labels"]))
         assert (metadata["rows_changed"], metadata["columns"]) == (rows, columns)
         assert metadata["table_version"]
-    assert records[str(episode_partition("small", 2))]["table_version"] == state["result"]["version"]
+    assert records[episode_key(2)]["table_version"] == state["result"]["version"]
     assert _check_outcomes(state["home"]) == [True]
 
 

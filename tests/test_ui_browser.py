@@ -3,13 +3,13 @@
 Steps (screenshots of each go to ``test-output/ui/``):
 
 1. ingest episodes 0 and 1 of the official sample into a temporary home; episode 2 is then a
-   registered partition of the ``episode`` dimension that is not materialized;
+   registered partition of the dataset's episode assets that is not materialized;
 2. start ``dagster dev`` on that home's instance on a free 127.0.0.1 port, in its own process group,
    and wait until it serves and the code location is loaded;
 3. in Chromium: open the asset lineage (three groups: ingest, training, labels), then the ingest group, filter it to the three per-episode assets, click
-   "Materialize all…", pick dataset ``small`` and episode ``000002`` in the launch dialog, launch;
+   "Materialize all…", pick episode ``000002`` in the launch dialog (the dataset's own episodes only), launch;
 4. follow the "View" link of the toast to the run, wait until the run succeeded;
-5. open ``deeplake_table``'s page for partition ``small|000002`` and check that the latest
+5. open ``small/deeplake_table``'s page for partition ``000002`` and check that the latest
    materialization's metadata is rendered: the ``preview`` thumbnail (a decoded ``data:image/jpeg``
    ``<img>``) and ``rows_written`` = 31 (episode 2 of the sample has 31 frames).
 
@@ -36,7 +36,6 @@ _STARTED = time.monotonic()
 OUT = REPO / "test-output" / "ui"
 DATASET = "small"
 EPISODE_KEY = "000002"  # registered by episode_metadata, not materialized by the ingest below
-PARTITION = f"{DATASET}|{EPISODE_KEY}"
 EPISODE_ROWS = 31  # frames of episode 2 in the official sample (101 in total, 70 in episodes 0-1)
 EPISODE_ASSETS = ("telemetry_frame", "decoded_camera_frames", "deeplake_table")
 
@@ -176,14 +175,14 @@ def _drive(base: str, page, expect) -> None:
     page.goto(f"{base}/locations/{urllib.request.quote(location)}/asset-groups/ingest", wait_until="domcontentloaded")
     for key in EPISODE_ASSETS + ("hf_snapshot", "episode_metadata"):
         expect(page.get_by_text(key, exact=True).first).to_be_visible()
-    # the live status arrived: hf_snapshot and episode_metadata were materialized by the ingest
-    expect(page.get_by_text("100% filled").first).to_be_visible()
+    # the live status arrived: episodes 0 and 1 of the dataset's 3 were materialized by the ingest
+    expect(page.get_by_text("66% filled").first).to_be_visible()
     _settle(page)
     _shot(page, "02_ingest_group")
 
     # 2. filter it to the three per-episode assets (the search box is a CodeMirror editor) -----------
     page.locator(".CodeMirror", has=page.get_by_label("Search and filter assets")).click()
-    page.keyboard.type(" or ".join(f"key:{key}" for key in EPISODE_ASSETS))
+    page.keyboard.type(" or ".join(f"key:{DATASET}/{key}" for key in EPISODE_ASSETS))
     page.keyboard.press("Enter")
     expect(page.get_by_text("hf_snapshot", exact=True)).to_have_count(0)
     expect(page.get_by_text("3 partitions").first).to_be_visible()  # the nodes' live data arrived
@@ -194,7 +193,6 @@ def _drive(base: str, page, expect) -> None:
     page.get_by_role("button", name=re.compile(r"Materialize (all|selected)")).first.click()
     dialog = page.get_by_role("dialog").filter(has_text="Launch runs to materialize").first
     expect(dialog).to_contain_text(f"Launch runs to materialize {len(EPISODE_ASSETS)} assets")
-    _pick_partition(page, dialog, DATASET)
     _pick_partition(page, dialog, EPISODE_KEY)
     expect(dialog).to_contain_text("1 partition")
     launch = dialog.get_by_role("button", name="Launch 1 run")
@@ -217,7 +215,7 @@ def _drive(base: str, page, expect) -> None:
 
     # 5. deeplake_table's page for the partition: the materialization's metadata ---------------------
     page.goto(
-        f"{base}/assets/deeplake_table?view=partitions&partition={urllib.request.quote(PARTITION, safe='')}",
+        f"{base}/assets/{DATASET}/deeplake_table?view=partitions&partition={EPISODE_KEY}",
         wait_until="domcontentloaded",
     )
     metadata = page.locator("table", has=page.get_by_text("rows_written", exact=True)).first
