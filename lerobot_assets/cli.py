@@ -129,7 +129,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--tables", help="where tables live: a local path or s3://... (default: <home>/tables)")
     p.add_argument("--image-format", choices=("jpeg", "png"), default="jpeg")
     p.add_argument("--quality", type=int, default=95, help="JPEG quality (default 95)")
-    p.add_argument("--workers", type=int, metavar="K", help="episode runs in parallel: this process and K-1 worker processes (default: CPU count)")
+    p.add_argument("--workers", type=int, metavar="K", help="episodes a run decodes at once, in threads (default: CPU count)")
     p.set_defaults(func=cmd_ingest)
 
     p = sub.add_parser("snapshot", parents=[common], help="tag the table's current version for training")
