@@ -68,6 +68,16 @@ def _child(code: str) -> subprocess.Popen:
     return subprocess.Popen([sys.executable, "-c", code], env=env, cwd=REPO)
 
 
+def _holding(code: str, held: Path) -> subprocess.Popen:
+    """A child running ``code``, once it has touched ``held`` (it holds the lease then)."""
+    holder = _child(code)
+    deadline = time.monotonic() + 60
+    while not held.exists():
+        assert time.monotonic() < deadline and holder.poll() is None
+        time.sleep(0.05)
+    return holder
+
+
 def test_concurrent_threads_and_processes_never_hold_it_together(table: str, tmp_path: Path) -> None:
     journal = tmp_path / "journal"
     code = f"from tests.test_lease import _contend; _contend({table!r}, {str(journal)!r}, 4, 2.0)"
@@ -155,11 +165,7 @@ def test_a_live_holder_keeps_the_s3_lease_beyond_its_time_to_live(s3: S3Server, 
         f"    pathlib.Path({str(tmp_path / 'held')!r}).touch()\n    time.sleep(5)\n"
         f"pathlib.Path({str(released)!r}).write_text(repr(time.time()))\n"
     )
-    holder = _child(code)
-    deadline = time.monotonic() + 60
-    while not (tmp_path / "held").exists():
-        assert time.monotonic() < deadline and holder.poll() is None
-        time.sleep(0.05)
+    holder = _holding(code, tmp_path / "held")
     with hold(table, ttl=1.0):
         acquired = time.time()
     assert holder.wait(60) == 0
@@ -200,11 +206,7 @@ def test_a_killed_holder_of_a_local_lease_releases_it(tmp_path: Path, caplog: py
         "import time, pathlib\nfrom lerobot_assets.lease import hold\n"
         f"with hold({table!r}):\n    pathlib.Path({str(tmp_path / 'held')!r}).touch()\n    time.sleep(600)\n"
     )
-    holder = _child(code)
-    deadline = time.monotonic() + 60
-    while not (tmp_path / "held").exists():
-        assert time.monotonic() < deadline and holder.poll() is None
-        time.sleep(0.05)
+    holder = _holding(code, tmp_path / "held")
     caplog.set_level(logging.INFO, logger="lerobot_assets.lease")
     threading.Timer(1.0, os.kill, (holder.pid, signal.SIGKILL)).start()
     started = time.monotonic()
