@@ -130,6 +130,17 @@ def _ttl_of(body: bytes) -> float:
         return 0.0
 
 
+def _log_wait(table: str, body: bytes) -> None:
+    """Say who holds the lease being waited for: at INFO for another process (a user may wonder
+    why nothing moves), at DEBUG for another thread of this one (episodes of a run take turns)."""
+    try:
+        owner = json.loads(body)
+        ours = owner.get("pid") == os.getpid() and owner.get("host") == socket.gethostname()
+    except (ValueError, AttributeError):
+        ours = False
+    log.log(logging.DEBUG if ours else logging.INFO, "waiting for the write lease of %s, held by %s", table, describe_holder(body))
+
+
 def describe_holder(body: bytes) -> str:
     """``pid 123 on host h since 2026-...Z`` from a lease's content."""
     try:
@@ -170,8 +181,7 @@ class _FileLease:
         try:
             fcntl.flock(self.fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
-            holder = describe_holder(os.pread(self.fd, 4096, 0))
-            log.info("waiting for the write lease of %s, held by %s", self.table, holder)
+            _log_wait(self.table, os.pread(self.fd, 4096, 0))
             fcntl.flock(self.fd, fcntl.LOCK_EX)
         os.ftruncate(self.fd, 0)
         os.pwrite(self.fd, _owner(secrets.token_hex(8), time.time()), 0)
@@ -220,7 +230,7 @@ class _S3Lease:
                 continue
             if holder != logged:
                 logged = holder
-                log.info("waiting for the write lease of %s, held by %s", self.table, holder)
+                _log_wait(self.table, body)
             time.sleep(min(1.0, self.ttl / 10) * random.uniform(0.5, 1.5))
         self._heartbeat = threading.Thread(target=self._renew, name=f"lease {self.key}", daemon=True)
         self._heartbeat.start()
