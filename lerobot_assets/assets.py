@@ -306,23 +306,23 @@ def _episode_assets(dataset: str, keys: _Keys) -> AssetsDefinition:
         """
         episodes = [_Episode(dataset, int(key), keys) for key in context.partition_keys]
         results = _run_episodes(context, episodes, episode_metadata, storage, encoding)
-        failed = {str(e): error for e, (error, _) in results.items() if error}
-        # Dagster records the inputs of an asset computed in the same step as the latest materialization
-        # of that upstream asset in any partition; recording this run's results back to back, while
-        # no other run records its own, keeps that the materialization of these partitions.
+        failed = {e: error for e, (error, _) in results.items() if error}
         if failed:  # nothing is recorded for a failed run: the whole range is retried (unchanged episodes cheaply)
             raise Failure(
                 f"{len(failed)} of {len(episodes)} episodes failed: " + "; ".join(f"{e}: {m}" for e, m in failed.items()),
-                metadata={"failed": MetadataValue.json({str(e.index): m for e, (m, _) in results.items() if m})},
+                metadata={"failed": MetadataValue.json({str(e.index): m for e, m in failed.items()})},
             )
         replaced = sorted(e.index for e, (_, events) in results.items() if _rows_replaced(events))
         if replaced:
             _recreate_indexes(context, dataset, storage, replaced)
+        # Dagster records the inputs of an asset computed in the same step as the latest materialization
+        # of that upstream asset in any partition; recording this run's results back to back, while
+        # no other run records its own, keeps that the materialization of these partitions.
         with storage.home.events_lock():
             if len(episodes) == 1:
                 yield from _selected(context, results[episodes[0]][1])
             else:
-                yield from _selected(context, _batch_events(context, keys, {e: events for e, (_, events) in results.items()}))
+                yield from _selected(context, _batch_events(context, {e: events for e, (_, events) in results.items()}))
 
     return episode_assets
 
@@ -338,8 +338,9 @@ def _rows_replaced(events: list[Event]) -> int:
 def _recreate_indexes(context: AssetExecutionContext, dataset: str, storage: StorageResource, replaced: list[int]) -> None:
     """Deeplake's indexes miss rows after deletes: recreate them once per run that replaced rows, in
     whichever path the run came from (the CLI, a UI backfill, the sensor)."""
-    with write_lock(storage.table_url(dataset)):
-        ds = open_writable(storage.table_url(dataset))
+    url = storage.table_url(dataset)
+    with write_lock(url):
+        ds = open_writable(url)
         done = refresh_indexes(ds)
         if done:
             ds.commit(f"recreate indexes after replacing episodes {replaced}")
@@ -376,7 +377,7 @@ def _run_episodes(
         return dict(zip(episodes, pool.map(one, episodes)))
 
 
-def _batch_events(context: AssetExecutionContext, keys: _Keys, events: dict[_Episode, list[Event]]) -> list[Event]:
+def _batch_events(context: AssetExecutionContext, events: dict[_Episode, list[Event]]) -> list[Event]:
     """One result per asset and check for a run of several episodes: Dagster records one
     materialization per partition of the range; each gets its episode's metadata (``add_asset_metadata``),
     and its own data version is recorded with the rows in the table (Dagster keeps one per run)."""

@@ -80,11 +80,12 @@ class Settings:
     workers: int | None = None
 
     def run_config(self) -> dict[str, Any]:
-        """The run config that gives a run launched elsewhere (by a deployment) these settings' resources."""
+        """The run config that gives a run launched elsewhere (by a deployment) these settings'
+        resources; the Hub's stay the deployment's own (its token comes from its environment)."""
         return {
-            "storage": {"config": {"home_dir": str(self.home)}},
-            "encoding": {"config": {"image_format": self.image_format, "quality": self.quality, "workers": self.workers}},
-            "io_manager": {"config": {"base_dir": str(Home(self.home).dagster_home / "storage")}},
+            name: {"config": resource.model_dump(exclude_none=True)}
+            for name, resource in self.resources().items()
+            if name != "hub"
         }
 
     def resources(self) -> dict[str, Any]:
@@ -172,9 +173,7 @@ def run_job(
     ``partitions`` (one key, or a range from :func:`partition_ranges`), recorded in ``instance`` and
     tagged as launched by this CLI and this process; success or not. ``assets`` runs a subset."""
     job = code_location(settings).resolve_job_def(job_name(dataset, use))
-    tags = {LAUNCHED_BY_TAG: LAUNCHED_BY, PROCESS_TAG: f"{socket.gethostname()}:{os.getpid()}"}
-    if len(partitions) > 1:
-        tags.update(range_tags(partitions))
+    tags = {**_run_tags(partitions), PROCESS_TAG: f"{socket.gethostname()}:{os.getpid()}"}
     return job.execute_in_process(
         run_config={**(_QUIET_LOGGING if _quiet() else _LOGGING), **(run_config or {})},
         instance=instance,
@@ -183,6 +182,11 @@ def run_job(
         tags=tags,
         asset_selection=assets,
     )
+
+
+def _run_tags(partitions: Sequence[str]) -> dict[str, str]:
+    """Who launched a run, and the range of partitions it covers when there are several."""
+    return {LAUNCHED_BY_TAG: LAUNCHED_BY, **(range_tags(partitions) if len(partitions) > 1 else {})}
 
 
 @dataclass(frozen=True)
@@ -205,7 +209,7 @@ def launch_job(
     if not (os.environ.get("DAGSTER_HOME") and submits(instance)):  # the embedded instance: run here
         result = run_job(instance, settings, dataset, use, partitions, run_config=run_config)
         return Outcome(result.run_id, result.success)
-    tags = {LAUNCHED_BY_TAG: LAUNCHED_BY, **(range_tags(partitions) if len(partitions) > 1 else {})}
+    tags = _run_tags(partitions)
     if len(partitions) == 1:
         tags["dagster/partition"] = partitions[0]  # the tag Dagster's own launchers set for one partition
     config = {**(run_config or {}), "resources": settings.run_config()}
@@ -329,7 +333,8 @@ def register(
             raise LeRobotAssetsError(f"dataset {name!r} already has its table at {previous.table}; omit --tables")
         url = previous.table
     else:
-        clash = [other.name for other in home.registered() if asset_prefix(other.name) == asset_prefix(name)]
+        # (another process may have registered this very name meanwhile: a concurrent first ingest)
+        clash = [o.name for o in home.registered() if o.name != name and asset_prefix(o.name) == asset_prefix(name)]
         if clash:
             raise LeRobotAssetsError(
                 f"dataset name {name!r} and registered {clash[0]!r} are both {asset_prefix(name)!r} in Dagster; choose another --name"
@@ -471,7 +476,7 @@ def _materialize_episodes(
 
     def run(keys: Sequence[str]) -> dict[int, str]:
         outcome = launch_job(instance, settings, dataset, "ingest_episodes", partitions=keys)
-        return {} if outcome.success else _failed_episodes(outcome.events(instance), settings, dataset, keys)
+        return {} if outcome.success else _failed_episodes(outcome.events(instance), Home(settings.home), dataset, keys)
 
     failures: dict[int, str] = {}
     done = 0
@@ -489,10 +494,9 @@ def _materialize_episodes(
     return failures
 
 
-def _failed_episodes(events: list[DagsterEvent], settings: Settings, dataset: str, batch: Sequence[str]) -> dict[int, str]:
+def _failed_episodes(events: list[DagsterEvent], home: Home, dataset: str, batch: Sequence[str]) -> dict[int, str]:
     """{episode: error} of a failed ``ingest_episodes`` run: as the step reported them, or every
     episode of the run with the run's error when it failed otherwise."""
-    home = Home(settings.home)
     for event in events:
         if event.is_step_failure and event.step_failure_data.user_failure_data is not None:
             failed = event.step_failure_data.user_failure_data.metadata.get("failed")
