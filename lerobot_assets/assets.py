@@ -57,7 +57,7 @@ from lerobot_assets.allocator import return_free_memory
 from lerobot_assets.errors import LeRobotAssetsError, TableError, where
 from lerobot_assets.fingerprint import episode_fingerprints
 from lerobot_assets.lerobot_format import DatasetMeta, feature_array, read_dataset, read_episode_telemetry
-from lerobot_assets.partitions import asset_prefix, dataset_asset_key, episode_key, episode_partitions
+from lerobot_assets.partitions import asset_prefix, dataset_asset_key, episode_key, episode_partitions, episode_pool
 from lerobot_assets.preview import plot_series, png_markdown, thumbnails_markdown
 from lerobot_assets.relabel import describe_reapplied, episode_labels, reapply_labels
 from lerobot_assets.resources import HubResource, ImageEncodingResource, StorageResource
@@ -290,6 +290,7 @@ def _episode_assets(dataset: str, keys: _Keys) -> AssetsDefinition:
         ],
         partitions_def=episode_partitions(dataset),
         backfill_policy=BackfillPolicy.multi_run(max_partitions_per_run=EPISODES_PER_RUN),
+        pool=episode_pool(dataset),  # instance-wide limit on the dataset's episode runs (docs/deploy.md)
         ins={"episode_metadata": AssetIn(key=keys.metadata)},
         can_subset=True,
     )

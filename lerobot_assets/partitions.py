@@ -26,6 +26,12 @@ def episode_partitions(dataset: str) -> DynamicPartitionsDefinition:
     return DynamicPartitionsDefinition(name=f"{asset_prefix(dataset)}_episodes")
 
 
+def episode_pool(dataset: str) -> str:
+    """The Dagster concurrency pool of ``dataset``'s episode step: a limit on it (``concurrency: pools:``
+    in dagster.yaml, or ``dagster instance concurrency set``) holds for every run on the instance."""
+    return f"{asset_prefix(dataset)}__episodes"
+
+
 def episode_key(index: int) -> str:
     """An episode's partition key: zero-padded so keys sort like numbers."""
     return f"{index:06d}"
