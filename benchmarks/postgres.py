@@ -10,7 +10,10 @@ episodes) into a fresh home with ``DAGSTER_HOME`` naming, in turn:
 - postgres_batched: the same, with ``DAGSTER_EVENT_BATCH_SIZE`` set (Dagster's environment variable
                     that stores the per-partition materializations of a step's output in batches);
 - postgres_batched_unix: the same over the server's Unix socket instead of TCP on 127.0.0.1
-                    (``postgresql+psycopg2://USER@/DB?host=/socket/dir``: a server on the same machine).
+                    (``postgresql+psycopg2://USER@/DB?host=/socket/dir``: a server on the same machine);
+- pgbouncer_batched: batched, through PgBouncer (Debian's ``pgbouncer``, transaction pooling) on
+                    127.0.0.1: dagster-postgres opens a connection per statement (``NullPool``), and
+                    a pooler makes that cheap without changing Dagster.
 
 then ingested again unchanged (every episode recorded as unchanged: Dagster's cost alone). Each
 variant has its own database. Reported per variant: the seconds of the ``<name>__ingest_episodes``
@@ -29,10 +32,14 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
+import socket
 import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager, nullcontext
 from pathlib import Path
 
 import psycopg2
@@ -51,7 +58,37 @@ VARIANTS = {
     "postgres": ("postgres", {}, False),
     "postgres_batched": ("postgres", {"DAGSTER_EVENT_BATCH_SIZE": "200"}, False),
     "postgres_batched_unix": ("postgres", {"DAGSTER_EVENT_BATCH_SIZE": "200"}, True),
+    "pgbouncer_batched": ("pgbouncer", {"DAGSTER_EVENT_BATCH_SIZE": "200"}, False),
 }
+
+
+@contextmanager
+def pgbouncer(pg: PostgresServer) -> Iterator[int]:
+    """PgBouncer (Debian's ``pgbouncer``) on a free 127.0.0.1 port in front of ``pg``, transaction
+    pooling; yields its port and stops it by its PID."""
+    binary = shutil.which("pgbouncer") or "/usr/sbin/pgbouncer"
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    config = pg.dir / "pgbouncer.ini"
+    config.write_text(
+        f"[databases]\n* = host=127.0.0.1 port={pg.port}\n[pgbouncer]\nlisten_addr = 127.0.0.1\nlisten_port = {port}\n"
+        f"unix_socket_dir =\nauth_type = trust\nauth_file = {pg.dir / 'users.txt'}\npool_mode = transaction\n"
+        "max_client_conn = 1000\ndefault_pool_size = 20\nignore_startup_parameters = extra_float_digits,options\n"
+    )
+    (pg.dir / "users.txt").write_text('"postgres" ""\n')
+    user = ["runuser", "-u", "postgres", "--"] if os.geteuid() == 0 else []
+    proc = subprocess.Popen([*user, binary, str(config)], stdout=subprocess.DEVNULL, stderr=(pg.dir / "pgbouncer.log").open("wb"))
+    try:
+        for _ in range(100):
+            with socket.socket() as probe:
+                if probe.connect_ex(("127.0.0.1", port)) == 0:
+                    break
+            time.sleep(0.1)
+        yield port
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
 
 
 def _pg_counts(dsn: str, database: str) -> tuple[int, int]:
@@ -84,12 +121,12 @@ def _episode_runs(dagster_home: Path, since: float) -> tuple[int, float, int]:
     return len(records), sum(r.end_time - r.start_time for r in records), events
 
 
-def run_variant(variant: str, source: Path, tmp: Path, pg: PostgresServer | None, workers: int) -> dict:
+def run_variant(variant: str, source: Path, tmp: Path, pg: PostgresServer | None, bouncer_port: int | None, workers: int) -> dict:
     kind, extra_env, unix_socket = VARIANTS[variant]
     dagster_home = tmp / variant / "dagster"
     dagster_home.mkdir(parents=True)
     dsn = database = None
-    if kind == "postgres":
+    if kind in ("postgres", "pgbouncer"):
         assert pg is not None
         database = f"bench_{variant}"
         admin = psycopg2.connect(pg.url.replace("postgresql+psycopg2", "postgresql"))
@@ -100,6 +137,8 @@ def run_variant(variant: str, source: Path, tmp: Path, pg: PostgresServer | None
         url = pg.url.rsplit("/", 1)[0] + f"/{database}"
         if unix_socket:  # libpq's host= parameter naming the socket's directory
             url = f"postgresql+psycopg2://postgres@/{database}?host={pg.dir}&port={pg.port}"
+        if kind == "pgbouncer":  # Dagster connects to the pooler, which keeps server connections open
+            url = f"postgresql+psycopg2://postgres@127.0.0.1:{bouncer_port}/{database}"
         (dagster_home / "dagster.yaml").write_text(f"storage:\n  postgres:\n    postgres_url: {url}\ntelemetry:\n  enabled: false\n")
     else:
         (dagster_home / "dagster.yaml").write_text(f"storage:\n  sqlite:\n    base_dir: {json.dumps(str(dagster_home))}\ntelemetry:\n  enabled: false\n")
@@ -132,8 +171,9 @@ def main() -> None:
         tmp = Path(tmp_dir)
         source = generate_dataset(tmp / "src", episode_lengths=lengths, cameras=["top"], height=64, width=64, fps=10,
                                   codec="libx264", episodes_per_file=50, files_per_chunk=10)
-        for variant in variants:
-            results[variant] = run_variant(variant, source, tmp, pg, args.workers)
+        with pgbouncer(pg) if any(VARIANTS[v][0] == "pgbouncer" for v in variants) else nullcontext() as bouncer_port:
+            for variant in variants:
+                results[variant] = run_variant(variant, source, tmp, pg, bouncer_port, args.workers)
     base = results["sqlite"]
     for variant in variants[1:]:
         figures = results[variant]
