@@ -3,16 +3,16 @@ and an ingest of many small episodes (the shape that once collapsed after ~64 ep
 
     .venv/bin/python benchmarks/scale.py [--rows 1000000] [--episode-rows 200] [--ingest-episodes 500] [--repeat 3]
 
-Table: written through the project's own episode-write path (``open_table``, ``set_table_metadata``,
-``store_episode_stats``, ``replace_episode``, ``episode_frames``: one open and one commit per
-episode, as an episode run does), ``--episode-rows`` rows per episode with one small JPEG camera,
+Table: written through the project's own episode-write path (``RunWriter``: each episode's stats
+computed and its rows replaced, one commit per run of ``EPISODES_PER_RUN`` episodes, then
+``episode_ranges`` and ``episode_frames`` for the checks, as an episode run does), ``--episode-rows`` rows per episode with one small JPEG camera,
 14-DOF state and action, registered in a home so that ``info`` and ``SnapshotDataset`` run as a
 user runs them. At 10k, 100k rows and ``--rows``, each measure runs ``--repeat`` times, each in a fresh
 process (the median is kept): time, and peak memory of the operation (the process's peak resident
 memory during it minus its resident memory before it, so imports do not count).
 
-- replace: an episode run's table work for one episode in the middle (its rows deleted, re-appended, committed);
-- remove: what ``ingest`` does for an episode gone upstream (stats cleared, rows deleted, committed);
+- replace: a run of one episode in the middle (its rows deleted, re-appended, indexes recreated, committed, checked);
+- remove: what ``ingest`` does for an episode gone upstream (rows deleted, indexes recreated, committed);
 - open: ``open_read_only``; info: ``lerobot_assets.launch.info``;
 - snapshot: ``SnapshotDataset(...)`` construction at a tag of that size; item: one random item of it.
 
@@ -43,17 +43,20 @@ import numpy as np
 from lerobot_assets.codec import encode_image
 from lerobot_assets.home import DatasetSource, Home
 from lerobot_assets.lerobot_format import read_dataset
-from lerobot_assets.stats import episode_stats, store_episode_stats
+from lerobot_assets.assets import EPISODES_PER_RUN
+from lerobot_assets.stats import STATS_COLUMN, episode_stats, stats_cells
 from lerobot_assets.synthetic import generate_dataset, render_frame, table_rows
 from lerobot_assets.table import (
+    RunWriter,
     create_tag,
     episode_frames,
-    episode_positions,
+    episode_ranges,
     open_read_only,
-    open_table,
+    open_writable,
+    refresh_indexes,
     replace_episode,
-    set_table_metadata,
     table_url,
+    write_lock,
 )
 
 NAME = "scale"
@@ -95,25 +98,37 @@ def episode_rows_for(episode: int, frames: int, jpeg: bytes) -> dict:
     return table_rows(episode, frames, camera="observation.images.cam", image=jpeg, fps=FPS, state_dim=STATE_DIM)
 
 
-def write_episode(url: str, meta, episode: int, rows: dict | None) -> None:
-    """An episode run's table work (``_table_events``), or with None ingest's removal of the episode."""
-    ds = open_table(url, meta, "jpeg")
-    if rows is None:
-        store_episode_stats(ds, episode, None)
-        replace_episode(ds, episode, None, f"remove {NAME} episode {episode}: gone at revision {REVISION}")
-        return
-    set_table_metadata(ds, source=str(meta.root), revision=REVISION)
-    values = {k: v for k, v in rows.items() if k != "observation.images.cam"}
-    store_episode_stats(ds, episode, episode_stats(values, {}))
-    replace_episode(ds, episode, rows, f"ingest {NAME} episode {episode} at revision {REVISION}")
-    episode_frames(ds, episode)
+def write_run(url: str, meta, episodes: dict[int, dict]) -> None:
+    """An episode run's table work (``_table_events`` through a ``RunWriter``): each episode's stats
+    computed and its rows replaced, then one commit for the run, and the rows checked after it."""
+    with RunWriter(url, "jpeg", {"source": str(meta.root), "revision": REVISION}) as writer:
+        for episode, rows in episodes.items():
+            values = {k: v for k, v in rows.items() if k != "observation.images.cam"}
+            rows = {**rows, STATS_COLUMN: stats_cells(episode_stats(values, {}), len(rows["episode_index"]))}
+            writer.replace(meta, episode, rows, f"{REVISION[:8]}-{episode}", lambda ds, new: (new, None))
+        writer.commit(f"ingest {NAME} episodes {min(episodes)}-{max(episodes)} at revision {REVISION}")
+    ds = open_read_only(url)
+    ranges = episode_ranges(ds)
+    for episode in episodes:
+        episode_frames(ds, ranges[episode])
+
+
+def remove_episode(url: str, episode: int) -> None:
+    """What ``ingest`` does for an episode gone upstream (``_remove_vanished``): rows deleted, indexes recreated, one commit."""
+    with write_lock(url):
+        ds = open_writable(url)
+        replace_episode(ds, episode, None)
+        refresh_indexes(ds)
+        ds.commit(f"remove {NAME} episode {episode}: gone at revision {REVISION}")
 
 
 def prepare(op: str, home: str, url: str, episode: int, tag: str, template: str) -> tuple:
     """What ``op`` needs, made before it is measured (imports, rows to write, the dataset to index)."""
     if op in ("replace", "remove"):
+        if op == "remove":
+            return url, episode
         rows = episode_rows_for(episode, _length(url, episode), encode_image(render_frame(0, 0, 48, 64)))
-        return url, read_dataset(template, name=NAME), episode, rows if op == "replace" else None
+        return url, read_dataset(template, name=NAME), {episode: rows}
     if op == "open":
         return (url,)
     if op == "info":
@@ -129,13 +144,15 @@ def prepare(op: str, home: str, url: str, episode: int, tag: str, template: str)
 
 
 def _length(url: str, episode: int) -> int:
-    return len(episode_positions(open_read_only(url), episode))
+    return len(episode_ranges(open_read_only(url))[episode])
 
 
 def run(op: str, prepared: tuple) -> None:
     """The measured operation."""
-    if op in ("replace", "remove"):
-        write_episode(*prepared)
+    if op == "replace":
+        write_run(*prepared)
+    elif op == "remove":
+        remove_episode(*prepared)
     elif op == "open":
         len(open_read_only(*prepared))
     elif op == "info":
@@ -176,23 +193,25 @@ def table_scale(root: Path, rows: int, episode_rows: int, repeat: int) -> dict[s
     written, started = 0, time.perf_counter()
     for size in sizes:
         while written < size:
-            episode = written // episode_rows
-            write_episode(url, meta, episode, episode_rows_for(episode, episode_rows, jpeg))
-            written += episode_rows
-            if episode % 500 == 499:
-                print(f"  {written} rows, {episode + 1} episodes: {time.perf_counter() - started:.0f} s", flush=True)
+            first = written // episode_rows
+            run = range(first, min(first + EPISODES_PER_RUN, size // episode_rows))
+            write_run(url, meta, {e: episode_rows_for(e, episode_rows, jpeg) for e in run})
+            written += len(run) * episode_rows
+            if run.stop % 500 == 0:
+                print(f"  {written} rows, {run.stop} episodes: {time.perf_counter() - started:.0f} s", flush=True)
         tag = f"rows-{size}"
-        create_tag(open_table(url, meta, "jpeg"), tag, url)
+        with write_lock(url):
+            create_tag(open_writable(url), tag, url)
         middle = written // episode_rows // 2
         figures[str(size)] = measured = {}
         for op in ("replace", "remove", "open", "info", "snapshot", "item"):
             runs = []
             for _ in range(repeat):
                 if op == "remove":  # put the episode back (untimed) so that there is something to remove
-                    write_episode(url, meta, middle, episode_rows_for(middle, episode_rows, jpeg))
+                    write_run(url, meta, {middle: episode_rows_for(middle, episode_rows, jpeg)})
                 runs.append(_measure(op, home.root, url, middle, tag, template))
             measured[op] = {key: round(statistics.median(r[key] for r in runs), 4) for key in ("seconds", "peak_mb")}
-        write_episode(url, meta, middle, episode_rows_for(middle, episode_rows, jpeg))  # back for the next size
+        write_run(url, meta, {middle: episode_rows_for(middle, episode_rows, jpeg)})  # back for the next size
         print(f"{size} rows ({size // episode_rows} episodes): " +
               ", ".join(f"{op} {m['seconds'] * 1e3:.1f} ms / {m['peak_mb']:.1f} MB" for op, m in measured.items()), flush=True)
     return figures

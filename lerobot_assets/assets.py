@@ -21,7 +21,7 @@ import functools
 import os
 import time
 import warnings
-from collections.abc import Collection, Iterator
+from collections.abc import Callable, Collection, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, Optional
@@ -63,22 +63,22 @@ from lerobot_assets.relabel import describe_reapplied, episode_labels, reapply_l
 from lerobot_assets.resources import HubResource, ImageEncodingResource, StorageResource
 from lerobot_assets.source import pin
 from lerobot_assets.staging import StagedFrames, read_frames, staging_path, write_frames
-from lerobot_assets.stats import episode_stats, store_episode_stats
+from lerobot_assets.stats import STATS_COLUMN, episode_stats, stats_cells
 from lerobot_assets.table import (
     build_indexes,
     check_table_fits,
     column_types,
+    RunWriter,
     create_tag,
     episode_frames,
+    episode_ranges,
     episode_rows,
     episode_versions,
     ingest_metadata,
     open_read_only,
-    open_table,
     open_writable,
     refresh_indexes,
     replace_episode,
-    set_table_metadata,
     summarize,
     write_lock,
 )
@@ -244,8 +244,8 @@ def _sync_partitions(instance: DagsterInstance, dataset: str, episodes: Collecti
 def _remove_vanished(
     context: AssetExecutionContext, dataset: str, storage: StorageResource, upstream: set[int], revision: str
 ) -> tuple[list[int], list[dict[str, Any]]]:
-    """Delete the rows of the table's episodes that are not in ``upstream`` (one commit each; earlier
-    tags keep them), then recreate the indexes (Deeplake's miss rows after deletes). Returns the
+    """Delete the rows of the table's episodes that are not in ``upstream`` (one commit; earlier
+    tags keep them), recreating the indexes (Deeplake's miss rows after deletes). Returns the
     episodes removed and the merged labels their rows carried (they cannot be re-applied)."""
     url = storage.table_url(dataset)
     try:
@@ -260,11 +260,10 @@ def _remove_vanished(
         ds = open_writable(url)
         for index in gone:
             lost += [{**label, "reason": "episode removed upstream"} for label in episode_labels(ds, index)]
-            store_episode_stats(ds, index, None)
-            deleted, _ = replace_episode(ds, index, None, f"remove {dataset} episode {index}: gone at revision {revision}")
+            (deleted, _), _ = replace_episode(ds, index, None)
             context.log.info(f"{dataset}: removed episode {index} ({deleted} rows), gone at revision {revision[:12]}")
         refresh_indexes(ds)
-        ds.commit(f"recreate indexes after removing episodes {gone}")
+        ds.commit(f"remove {dataset} episodes {gone}: gone at revision {revision}; indexes recreated")
     return gone, lost
 
 
@@ -313,9 +312,6 @@ def _episode_assets(dataset: str, keys: _Keys) -> AssetsDefinition:
                 f"{len(failed)} of {len(episodes)} episodes failed: " + "; ".join(f"{e}: {m}" for e, m in failed.items()),
                 metadata={"failed": MetadataValue.json({str(e.index): m for e, m in failed.items()})},
             )
-        replaced = sorted(e.index for e, (_, events) in results.items() if _rows_replaced(events))
-        if replaced:
-            _recreate_indexes(context, dataset, storage, replaced)
         # Dagster records the inputs of an asset computed in the same step as the latest materialization
         # of that upstream asset in any partition; recording this run's results back to back, while
         # no other run records its own, keeps that the materialization of these partitions.
@@ -328,24 +324,9 @@ def _episode_assets(dataset: str, keys: _Keys) -> AssetsDefinition:
     return episode_assets
 
 
-def _rows_replaced(events: list[Event]) -> int:
-    return sum(
-        event.metadata["rows_replaced"]  # a plain int: MaterializeResult keeps the values it was given
-        for event in events
-        if isinstance(event, MaterializeResult) and event.metadata and "rows_replaced" in event.metadata
-    )
-
-
-def _recreate_indexes(context: AssetExecutionContext, dataset: str, storage: StorageResource, replaced: list[int]) -> None:
-    """Deeplake's indexes miss rows after deletes: recreate them once per run that replaced rows, in
-    whichever path the run came from (the CLI, a UI backfill, the sensor)."""
-    url = storage.table_url(dataset)
-    with write_lock(url):
-        ds = open_writable(url)
-        done = refresh_indexes(ds)
-        if done:
-            ds.commit(f"recreate indexes after replacing episodes {replaced}")
-    context.log.info(f"{dataset}: recreated the indexes of {done} after replacing episodes {replaced}")
+#: What an episode's work leaves for after the run's commit: its table events, built from the
+#: committed table and where each episode's rows are in it.
+_AfterCommit = Callable[[Any, dict[int, range], str], list[Event]]
 
 
 def _run_episodes(
@@ -355,27 +336,64 @@ def _run_episodes(
     storage: StorageResource,
     encoding: ImageEncodingResource,
 ) -> dict[_Episode, tuple[str | None, list[Event]]]:
-    """Each episode's events, or the error that stopped it; episodes are decoded in parallel threads
-    (PyAV and libjpeg-turbo release the GIL), their writes to the table serialized by its lock."""
-    url = storage.table_url(episodes[0].dataset)
+    """Each episode's events, or the error that stopped it. Episodes are decoded in parallel threads
+    (PyAV and libjpeg-turbo release the GIL); their writes go to the table one at a time and are
+    committed once, for the whole run (:class:`~lerobot_assets.table.RunWriter`); the table's
+    events are made after that commit, so nothing is recorded for rows a dead process never
+    committed. A failed episode does not stop the others' rows from being committed."""
+    dataset = episodes[0].dataset
+    url = storage.table_url(dataset)
     try:
         recorded = episode_versions(open_read_only(url))
     except TableError:
         recorded = {}
 
-    def one(episode: _Episode) -> tuple[str | None, list[Event]]:
-        try:
-            return None, _episode_events(context, episode, episode_metadata, recorded, storage, encoding)
-        except (LeRobotAssetsError, Failure) as exc:
-            message = exc.description if isinstance(exc, Failure) else str(exc)
-            context.log.error(f"{episode}: {message}")
-            return message, []
-        finally:
-            return_free_memory()
+    with RunWriter(url, encoding.image_format, episode_metadata["table_metadata"]) as writer:
+        def one(episode: _Episode) -> tuple[str | None, list[Event | _AfterCommit]]:
+            try:
+                return None, _episode_events(context, episode, episode_metadata, recorded, storage, encoding, writer)
+            except (LeRobotAssetsError, Failure) as exc:
+                message = exc.description if isinstance(exc, Failure) else str(exc)
+                context.log.error(f"{episode}: {message}")
+                return message, []
+            finally:
+                return_free_memory()
 
-    workers = max(1, min(encoding.workers or os.cpu_count() or 1, len(episodes)))
-    with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="episode") as pool:
-        return dict(zip(episodes, pool.map(one, episodes)))
+        workers = max(1, min(encoding.workers or os.cpu_count() or 1, len(episodes)))
+        with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="episode") as pool:
+            outcomes = dict(zip(episodes, pool.map(one, episodes)))
+        message = f"ingest {dataset} episodes {_spans(sorted(writer.pending))} at revision {episode_metadata['revision']}"
+        try:
+            committed, version = writer.commit(message)
+        except (LeRobotAssetsError, Failure) as exc:  # a lost lease: nothing of this run was committed
+            return {e: (error or str(exc), []) for e, (error, _) in outcomes.items()}
+    if committed:
+        context.log.info(f"{dataset}: committed episodes {_spans(committed)} as table version {version}")
+    lost = {i: "not written: another episode's write in this run failed and undid the run's uncommitted writes"
+            for i in writer.lost}
+    ds, ranges, results = None, {}, {}
+    for episode, (error, items) in outcomes.items():
+        if error or episode.index in lost:
+            results[episode] = (error or lost[episode.index], [])
+            continue
+        events: list[Event] = []
+        for item in items:
+            if callable(item):
+                if ds is None:  # once per run, after the commit
+                    ds = open_read_only(url)
+                    ranges = episode_ranges(ds)
+                events += item(ds, ranges, version or ds.version)
+            else:
+                events.append(item)
+        results[episode] = (None, events)
+    return results
+
+
+def _spans(episodes: list[int]) -> str:
+    """``0-49`` for consecutive episodes, else their list: the commit message stays short."""
+    if episodes and episodes == list(range(episodes[0], episodes[-1] + 1)) and len(episodes) > 2:
+        return f"{episodes[0]}-{episodes[-1]}"
+    return str(episodes)
 
 
 def _batch_events(context: AssetExecutionContext, events: dict[_Episode, list[Event]]) -> list[Event]:
@@ -419,19 +437,23 @@ def _episode_events(
     recorded: dict[int, str],
     storage: StorageResource,
     encoding: ImageEncodingResource,
-) -> list[Event]:
-    """Compute the selected per-episode assets; their materializations and check results, in graph order."""
+    writer: RunWriter,
+) -> list[Event | _AfterCommit]:
+    """Compute the selected per-episode assets; their materializations and check results, in graph
+    order (the table's made after the run's commit)."""
     keys, index = episode.keys, episode.index
     meta = _episode_meta(episode_metadata, episode)
     fingerprint = episode_metadata["episodes"][index]["fingerprint"]
     version = DataVersion(episode_data_version(fingerprint))
     selected = context.selected_asset_keys
     telemetry = read_episode_telemetry(meta, index)
-    events = _telemetry_events(context, episode, meta, telemetry, version) if keys.telemetry in selected else []
+    events: list[Event | _AfterCommit] = []
+    if keys.telemetry in selected:
+        events += _telemetry_events(context, episode, meta, telemetry, version)
     if keys.frames not in selected and keys.table not in selected:
         return events
     if recorded.get(index) == version.value:
-        return events + _unchanged_events(context, episode, storage, episode_metadata, version)
+        return [*events, _unchanged_events(context, episode, storage, episode_metadata, version)]
     staged_at = staging_path(storage.home.staging(episode.dataset), index)
     staged = None if keys.frames in selected else read_frames(staged_at)
     decoded = None
@@ -445,7 +467,7 @@ def _episode_events(
     if decoded is not None and keys.frames in selected:
         events += _frames_events(keys, meta, telemetry, decoded, version, encoding, preview)
     if keys.table in selected:
-        events += _table_events(context, episode, meta, episode_metadata, telemetry, staged, version, storage, encoding, preview)
+        events.append(_table_events(context, episode, meta, episode_metadata, telemetry, staged, version, storage, writer, preview))
         staged_at.unlink(missing_ok=True)
     else:
         write_frames(staged_at, staged)
@@ -455,7 +477,7 @@ def _episode_events(
 
 def _unchanged_events(
     context: AssetExecutionContext, episode: _Episode, storage: StorageResource, episode_metadata: dict[str, Any], version: DataVersion
-) -> list[Event]:
+) -> _AfterCommit:
     """The results saying the table holds this episode written from the same inputs by the same code
     (its recorded data version), without decoding.
 
@@ -464,20 +486,23 @@ def _unchanged_events(
     run that decoded them.
     """
     url = storage.table_url(episode.dataset)
-    ds = open_read_only(url)
-    context.log.info(f"{episode}: unchanged in table version {ds.version} (data version {version.value}); not decoded")
-    metadata = {"unchanged": True, "table_version": ds.version}
-    stored = episode_frames(ds, episode.index)
-    return [
-        MaterializeResult(asset_key=episode.keys.frames, metadata=metadata, data_version=version),
-        MaterializeResult(
-            asset_key=episode.keys.table,
-            metadata={**metadata, "rows_written": 0, "dagster/row_count": len(stored), "table": MetadataValue.path(url),
-                      "revision": episode_metadata["revision"]},
-            data_version=version,
-        ),
-        _rows_check(episode.keys, stored, episode_metadata["episodes"][episode.index]["length"]),
-    ]
+
+    def events(ds: Any, ranges: dict[int, range], table_version: str) -> list[Event]:
+        context.log.info(f"{episode}: unchanged in table version {table_version} (data version {version.value}); not decoded")
+        metadata = {"unchanged": True, "table_version": table_version}
+        stored = episode_frames(ds, ranges.get(episode.index, range(0)))
+        return [
+            MaterializeResult(asset_key=episode.keys.frames, metadata=metadata, data_version=version),
+            MaterializeResult(
+                asset_key=episode.keys.table,
+                metadata={**metadata, "rows_written": 0, "dagster/row_count": len(stored), "table": MetadataValue.path(url),
+                          "revision": episode_metadata["revision"]},
+                data_version=version,
+            ),
+            _rows_check(episode.keys, stored, episode_metadata["episodes"][episode.index]["length"]),
+        ]
+
+    return events
 
 
 def _rows_check(keys: _Keys, stored: np.ndarray, expected: int) -> AssetCheckResult:
@@ -603,54 +628,50 @@ def _table_events(
     staged: StagedFrames,
     version: DataVersion,
     storage: StorageResource,
-    encoding: ImageEncodingResource,
+    writer: RunWriter,
     preview: MetadataValue,
-) -> list[Event]:
-    """Replace the episode's rows in the table (one commit, with its statistics)."""
+) -> _AfterCommit:
+    """Replace the episode's rows in the table, with its statistics (committed with the run's)."""
     dataset, index = episode.dataset, episode.index
     rows = episode_rows(meta, telemetry, staged.images)
     data_file = where(dataset, index, meta.root / meta.episode(index).data_path)
     stats = episode_stats({k: v for k, v in rows.items() if k not in meta.cameras}, {}, data_file) | staged.stats
-    url = storage.table_url(dataset)
-    revision = episode_metadata["revision"]
-    with write_lock(url):
-        ds = open_table(url, meta, encoding.image_format)
-        set_table_metadata(ds, **episode_metadata["table_metadata"])
-        store_episode_stats(ds, index, stats)  # committed with the rows
-        rows, labels = reapply_labels(ds, index, rows)  # merged labels hold across a re-ingest
-        deleted, written = replace_episode(
-            ds, index, rows, f"ingest {dataset} episode {index} at revision {revision}", data_version=version.value
-        )
-        table_version = ds.version
-        stored = episode_frames(ds, index)
-        schema = column_types(ds)
-    context.log.info(f"{episode}: wrote {written} rows (replaced {deleted}), table version {table_version}")
+    rows[STATS_COLUMN] = stats_cells(stats, telemetry.num_rows)
+    # merged labels hold across a re-ingest
+    deleted, written, labels = writer.replace(meta, index, rows, version.value, lambda ds, new: reapply_labels(ds, index, new))
+    context.log.info(f"{episode}: wrote {written} rows (replaced {deleted}), to be committed with the run")
     if labels["reapplied"] or labels["not_reapplied"]:
         context.log.warning(f"{episode}, new rows: {describe_reapplied(labels)}")
+    url, revision = storage.table_url(dataset), episode_metadata["revision"]
     series = {f.key: feature_array(telemetry, f) for f in meta.value_features if f.key in ("observation.state", "action")}
     expected = episode_metadata["episodes"][index]["length"]
-    return [
-        MaterializeResult(
-            asset_key=episode.keys.table,
-            metadata={
-                "rows_written": written,
-                "rows_replaced": deleted,
-                "dagster/row_count": written,
-                "dagster/column_schema": MetadataValue.table_schema(
-                    TableSchema(columns=[TableColumn(name, kind) for name, kind in schema.items()])
-                ),
-                "labels_reapplied": MetadataValue.json(labels["reapplied"]),
-                "labels_not_reapplied": MetadataValue.json(labels["not_reapplied"]),
-                "table_version": table_version,
-                "table": MetadataValue.path(url),
-                "revision": revision,
-                "preview": preview,
-                "telemetry_plot": MetadataValue.md(png_markdown(plot_series(series), "state and action")),
-            },
-            data_version=version,
-        ),
-        _rows_check(episode.keys, stored, expected),
-    ]
+
+    def events(ds: Any, ranges: dict[int, range], table_version: str) -> list[Event]:
+        schema = column_types(ds)
+        return [
+            MaterializeResult(
+                asset_key=episode.keys.table,
+                metadata={
+                    "rows_written": written,
+                    "rows_replaced": deleted,
+                    "dagster/row_count": written,
+                    "dagster/column_schema": MetadataValue.table_schema(
+                        TableSchema(columns=[TableColumn(name, kind) for name, kind in schema.items()])
+                    ),
+                    "labels_reapplied": MetadataValue.json(labels["reapplied"]),
+                    "labels_not_reapplied": MetadataValue.json(labels["not_reapplied"]),
+                    "table_version": table_version,
+                    "table": MetadataValue.path(url),
+                    "revision": revision,
+                    "preview": preview,
+                    "telemetry_plot": MetadataValue.md(png_markdown(plot_series(series), "state and action")),
+                },
+                data_version=version,
+            ),
+            _rows_check(episode.keys, episode_frames(ds, ranges.get(index, range(0))), expected),
+        ]
+
+    return events
 
 
 class SnapshotConfig(Config):

@@ -2,9 +2,11 @@
 
 Columns keep LeRobot's feature keys (``observation.images.<camera>``, ``observation.state``,
 ``action``...), plus ``timestamp``, ``frame_index``, ``episode_index``, ``index``, ``task_index`` and
-``task``. Writing an episode replaces that episode's rows and commits, under the table's write lease
-(held by one writer on any machine), so a re-run never duplicates rows and a crash before the commit leaves the previous version intact
-(Deeplake drops uncommitted writes when a process dies).
+``task``, and each episode's statistics (:data:`~lerobot_assets.stats.STATS_COLUMN`). Writing an
+episode replaces that episode's rows; a run of episodes commits once (:class:`RunWriter`), under the
+table's write lease (held by one writer on any machine), so a re-run never duplicates rows and a
+crash before the commit leaves the previous version intact (Deeplake drops uncommitted writes when a
+process dies).
 """
 
 from __future__ import annotations
@@ -12,12 +14,12 @@ from __future__ import annotations
 import json
 import logging
 import os
-import threading
-from collections.abc import Collection, Iterator, Mapping
-from contextlib import contextmanager
+from collections.abc import Callable, Collection, Iterator, Mapping
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import deeplake
 import numpy as np
@@ -27,6 +29,7 @@ from lerobot_assets.errors import TableError, where
 from lerobot_assets.home import check_name
 from lerobot_assets.lease import check_held, hold
 from lerobot_assets.lerobot_format import INDEX_DTYPES, DatasetMeta, Feature, episode_values
+from lerobot_assets.stats import STATS_COLUMN
 
 log = logging.getLogger(__name__)
 
@@ -128,8 +131,9 @@ def ingest_metadata(meta: DatasetMeta, image_format: str) -> dict[str, Any]:
     }
 
 
-#: Writable handles kept by :func:`open_table`: (url, process, thread) -> dataset.
-_writers: dict[tuple[str, int, int], deeplake.Dataset] = {}
+#: Writable handles kept by :func:`open_table`: (url, process) -> dataset. Used under the table's
+#: write lease, so by one thread at a time (a lease file's ``flock`` also excludes other threads).
+_writers: dict[tuple[str, int], deeplake.Dataset] = {}
 
 
 def open_table(url: str, meta: DatasetMeta, image_format: str) -> deeplake.Dataset:
@@ -140,12 +144,12 @@ def open_table(url: str, meta: DatasetMeta, image_format: str) -> deeplake.Datas
 
     Opening replays the table's whole version log (Deeplake 4.7 keeps no checkpoint of it: ~0.2 ms
     per commit, ~0.35 ms with episode stats, so about a second at 3k episodes), so the handle is
-    kept for this process and thread and, at the next call, only rolled back (what a failed write
+    kept for this process and, at the next call, only rolled back (what a failed write
     left uncommitted) and refreshed with the commits made since.
     Raises :class:`TableError` when an existing table's columns do not match the dataset.
     """
     creds = storage_creds(url)
-    key = (url, os.getpid(), threading.get_ident())
+    key = (url, os.getpid())
     if not deeplake.exists(url, creds=creds):
         _writers.pop(key, None)
         ds = _define_table(deeplake.create(url, creds=creds), url, meta, image_format)
@@ -157,6 +161,8 @@ def open_table(url: str, meta: DatasetMeta, image_format: str) -> deeplake.Datas
         ds = deeplake.open(url, creds=creds)
     if _half_created(ds):
         ds = _define_table(ds, url, meta, image_format)
+    elif STATS_COLUMN not in {column.name for column in ds.schema.columns}:
+        ds.add_column(STATS_COLUMN, deeplake.types.Text())  # a table from before the column: committed with the rows
     _refuse_misfit(ds, url, meta, table_columns(meta, image_format))
     _writers[key] = ds
     return ds
@@ -171,6 +177,7 @@ def _define_table(ds: deeplake.Dataset, url: str, meta: DatasetMeta, image_forma
     """Give a new (or half-created) table ``meta``'s columns, indexes and metadata, in one commit."""
     for name, dtype in table_columns(meta, image_format).items():
         ds.add_column(name, dtype)
+    ds.add_column(STATS_COLUMN, deeplake.types.Text())
     for name, index in _INDEXES.items():
         ds[name].create_index(index)
     ds.metadata[METADATA_KEY] = json.dumps(ingest_metadata(meta, image_format))
@@ -233,32 +240,31 @@ def episode_rows(meta: DatasetMeta, telemetry: pa.Table, images: Mapping[str, li
     return rows
 
 
-def episode_positions(ds: deeplake.Dataset | deeplake.ReadOnlyDataset, episode_index: int) -> range:
-    """Where one episode's rows are in the table (contiguous: written by one append); empty if absent.
+def episode_ranges(ds: deeplake.Dataset | deeplake.ReadOnlyDataset) -> dict[int, range]:
+    """Where each episode's rows are in the table (contiguous: written by one append).
 
-    Read off the ``episode_index`` column (8 bytes a row: 75 ms at 100k rows). Asking its inverted
-    index instead (``SELECT row FROM (SELECT ROW_NUMBER() AS row, episode_index) WHERE
-    episode_index == k``) answers in 0.4 ms at 1M rows once the index is built, but Deeplake 4.7
-    does not keep it current at each commit (the query then scans: 166 ms at 100k rows) and it can
-    go stale after deletes (see :func:`refresh_indexes`). Raises :class:`TableError` if the rows
-    are not contiguous.
+    One read of the ``episode_index`` column (8 bytes a row: 75 ms at 100k rows on the loaded VM),
+    for a whole run of episodes rather than once per episode. Asking its inverted index instead
+    (``SELECT row FROM (SELECT ROW_NUMBER() AS row, episode_index) WHERE episode_index == k``)
+    answers in 0.4 ms at 1M rows once the index is built, but Deeplake 4.7 does not keep it current
+    at each commit (the query then scans: 166 ms at 100k rows) and it can go stale after deletes
+    (see :func:`refresh_indexes`). Raises :class:`TableError` if an episode's rows are not contiguous.
     """
-    rows = _rows_of(ds, episode_index)
-    if not len(rows):
-        return range(0)
-    if rows[-1] - rows[0] + 1 != len(rows):
-        raise TableError(f"episode {episode_index}'s {len(rows)} rows are not contiguous in the table ({rows[0]}..{rows[-1]})")
-    return range(int(rows[0]), int(rows[-1]) + 1)
+    return _ranges(np.asarray(ds["episode_index"][:]) if len(ds) else np.empty(0, np.int64))
 
 
-def _rows_of(ds: deeplake.Dataset | deeplake.ReadOnlyDataset, episode_index: int) -> np.ndarray:
-    """Positions of every row of one episode, in order."""
-    return np.flatnonzero(np.asarray(ds["episode_index"][:]) == episode_index) if len(ds) else np.empty(0, np.int64)
+def _ranges(values: np.ndarray) -> dict[int, range]:
+    starts = np.flatnonzero(np.r_[True, values[1:] != values[:-1]]) if len(values) else np.empty(0, np.int64)
+    stops = np.r_[starts[1:], len(values)].astype(np.int64)
+    episodes, runs = np.unique(values[starts], return_counts=True)
+    if (runs > 1).any():
+        split = episodes[runs > 1].tolist()
+        raise TableError(f"the rows of episodes {split} are not contiguous in the table: re-ingest them")
+    return {int(values[a]): range(int(a), int(b)) for a, b in zip(starts, stops)}
 
 
-def episode_frames(ds: deeplake.Dataset | deeplake.ReadOnlyDataset, episode_index: int) -> np.ndarray:
-    """``frame_index`` of the rows the table holds for one episode (for checks)."""
-    rows = episode_positions(ds, episode_index)
+def episode_frames(ds: deeplake.Dataset | deeplake.ReadOnlyDataset, rows: range) -> np.ndarray:
+    """``frame_index`` of the table's rows ``rows`` (one episode's :func:`episode_ranges`), for checks."""
     if not rows:
         return np.empty(0, dtype=np.int64)
     return np.asarray(ds["frame_index"][rows.start : rows.stop], dtype=np.int64)
@@ -289,32 +295,151 @@ def replace_episode(
     ds: deeplake.Dataset,
     episode_index: int,
     rows: Mapping[str, Any] | None,
-    message: str,
     data_version: str | None = None,
-) -> tuple[int, int]:
-    """Replace (or with ``rows=None`` remove) one episode's rows and commit.
+    episodes: np.ndarray | None = None,
+) -> tuple[tuple[int, int], np.ndarray]:
+    """Replace (or with ``rows=None`` remove) one episode's rows, without committing.
 
     ``data_version`` is recorded with the rows (cleared on removal) under one key per episode of
-    :data:`RUN_METADATA_COLUMN`'s metadata, like the episode's statistics: one commit holds both.
-    Returns ``(rows_deleted, rows_written)``. The caller holds the table's write lock. Deeplake
-    4.7 deletes one row per call (no range delete), from the last so no position shifts. Every row
-    of the episode goes, also when they are not contiguous (the episode written twice by writers
-    that did not exclude each other, before the table's lease): replacing it repairs that.
+    :data:`RUN_METADATA_COLUMN`'s metadata: the next commit holds both. ``episodes`` is the
+    table's ``episode_index`` column as this handle sees it (read here when None): a run passes
+    back what the previous write returned, so that the column is read once per run, not once per
+    episode. Returns ``((rows_deleted, rows_written), episode_index column after the write)``.
+
+    The caller holds the table's write lock and commits. Deeplake 4.7 deletes one row per call
+    (no range delete), from the last so no position shifts. Every row of the episode goes, also
+    when they are not contiguous (the episode written twice by writers that did not exclude each
+    other, before the table's lease): replacing it repairs that.
     """
     ds[RUN_METADATA_COLUMN].metadata[_version_key(episode_index)] = data_version or ""
-    old = _rows_of(ds, episode_index)
+    if episodes is None:
+        episodes = np.asarray(ds["episode_index"][:]) if len(ds) else np.empty(0, np.int64)
+    old = np.flatnonzero(episodes == episode_index)
     if len(old) and old[-1] - old[0] + 1 != len(old):
         log.warning("episode %d's %d rows were not contiguous in the table (%d..%d): all are replaced",
                     episode_index, len(old), old[0], old[-1])
     for offset in reversed(old):
         ds.delete(int(offset))
+    episodes = np.delete(episodes, old)
     written = 0
     if rows is not None:
         ds.append(dict(rows))
         written = len(rows["episode_index"])
-    check_held()
-    ds.commit(message)
-    return len(old), written
+        episodes = np.concatenate([episodes, np.full(written, episode_index, dtype=episodes.dtype)])
+    return (len(old), written), episodes
+
+
+T = TypeVar("T")
+
+
+class RunWriter:
+    """The table writes of one run of episodes, committed as one version.
+
+    Every open of a Deeplake 4.7 table replays its whole version log (~0.2 ms per commit, more with
+    large log entries), and a commit's own cost grows with the commits before it, so one commit per
+    episode made every open, ``info``, replace and loader grow with the number of episodes written
+    (docs/benchmarks.md, "Table size"). A run's episodes are decoded in parallel threads; their
+    writes go, one at a time, through this writer's own thread, which takes the table's write
+    lease at the run's first write and keeps it until :meth:`commit`. Nothing is visible before
+    the commit, and a process that dies before it leaves the previous version (Deeplake drops
+    uncommitted writes); the caller records results only after it. Deeplake streams appended
+    chunks to storage, so uncommitted rows do not accumulate in memory (measured: 30 uncommitted
+    episodes of 3x200 480x640 JPEGs, 169 MB RSS; committing each, 262-347 MB).
+
+    A write that raises part-way cannot be undone on its own: the run's uncommitted writes are
+    rolled back with it, and the episodes concerned are listed in :attr:`lost`.
+    """
+
+    def __init__(self, url: str, image_format: str, metadata: Mapping[str, Any]) -> None:
+        self.url, self._image_format, self._metadata = url, image_format, dict(metadata)
+        self._thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="table-writer")
+        self._lease, self._leased = ExitStack(), False
+        self.ds: deeplake.Dataset | None = None
+        self._episodes: np.ndarray | None = None  # the episode_index column as self.ds sees it
+        self._pending: list[int] = []
+        self._replaced = False  # rows were deleted since the last commit: the indexes need recreating
+        #: Episodes whose written rows were rolled back because a later write of the run failed.
+        self.lost: list[int] = []
+
+    def __enter__(self) -> "RunWriter":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        try:
+            self._thread.submit(self._close).result()
+        finally:
+            self._thread.shutdown()
+
+    def replace(
+        self,
+        meta: DatasetMeta,
+        episode_index: int,
+        rows: Mapping[str, Any],
+        data_version: str,
+        prepare: Callable[[deeplake.Dataset, dict[str, Any]], tuple[dict[str, Any], T]],
+    ) -> tuple[int, int, T]:
+        """Replace one episode's rows (``prepare(ds, rows)`` first gives the rows to write and a value
+        returned with the counts), in turn with the run's other episodes; not committed yet.
+        Returns ``(rows_deleted, rows_written, prepared value)``."""
+        return self._thread.submit(self._replace, meta, episode_index, rows, data_version, prepare).result()
+
+    def _replace(self, meta: DatasetMeta, episode_index: int, rows: Mapping[str, Any], data_version: str,
+                 prepare: Callable[[deeplake.Dataset, dict[str, Any]], tuple[dict[str, Any], T]]) -> tuple[int, int, T]:
+        if not self._leased:
+            self._lease.enter_context(write_lock(self.url))
+            self._leased = True
+        if self.ds is None:  # at the first write, and again after a rollback (which undid what the open added)
+            self.ds = open_table(self.url, meta, self._image_format)
+        try:
+            set_table_metadata(self.ds, **self._metadata)
+            prepared, value = prepare(self.ds, dict(rows))
+            (deleted, written), self._episodes = replace_episode(
+                self.ds, episode_index, prepared, data_version, self._episodes)
+        except BaseException:
+            self.ds.rollback()
+            self.lost += [*self._pending, episode_index]
+            self._pending, self._episodes, self.ds = [], None, None
+            raise
+        self._pending.append(episode_index)
+        self._replaced |= bool(deleted)
+        return deleted, written, value
+
+    @property
+    def pending(self) -> list[int]:
+        """The episodes written since the last commit (to name them in its message)."""
+        return list(self._pending)
+
+    def commit(self, message: str) -> tuple[list[int], str | None]:
+        """Commit the episodes written since the last commit in one version, then release the lease;
+        return them and the version committed (None when nothing was written). When rows were replaced, the indexes are recreated in the same commit
+        (Deeplake's miss rows after deletes: :func:`refresh_indexes`)."""
+        return self._thread.submit(self._commit, message).result()
+
+    def _commit(self, message: str) -> tuple[list[int], str | None]:
+        done, self._pending, version = self._pending, [], None
+        if done and self.ds is not None:
+            try:
+                if self._replaced:
+                    refreshed = refresh_indexes(self.ds)
+                    message += f"; indexes of {refreshed} recreated" if refreshed else ""
+                check_held()
+                self.ds.commit(message)
+                version = self.ds.version
+            except BaseException:
+                self.ds.rollback()
+                self.lost += done
+                raise
+        self._replaced = False
+        self._lease.close()
+        self._leased = False
+        return done, version
+
+    def _close(self) -> None:
+        if self.ds is not None and self._pending:  # a run that ends without its commit
+            self.ds.rollback()
+            self._pending = []
+        self._lease.close()
+        self._leased = False
 
 
 @dataclass(frozen=True)

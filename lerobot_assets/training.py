@@ -18,6 +18,7 @@ shared across a ``fork``.
 
 from __future__ import annotations
 
+import functools
 import logging
 import math
 import os
@@ -227,7 +228,8 @@ class SnapshotDataset(torch.utils.data.Dataset):
         metadata = table_metadata(ds)
         schema = {column.name: str(column.dtype) for column in ds.schema.columns}
         cameras = [name for name, dtype in schema.items() if dtype.startswith("kind=image")]
-        features = [name for name in schema if name not in cameras and name not in INDEX_DTYPES and name != "task"]
+        internal = {*INDEX_DTYPES, "task", stats.STATS_COLUMN}
+        features = [name for name in schema if name not in cameras and name not in internal]
         if columns is not None:
             unknown = sorted(set(columns) - set(cameras) - set(features))
             if unknown:
@@ -271,13 +273,22 @@ class SnapshotDataset(torch.utils.data.Dataset):
             selected &= np.isin(sorted_index, _query_index(ds, query))
         self._samples = np.flatnonzero(selected)  # positions in the sorted order
         self.episodes: list[int] = np.unique(sorted_episode[self._samples]).tolist()
-        self.stats: stats.Stats | None = stats.load_stats(ds, sorted_episode[firsts].tolist())
+        # each episode's first row in the table, for the stats (read when asked for: :attr:`stats`)
+        self._first_rows = (sorted_episode[firsts], self._order[firsts])
         self._ds: Any = None
         self._ds_pid = -1
         self._held: tuple[int, dict[tuple[int, ...], _WindowReads]] = (0, {})  # (pid, reads by window)
 
     def __len__(self) -> int:
         return len(self._samples)
+
+    @functools.cached_property
+    def stats(self) -> stats.Stats | None:
+        """LeRobot-style normalization stats of the snapshot's episodes, stored with the rows at this
+        tag (None if the ingest stored none). Read and aggregated at first use, not at construction:
+        that reads every episode's stats (~10 KB of JSON each)."""
+        episodes, rows = self._first_rows
+        return stats.load_stats(self._table(), dict(zip(episodes.tolist(), rows.tolist())))
 
     @property
     def num_frames(self) -> int:

@@ -21,32 +21,21 @@ from lerobot_assets.launch import info, ingest, snapshot
 from lerobot_assets.synthetic import generate_dataset, shift_actions
 from lerobot_assets.table import episode_versions, open_read_only
 
-# Runs a real ingest in a child process, through the real Deeplake table, but pauses at the commit that
-# follows an episode's delete + append, so the test can SIGKILL it at the worst moment.
+# Runs a real ingest in a child process, through the real Deeplake table, but pauses at the run's commit
+# (after its episodes' deletes + appends), so the test can SIGKILL it at the worst moment.
 # Arguments: source, home, marker file[, tables root].
 _KILLABLE_INGEST = textwrap.dedent(
     """
     import sys, time
-    import lerobot_assets.assets as assets
+    import lerobot_assets.table as table
     from lerobot_assets.launch import ingest
 
-    real_replace = assets.replace_episode
+    def pausing_commit(self, message):
+        with open(sys.argv[3], "w") as marker:
+            marker.write(str(len(self.ds)))
+        time.sleep(600)
 
-    class PausingAtCommit:
-        def __init__(self, ds):
-            self._ds = ds
-        def __getattr__(self, name):
-            return getattr(self._ds, name)
-        def __getitem__(self, key):
-            return self._ds[key]
-        def __len__(self):
-            return len(self._ds)
-        def commit(self, message=None):
-            with open(sys.argv[3], "w") as marker:
-                marker.write(str(len(self._ds)))
-            time.sleep(600)
-
-    assets.replace_episode = lambda ds, *a, **k: real_replace(PausingAtCommit(ds), *a, **k)
+    table.RunWriter._commit = pausing_commit
     ingest(sys.argv[1], name="robot", home=sys.argv[2], tables=(sys.argv[4:] or [None])[0], workers=1)
     """
 )
@@ -73,7 +62,10 @@ def _rows(url: str) -> dict[str, np.ndarray]:
     return out
 
 
-def test_sigkill_during_episode_write_keeps_last_commit(tmp_path: Path) -> None:
+@pytest.mark.parametrize("changed", [[1], [0, 2]], ids=["one episode", "two episodes of one run"])
+def test_sigkill_during_episode_write_keeps_last_commit(tmp_path: Path, changed: list[int]) -> None:
+    """A run's episodes are committed together: killed before that commit, none of them is visible,
+    and the next run writes them all."""
     source = generate_dataset(tmp_path / "src", episode_lengths=(20, 25, 15), cameras=("front",), codec="libx264",
                               episodes_per_file=1)
     home = tmp_path / "home"
@@ -81,8 +73,9 @@ def test_sigkill_during_episode_write_keeps_last_commit(tmp_path: Path) -> None:
     snapshot("robot", tag="before", home=home)
     before = info("robot", home=home)
     old_actions = _rows(before["table"])["action"]
+    commits = len(open_read_only(before["table"]).history)
 
-    shift_actions(source, [1])  # upstream change: episode 1 must be replaced (delete + append + commit)
+    shift_actions(source, changed)  # upstream change: these episodes must be replaced (delete + append, one commit)
     marker = tmp_path / "at-commit"
     log = (tmp_path / "child.log").open("w")  # a file, not a pipe: a full pipe would block the child
     child = subprocess.Popen(
@@ -91,7 +84,7 @@ def test_sigkill_during_episode_write_keeps_last_commit(tmp_path: Path) -> None:
     )
     try:
         _wait_for(marker, child)
-        assert int(marker.read_text()) == sum((20, 25, 15))  # deleted 25 rows and appended 25, uncommitted
+        assert int(marker.read_text()) == sum((20, 25, 15))  # each changed episode deleted and appended, uncommitted
     finally:
         os.killpg(child.pid, signal.SIGKILL)
         child.wait(timeout=30)
@@ -109,11 +102,13 @@ def test_sigkill_during_episode_write_keeps_last_commit(tmp_path: Path) -> None:
     assert done.returncode == 0, done.stderr
     assert instance.get_run_by_id(killed.run_id).status == DagsterRunStatus.FAILURE
     rerun = json.loads(done.stdout.strip().splitlines()[-1])
-    assert rerun["materialized"] == [1] and rerun["rows"] == before["rows"]
+    assert rerun["materialized"] == changed and rerun["rows"] == before["rows"]
     new_actions = _rows(rerun["table"])["action"]
     episode = _rows(rerun["table"])["episode_index"]
-    assert np.allclose(new_actions[episode == 1], old_actions[episode == 1] + 1.0)
-    assert np.array_equal(new_actions[episode != 1], old_actions[episode != 1])
+    shifted = np.isin(episode, changed)
+    assert np.allclose(new_actions[shifted], old_actions[shifted] + 1.0)
+    assert np.array_equal(new_actions[~shifted], old_actions[~shifted])
+    assert len(open_read_only(rerun["table"]).history) == commits + 1  # the rerun's one commit
 
 
 def test_a_table_being_created_holds_no_recorded_episode(tmp_path: Path) -> None:

@@ -134,9 +134,11 @@ def test_sensor_requests_exactly_the_changed_episodes(tmp_path: Path) -> None:
     written = _table_metadata(_run(instance, home, "ingest_episodes", tags=dict(result.run_requests[0].tags)), "gen")
     assert written == {0: True, 1: False, 2: True, 3: False, 4: True}
     ds = open_read_only(str(home / "tables" / "gen"))
+    # one commit per run: the first ingest's, then this run's (the two replaced episodes, indexes recreated)
     assert [c.message.split(" at ")[0] for c in ds.history][-3:] == [
-        "ingest gen episode 1", "ingest gen episode 3", "recreate indexes after replacing episodes [1, 3]"
+        "create table for dataset gen", "ingest gen episodes 0-4", "ingest gen episodes [1, 3]"
     ]
+    assert ds.history[len(ds.history) - 1].message.endswith("recreated")
     assert tick(cursor).run_requests == []  # no new commit: nothing to do
 
 
@@ -205,6 +207,7 @@ def test_materializing_every_partition_rewrites_only_changed_episodes(tmp_path: 
     ds = open_read_only(first["table"])
     assert ds.version != first["version"]
     messages = [c.message for c in ds.history]
-    assert messages[-2].startswith("ingest gen episode 2 at revision")
-    assert messages[-1] == "recreate indexes after replacing episodes [2]"
+    # one commit for the run: episode 2's rows and the indexes recreated after its delete
+    assert messages[-1].startswith("ingest gen episodes [2] at revision") and messages[-1].endswith("recreated")
+    assert messages[-2].startswith("ingest gen episodes 0-4 at revision")
     assert len(ds) == sum(LENGTHS)

@@ -181,7 +181,8 @@ def test_an_episode_written_twice_is_repaired_by_replacing_it(source: Path, seri
     ds.commit("episodes 2 and 3 again, as unleased writers left them")
     assert _duplicates(url) == LENGTHS[2] + LENGTHS[3]
     for index, rows in copies.items():
-        assert replace_episode(ds, index, rows, f"re-ingest episode {index}") == (2 * LENGTHS[index], LENGTHS[index])
+        assert replace_episode(ds, index, rows)[0] == (2 * LENGTHS[index], LENGTHS[index])
+        ds.commit(f"re-ingest episode {index}")
     assert _duplicates(url) == 0
     rows = _rows(url)
     for name in serial:

@@ -248,7 +248,8 @@ def _label_then_reingest(state: dict, *, labelled: int, branch: str, reingested:
 def _reingest_episode(url: str, index: int) -> None:
     """Replace episode ``index``'s rows with copies of themselves, as a re-ingest does."""
     ds = open_writable(url)
-    replace_episode(ds, index, episode_copy(ds, index), f"re-ingest episode {index}")
+    replace_episode(ds, index, episode_copy(ds, index))
+    ds.commit(f"re-ingest episode {index}")
 
 
 def episode_copy(ds: deeplake.Dataset, index: int) -> dict:

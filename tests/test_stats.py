@@ -16,6 +16,7 @@ import pytest
 from lerobot_assets.codec import encode_image
 from lerobot_assets.lerobot_format import read_dataset, read_episode_telemetry
 from lerobot_assets.stats import (
+    STATS_COLUMN,
     aggregate_stats,
     channel_counts,
     episode_stats,
@@ -23,8 +24,8 @@ from lerobot_assets.stats import (
     load_stats,
     sample_indices,
     stats_from_json,
+    stats_cells,
     stats_to_json,
-    store_episode_stats,
 )
 from lerobot_assets.synthetic import render_frame
 from lerobot_assets.video import decode_episode
@@ -191,24 +192,35 @@ def test_stored_stats_follow_the_table_versions(tmp_path: Path) -> None:
     second = episode_stats({"x": np.arange(5.0) + 3}, {})
     ds = deeplake.create(str(tmp_path / "table"))
     ds.add_column("episode_index", deeplake.types.Int64())
-    store_episode_stats(ds, 0, first)
-    ds.append({"episode_index": [0] * 10})
+    ds.add_column(STATS_COLUMN, deeplake.types.Text())
+    ds.append({"episode_index": [0] * 10, STATS_COLUMN: stats_cells(first, 10)})
     ds.commit("episode 0")
     ds.tag("one")
-    store_episode_stats(ds, 4, second)
-    ds.append({"episode_index": [4] * 5})
-    ds.commit("episode 4")
-    combined = load_stats(ds, [0, 4])
+    ds.append({"episode_index": [4] * 5, STATS_COLUMN: stats_cells(second, 5)})
+    ds.append({"episode_index": [5] * 2, STATS_COLUMN: stats_cells(None, 2)})
+    ds.commit("episodes 4 and 5")
+    combined = load_stats(ds, {0: 0, 4: 10})
     assert combined is not None
     for name, value in aggregate_stats([first, second])["x"].items():
         assert np.array_equal(combined["x"][name], value), name
-    assert load_stats(ds, [0, 4, 5]) is None  # an episode without stats: no partial numbers
+    assert load_stats(ds, {0: 0, 4: 10, 5: 15}) is None  # an episode without stats: no partial numbers
     at_tag = ds.tags["one"].open()
-    assert load_stats(at_tag, [0]) is not None and load_stats(at_tag, [0, 4]) is None  # versioned with the rows
-    store_episode_stats(ds, 4, None)
-    ds.commit("episode 4 removed")
-    assert load_stats(ds, [4]) is None
+    assert load_stats(at_tag, {0: 0}) is not None  # versioned with the rows
     assert stats_from_json(stats_to_json(first))["x"]["q99"].tolist() == first["x"]["q99"].tolist()
+
+
+def test_stats_of_tables_written_before_the_stats_column(tmp_path: Path) -> None:
+    """Tables written before the stats column kept them as column metadata, one key per episode: still read."""
+    first = episode_stats({"x": np.arange(10.0)}, {})
+    ds = deeplake.create(str(tmp_path / "table"))
+    ds.add_column("episode_index", deeplake.types.Int64())
+    ds["episode_index"].metadata["episode_stats/0"] = json.dumps(stats_to_json(first))
+    ds.append({"episode_index": [0] * 10})
+    ds.commit("episode 0, as written before")
+    assert load_stats(ds, {0: 0})["x"]["mean"].tolist() == first["x"]["mean"].tolist()
+    ds.add_column(STATS_COLUMN, deeplake.types.Text())  # what the next write adds (open_table)
+    ds.commit("column added")
+    assert load_stats(ds, {0: 0})["x"]["mean"].tolist() == first["x"]["mean"].tolist()
 
 
 def test_package_imports_without_torch() -> None:
