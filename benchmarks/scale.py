@@ -41,7 +41,8 @@ from pathlib import Path
 import numpy as np
 
 from lerobot_assets.codec import encode_image
-from lerobot_assets.home import DatasetSource, Home
+from lerobot_assets.home import Home
+from lerobot_assets.registry import DatasetSource, registry_of
 from lerobot_assets.lerobot_format import read_dataset
 from lerobot_assets.assets import EPISODES_PER_RUN
 from lerobot_assets.stats import STATS_COLUMN, episode_stats, stats_cells
@@ -186,7 +187,7 @@ def table_scale(root: Path, rows: int, episode_rows: int, repeat: int) -> dict[s
     meta = read_dataset(template, name=NAME)
     home = Home.at(root / "home")
     url = table_url(home.tables, NAME)
-    home.register(DatasetSource(name=NAME, source=str(template), kind="local", table=url))
+    registry_of(home).register(DatasetSource(name=NAME, source=str(template), kind="local", table=url))
     jpeg = encode_image(render_frame(0, 0, 48, 64))
     sizes = sorted({s for s in SIZES if s < rows} | {rows})
     figures: dict[str, dict[str, dict[str, float]]] = {}

@@ -53,7 +53,8 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from lerobot_assets.home import DatasetSource, Home
+from lerobot_assets.home import Home
+from lerobot_assets.registry import DatasetSource, registry_of
 from lerobot_assets.launch import info, ingest, open_snapshot, snapshot
 from lerobot_assets.lerobot_format import DatasetMeta, read_dataset, read_episode_telemetry
 from lerobot_assets.synthetic import generate_dataset
@@ -383,7 +384,7 @@ def grown(home: Path, times: int, workdir: Path, s3: S3Server | None = None) -> 
                 client.put_object(Bucket=s3.bucket, Key=f"grown_x{times}/{NAME}/{path.relative_to(table)}",
                                   Body=path.read_bytes())
     out = workdir / f"home_x{times}{'' if s3 is None else '_s3'}"
-    Home.at(out).register(DatasetSource(NAME, str(workdir / "source"), "local", url))
+    registry_of(Home.at(out)).register(DatasetSource(NAME, str(workdir / "source"), "local", url))
     return out
 
 

@@ -24,6 +24,7 @@ from torch.utils.data import DataLoader
 
 from lerobot_assets.errors import LeRobotAssetsError
 from lerobot_assets.home import Home, default_home
+from lerobot_assets.registry import registry_of
 from lerobot_assets.table import open_read_only
 from lerobot_assets.training import SnapshotDataset, collate
 
@@ -33,7 +34,7 @@ IMAGE_SIZE = (12, 16)
 
 def latest_tag(dataset: str, home: Path) -> str:
     """The tag on the newest version of ``dataset``'s table (the last ``lerobot-assets snapshot``)."""
-    ds = open_read_only(Home(home).dataset_source(dataset).table)
+    ds = open_read_only(registry_of(Home(home)).dataset_source(dataset).table)
     names = list(ds.tags.names())
     if not names:
         raise LeRobotAssetsError(f"dataset {dataset!r} has no snapshot yet; run `lerobot-assets snapshot {dataset}`")

@@ -61,9 +61,11 @@ from lerobot_assets.partitions import asset_prefix, dataset_asset_key, episode_k
 from lerobot_assets.preview import plot_series, png_markdown, thumbnails_markdown
 from lerobot_assets.relabel import describe_reapplied, episode_labels, reapply_labels
 from lerobot_assets.resources import HubResource, ImageEncodingResource, StorageResource
-from lerobot_assets.source import pin
-from lerobot_assets.staging import StagedFrames, read_frames, staging_path, write_frames
+from lerobot_assets.lease import hold
+from lerobot_assets.source import pin, pin_revision
+from lerobot_assets.staging import StagedFrames, read_frames, staging_folder, staging_url, write_frames
 from lerobot_assets.stats import STATS_COLUMN, episode_stats, stats_cells
+from lerobot_assets.store import delete_object
 from lerobot_assets.table import (
     build_indexes,
     check_table_fits,
@@ -132,7 +134,7 @@ def _episode_meta(episode_metadata: dict[str, Any], episode: _Episode) -> Datase
             f"dataset {episode.dataset!r} has no episode {episode.index} at revision {episode_metadata['revision'][:12]} "
             f"(it has {len(episode_metadata['episodes'])} episodes); materialize episode_metadata first"
         )
-    return _pinned_meta(episode_metadata["path"], episode.dataset)
+    return _pinned_meta(episode_metadata["pinned_copy"], episode.dataset)
 
 
 @functools.lru_cache(maxsize=8)
@@ -143,8 +145,15 @@ def _pinned_meta(path: str, dataset: str) -> DatasetMeta:
     return read_dataset(path, dataset)
 
 
+def _pinned_copy(dataset: str, revision: str, storage: StorageResource, hub: HubResource) -> str:
+    """This machine's copy of ``dataset`` at ``revision``: a run may land on a machine that has not
+    pinned it yet, and pins it then (asset values hold no local path)."""
+    source = storage.registry.dataset_source(dataset)
+    return str(pin_revision(source, revision, storage.home.sources(dataset), hub.settings()).path)
+
+
 def _pin_source(context: AssetExecutionContext, dataset: str, storage: StorageResource, hub: HubResource) -> Output[dict]:
-    source = storage.home.dataset_source(dataset)
+    source = storage.registry.dataset_source(dataset)
     context.log.info(f"pinning {source.kind} source {source.source!r} (revision {source.revision or 'latest'})")
     snapshot = pin(source, storage.home.sources(dataset), hub.settings())
     context.log.info(f"{dataset}: revision {snapshot.revision}, {snapshot.files} files, {snapshot.bytes} bytes")
@@ -153,7 +162,6 @@ def _pin_source(context: AssetExecutionContext, dataset: str, storage: StorageRe
         "source": source.source,
         "kind": source.kind,
         "revision": snapshot.revision,
-        "path": str(snapshot.path),
         "bytes": snapshot.bytes,
     }
     return Output(
@@ -164,17 +172,21 @@ def _pin_source(context: AssetExecutionContext, dataset: str, storage: StorageRe
             "files": snapshot.files,
             "bytes": snapshot.bytes,
             "bytes_hashed": snapshot.hashed_bytes,
-            # not "path": Dagster's IO manager writes its own "path" (where it pickled the value)
-            "pinned_copy": MetadataValue.path(str(snapshot.path)),
+            "pinned_copy": MetadataValue.path(str(snapshot.path)),  # on the machine that pinned it
         },
         data_version=DataVersion(snapshot.revision),
     )
 
 
 def _read_metadata(
-    context: AssetExecutionContext, dataset: str, hf_snapshot: dict, storage: StorageResource, encoding: ImageEncodingResource
+    context: AssetExecutionContext,
+    dataset: str,
+    hf_snapshot: dict,
+    storage: StorageResource,
+    hub: HubResource,
+    encoding: ImageEncodingResource,
 ) -> Output[dict]:
-    meta = read_dataset(hf_snapshot["path"], dataset)
+    meta = read_dataset(_pinned_copy(dataset, hf_snapshot["revision"], storage, hub), dataset)
     if meta.empty_episodes:
         context.log.warning(
             f"{dataset}: skipping episodes {list(meta.empty_episodes)}: meta/ lists them with 0 frames, nothing to store"
@@ -294,7 +306,11 @@ def _episode_assets(dataset: str, keys: _Keys) -> AssetsDefinition:
         can_subset=True,
     )
     def episode_assets(
-        context: AssetExecutionContext, episode_metadata: dict, storage: StorageResource, encoding: ImageEncodingResource
+        context: AssetExecutionContext,
+        episode_metadata: dict,
+        storage: StorageResource,
+        hub: HubResource,
+        encoding: ImageEncodingResource,
     ) -> Iterator[Event]:
         """The three per-episode assets of a range of episodes in one step, so frames go from the
         decoder to the table in memory.
@@ -305,6 +321,8 @@ def _episode_assets(dataset: str, keys: _Keys) -> AssetsDefinition:
         (a small parquet slice), so nothing passes through an IO manager.
         """
         episodes = [_Episode(dataset, int(key), keys) for key in context.partition_keys]
+        pinned_copy = _pinned_copy(dataset, episode_metadata["revision"], storage, hub)
+        episode_metadata = {**episode_metadata, "pinned_copy": pinned_copy}  # this machine's
         results = _run_episodes(context, episodes, episode_metadata, storage, encoding)
         failed = {e: error for e, (error, _) in results.items() if error}
         if failed:  # nothing is recorded for a failed run: the whole range is retried (unchanged episodes cheaply)
@@ -314,8 +332,9 @@ def _episode_assets(dataset: str, keys: _Keys) -> AssetsDefinition:
             )
         # Dagster records the inputs of an asset computed in the same step as the latest materialization
         # of that upstream asset in any partition; recording this run's results back to back, while
-        # no other run records its own, keeps that the materialization of these partitions.
-        with storage.home.events_lock():
+        # no other run of the dataset (on any machine) records its own, keeps that the materialization
+        # of these partitions: a lease beside the table, apart from its write lease.
+        with hold(f"{storage.table_url(dataset)}#events"):
             if len(episodes) == 1:
                 yield from _selected(context, results[episodes[0]][1])
             else:
@@ -454,11 +473,11 @@ def _episode_events(
         return events
     if recorded.get(index) == version.value:
         return [*events, _unchanged_events(context, episode, storage, episode_metadata, version)]
-    staged_at = staging_path(storage.home.staging(episode.dataset), index)
+    staged_at = staging_url(staging_folder(storage.home.tables, episode.dataset), index)
     staged = None if keys.frames in selected else read_frames(staged_at)
     decoded = None
     if staged is not None and (staged.fingerprint, staged.frame_index) == (fingerprint, telemetry["frame_index"].to_pylist()):
-        context.log.info(f"{episode}: using the frames staged in {str(staged_at)!r}")
+        context.log.info(f"{episode}: using the frames staged in {staged_at!r}")
     else:
         if keys.frames not in selected:
             context.log.info(f"{episode}: no staged frames for these inputs; decoding them")
@@ -468,10 +487,10 @@ def _episode_events(
         events += _frames_events(keys, meta, telemetry, decoded, version, encoding, preview)
     if keys.table in selected:
         events.append(_table_events(context, episode, meta, episode_metadata, telemetry, staged, version, storage, writer, preview))
-        staged_at.unlink(missing_ok=True)
+        delete_object(staged_at)
     else:
         write_frames(staged_at, staged)
-        context.log.info(f"{episode}: frames staged in {str(staged_at)!r} for deeplake_table")
+        context.log.info(f"{episode}: frames staged in {staged_at!r} for deeplake_table")
     return events
 
 
@@ -745,7 +764,11 @@ def dataset_assets(dataset: str) -> DatasetAssets:
         kinds={"json", "parquet"},
     )
     def episode_metadata(
-        context: AssetExecutionContext, hf_snapshot: dict, storage: StorageResource, encoding: ImageEncodingResource
+        context: AssetExecutionContext,
+        hf_snapshot: dict,
+        storage: StorageResource,
+        hub: HubResource,
+        encoding: ImageEncodingResource,
     ) -> Output[dict]:
         """``meta/`` of the pinned dataset, checked: episodes, tasks, cameras, and a fingerprint of every episode's inputs.
 
@@ -755,7 +778,7 @@ def dataset_assets(dataset: str) -> DatasetAssets:
         rows of episodes that are gone at this revision: whichever path reads a new revision (the
         CLI, the UI, the sensor) removes them.
         """
-        return _read_metadata(context, dataset, hf_snapshot, storage, encoding)
+        return _read_metadata(context, dataset, hf_snapshot, storage, hub, encoding)
 
     @asset(key=keys.training, deps=[keys.table], code_version=CODE_VERSION, group_name=TRAINING_GROUP, kinds={"deeplake"})
     def training_snapshot(context: AssetExecutionContext, config: SnapshotConfig, storage: StorageResource) -> MaterializeResult:

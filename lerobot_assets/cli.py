@@ -15,7 +15,8 @@ from pathlib import Path
 from typing import Any
 
 from lerobot_assets.errors import LeRobotAssetsError
-from lerobot_assets.home import HOME_ENV, Home, default_home
+from lerobot_assets.home import HOME_ENV, TABLES_ENV, Home, default_home
+from lerobot_assets.registry import registry_of
 
 log = logging.getLogger("lerobot_assets")
 
@@ -37,7 +38,6 @@ def cmd_ingest(args: argparse.Namespace) -> dict[str, Any]:
         revision=args.revision,
         episodes=parse_episodes(args.episodes) if args.episodes else None,
         home=_home(args),
-        tables=args.tables,
         image_format=args.image_format,
         quality=args.quality,
         workers=args.workers,
@@ -78,7 +78,7 @@ def cmd_query(args: argparse.Namespace) -> dict[str, Any]:
     """Run TQL on a table (head or ``--tag``); print a text table unless ``--json``."""
     from lerobot_assets.query import open_view, run_query
 
-    table = Home(_home(args)).dataset_source(args.name).table
+    table = registry_of(Home(_home(args))).dataset_source(args.name).table
     rows = run_query(open_view(table, args.tag), args.tql, limit=args.limit)
     if not args.json:
         columns = list(rows[0]) if rows else []
@@ -115,6 +115,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--home", help=f"home directory (default: ${HOME_ENV}, else ./.lerobot_assets)")
+    common.add_argument(
+        "--tables",
+        help=f"tables root: where tables and the dataset registry live, a local path or s3://... "
+        f"(default: ${TABLES_ENV}, else <home>/tables)",
+    )
     common.add_argument("-q", "--quiet", action="store_true", help="only warnings and the JSON result")
     sub = parser.add_subparsers(dest="command", required=True)
 
@@ -126,7 +131,6 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--name", help="dataset name (default: derived from the source)")
     p.add_argument("--revision", help="Hub branch, tag or commit sha (default: latest)")
     p.add_argument("--episodes", help="subset of episodes, e.g. 0,3,7-9")
-    p.add_argument("--tables", help="where tables live: a local path or s3://... (default: <home>/tables)")
     p.add_argument("--image-format", choices=("jpeg", "png"), default="jpeg")
     p.add_argument("--quality", type=int, default=95, help="JPEG quality (default 95)")
     p.add_argument("--workers", type=int, metavar="K", help="episodes a run decodes at once, in threads (default: CPU count)")
@@ -199,6 +203,8 @@ def main(argv: list[str] | None = None) -> int:
     log.setLevel(logging.WARNING if args.quiet else logging.INFO)  # Dagster's console follows it (launch._quiet)
     for noisy in ("alembic", "urllib3", "httpx", "filelock"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
+    if args.tables:  # every command, and what it starts (dagster dev), uses this tables root
+        os.environ[TABLES_ENV] = args.tables
     try:
         result = args.func(args)
     except LeRobotAssetsError as exc:

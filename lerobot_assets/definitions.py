@@ -15,7 +15,8 @@ from lerobot_assets.assets import dataset_assets
 from lerobot_assets.home import Home, default_home
 from lerobot_assets.partitions import job_name
 from lerobot_assets.relabel_assets import label_assets
-from lerobot_assets.resources import HubResource, ImageEncodingResource, StorageResource, io_manager
+from lerobot_assets.registry import registry_of
+from lerobot_assets.resources import HubResource, ImageEncodingResource, StorageResource, TablesIOManager
 from lerobot_assets.sensors import upstream_revision_sensor
 
 #: Job use -> what its runs do.
@@ -63,6 +64,6 @@ RESOURCES = {
     "storage": StorageResource(),
     "hub": HubResource(),
     "encoding": ImageEncodingResource(),
-    "io_manager": io_manager(HOME),
+    "io_manager": TablesIOManager(root=HOME.tables),
 }
-defs = build_definitions(RESOURCES, [source.name for source in HOME.registered()])
+defs = build_definitions(RESOURCES, [source.name for source in registry_of(HOME).registered()])

@@ -1,34 +1,30 @@
-"""The lerobot-assets home directory, dataset names, and the registry of dataset sources.
+"""The lerobot-assets home directory and dataset names.
 
-One directory holds everything a deployment keeps locally::
+A home holds what one machine keeps for itself, caches it can rebuild::
 
-    <home>/dagster/          DAGSTER_HOME: runs, materializations, partitions (SQLite)
-    <home>/tables/<name>     one Deeplake table per dataset (unless tables live at an s3:// or gs:// URL)
-    <home>/sources/<name>/   local copies of each dataset pinned to a revision, and in .records/ what
-                             each copy holds and cached file hashes (only to avoid re-reading files)
-    <home>/staging/<name>/   per-episode decoded frames, kept when decoded_camera_frames runs alone
-    <home>/datasets/<name>.json   where each registered dataset comes from
-    <home>/locks/            the lock episode runs of this home hold while recording their results
+    <home>/dagster/          the embedded Dagster instance (SQLite), used unless $DAGSTER_HOME names a deployment's
+    <home>/sources/<name>/   this machine's copies of each dataset pinned to a revision, and in .records/
+                             what each copy holds and cached file hashes (only to avoid re-reading files)
+    <home>/errors/<name>/    the full lists of problems an error line could only summarize
+    <home>/tables/           the default tables root (see :attr:`Home.tables`)
 
-The home is ``$LEROBOT_ASSETS_HOME`` if set, else ``./.lerobot_assets``.
+What runs share lives under the tables root, beside the tables (:mod:`lerobot_assets.store`): the
+registry, asset values, staged frames and write leases. The home is ``$LEROBOT_ASSETS_HOME`` if
+set, else ``./.lerobot_assets``.
 """
 
 from __future__ import annotations
 
-import json
 import os
 import re
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
-
-from filelock import FileLock
 
 from lerobot_assets.errors import LeRobotAssetsError
 
 HOME_ENV = "LEROBOT_ASSETS_HOME"
+TABLES_ENV = "LEROBOT_ASSETS_TABLES"
 DEFAULT_HOME = ".lerobot_assets"
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,99}")
 
@@ -61,77 +57,33 @@ def name_from_source(source: str) -> str:
 
 
 @dataclass(frozen=True)
-class DatasetSource:
-    """Where a registered dataset comes from: a Hub repo id or a local directory."""
-
-    name: str
-    source: str
-    kind: str  # "hub" or "local"
-    table: str  # Deeplake URL of the dataset's table
-    revision: str | None = None  # requested revision (branch, tag or sha); None = latest
-
-
-@dataclass(frozen=True)
 class Home:
     """Paths inside one lerobot-assets home directory."""
 
     root: Path
+    tables_root: str | None = None  # None: $LEROBOT_ASSETS_TABLES, else <home>/tables
 
     @classmethod
-    def at(cls, home: str | Path | None) -> "Home":
-        """The home at ``home``, or the default one (:func:`default_home`) when it is None or empty."""
-        return cls(Path(home) if home else default_home())
+    def at(cls, home: str | Path | None, tables: str | None = None) -> "Home":
+        """The home at ``home``, or the default one (:func:`default_home`) when it is None or empty;
+        its tables root is ``tables`` if given (see :attr:`tables`)."""
+        return cls(Path(home) if home else default_home(), str(tables) if tables else None)
 
     @property
     def dagster_home(self) -> Path:
         return self.root / "dagster"
 
     @property
-    def tables(self) -> Path:
-        return self.root / "tables"
+    def tables(self) -> str:
+        """The tables root: where the tables, the registry and what runs share live (a local path or an
+        ``s3://`` URL); ``--tables``, else ``$LEROBOT_ASSETS_TABLES``, else ``<home>/tables``."""
+        root = self.tables_root or os.environ.get(TABLES_ENV) or str(self.root / "tables")
+        return root.rstrip("/") if "://" in root else str(Path(root).absolute())
 
     def sources(self, name: str) -> Path:
         return self.root / "sources" / check_name(name)
-
-    def staging(self, name: str) -> Path:
-        return self.root / "staging" / check_name(name)
 
     def error_details(self, name: str) -> Path:
         """A new file for the full list of problems an error line of ``name`` can only summarize."""
         stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
         return self.root / "errors" / check_name(name) / f"{stamp}-{os.getpid()}.json"
-
-    @contextmanager
-    def events_lock(self) -> Iterator[None]:
-        """Held while an episode run records its materializations: a lock file of this home."""
-        path = self.root / "locks" / ".episode-events.lock"
-        path.parent.mkdir(parents=True, exist_ok=True)
-        with FileLock(str(path)):
-            yield
-
-    def _registry_file(self, name: str) -> Path:
-        return self.root / "datasets" / f"{check_name(name)}.json"
-
-    def register(self, source: DatasetSource) -> None:
-        """Remember where dataset ``source.name`` comes from (overwrites an earlier registration)."""
-        path = self._registry_file(source.name)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")  # per process: two ingests may register at once
-        tmp.write_text(json.dumps(asdict(source), indent=2))
-        tmp.replace(path)
-
-    def unregister(self, name: str) -> None:
-        """Forget dataset ``name`` (used when its first ingest fails, so nothing stays half-registered)."""
-        self._registry_file(name).unlink(missing_ok=True)
-
-    def dataset_source(self, name: str) -> DatasetSource:
-        path = self._registry_file(name)
-        if not path.is_file():
-            raise LeRobotAssetsError(
-                f"dataset {name!r} is not registered in {self.root}; run `lerobot-assets ingest SOURCE --name {name}`"
-            )
-        return DatasetSource(**json.loads(path.read_text()))
-
-    def registered(self) -> list[DatasetSource]:
-        folder = self.root / "datasets"
-        return [self.dataset_source(p.stem) for p in sorted(folder.glob("*.json"))] if folder.is_dir() else []

@@ -36,7 +36,7 @@ from tqdm.auto import tqdm
 from lerobot_assets.assets import EPISODES_PER_RUN
 from lerobot_assets.deployment import submit_job, submits, wait_for
 from lerobot_assets.errors import LeRobotAssetsError, bounded
-from lerobot_assets.home import DatasetSource, Home, check_name, name_from_source
+from lerobot_assets.home import Home, check_name, name_from_source
 from lerobot_assets.partitions import (
     asset_prefix,
     dataset_asset_key,
@@ -47,8 +47,11 @@ from lerobot_assets.partitions import (
     range_tags,
 )
 from lerobot_assets.relabel import describe_reapplied
-from lerobot_assets.resources import HubResource, ImageEncodingResource, StorageResource, io_manager
+from lerobot_assets.registry import DatasetSource, registry_of
+from lerobot_assets.resources import HubResource, ImageEncodingResource, StorageResource, TablesIOManager
 from lerobot_assets.source import classify_source
+from lerobot_assets.staging import staging_folder
+from lerobot_assets.store import delete_folder
 from lerobot_assets.table import open_read_only, open_tag, storage_report, summarize, table_url
 from lerobot_assets.versions import plan_changes, recorded_versions
 
@@ -75,6 +78,7 @@ class Settings:
     """What every run needs to rebuild its resources, also in a worker process."""
 
     home: Path
+    tables: str | None = None  # the tables root; None: $LEROBOT_ASSETS_TABLES, else <home>/tables
     image_format: str = "jpeg"
     quality: int = 95
     workers: int | None = None
@@ -90,10 +94,10 @@ class Settings:
 
     def resources(self) -> dict[str, Any]:
         return {
-            "storage": StorageResource(home_dir=str(self.home)),
+            "storage": StorageResource(home_dir=str(self.home), tables=self.tables),
             "hub": HubResource(),
             "encoding": ImageEncodingResource(image_format=self.image_format, quality=self.quality, workers=self.workers),
-            "io_manager": io_manager(Home(self.home)),
+            "io_manager": TablesIOManager(root=Home(self.home, self.tables).tables),
         }
 
 
@@ -156,8 +160,9 @@ def _definitions(settings: Settings, datasets: tuple[str, ...]) -> Definitions:
 
 
 def code_location(settings: Settings) -> Definitions:
-    """The definitions of every dataset registered in the home, as ``dagster dev`` loads them."""
-    return _definitions(settings, tuple(sorted(source.name for source in Home(settings.home).registered())))
+    """The definitions of every dataset registered under the tables root, as ``dagster dev`` loads them."""
+    registry = registry_of(Home(settings.home, settings.tables))
+    return _definitions(settings, tuple(sorted(source.name for source in registry.registered())))
 
 
 def run_job(
@@ -269,10 +274,10 @@ def _materialization(instance: DagsterInstance, outcome: Outcome, key: AssetKey)
 def users_paths(message: str, home: Home, name: str) -> str:
     """``message`` with each path inside the dataset's pinned copies (``<home>/sources/<name>/<revision>``,
     or a Hub snapshot there) replaced by the source the user gave: the user's file, not our copy of it."""
-    try:
-        source = home.dataset_source(name).source
-    except LeRobotAssetsError:
+    entry = registry_of(home).get(name)
+    if entry is None:
         return message
+    source = entry.source
     pins = home.sources(name)
     spellings = sorted({str(pins), str(pins.absolute()), str(pins.resolve())}, key=len, reverse=True)
     roots = "|".join(re.escape(p) for p in spellings)
@@ -309,38 +314,33 @@ def parse_episodes(spec: str) -> list[int]:
     return sorted(out)
 
 
-def register(
-    home: Home, source: str, name: str | None, revision: str | None, tables: str | None
-) -> tuple[DatasetSource, bool]:
-    """Record where dataset ``name`` comes from and where its table lives.
+def register(home: Home, source: str, name: str | None, revision: str | None) -> tuple[DatasetSource, bool]:
+    """Record where dataset ``name`` comes from and where its table lives, in the registry of the
+    home's tables root (a table registered earlier keeps its URL).
 
     Returns the entry and whether it is new.
     """
     kind = classify_source(source)
     location = str(Path(source).expanduser().resolve()) if kind == "local" else source
     name = check_name(name) if name is not None else name_from_source(source)
-    url = table_url(tables or home.tables, name)
-    try:
-        previous = home.dataset_source(name)
-    except LeRobotAssetsError:
-        previous = None
+    url = table_url(home.tables, name)
+    registry = registry_of(home)
+    previous = registry.get(name)
     if previous is not None:
         if previous.source != location:
             raise LeRobotAssetsError(
                 f"dataset {name!r} is already registered from {previous.source!r}; choose another --name"
             )
-        if tables is not None and previous.table != url:
-            raise LeRobotAssetsError(f"dataset {name!r} already has its table at {previous.table}; omit --tables")
         url = previous.table
     else:
         # (another process may have registered this very name meanwhile: a concurrent first ingest)
-        clash = [o.name for o in home.registered() if o.name != name and asset_prefix(o.name) == asset_prefix(name)]
+        clash = [o.name for o in registry.registered() if o.name != name and asset_prefix(o.name) == asset_prefix(name)]
         if clash:
             raise LeRobotAssetsError(
                 f"dataset name {name!r} and registered {clash[0]!r} are both {asset_prefix(name)!r} in Dagster; choose another --name"
             )
     entry = DatasetSource(name=name, source=location, kind=kind, table=url, revision=revision)
-    home.register(entry)
+    registry.register(entry)
     return entry, previous is None
 
 
@@ -361,9 +361,9 @@ def ingest(
 
     Returns the JSON-able result printed by ``lerobot-assets ingest``.
     """
-    home_ = Home.at(home)
-    settings = Settings(home_.root, image_format, quality, workers)
-    entry, new = register(home_, source, name, revision, tables)
+    home_ = Home.at(home, tables)
+    settings = Settings(home_.root, tables, image_format, quality, workers)
+    entry, new = register(home_, source, name, revision)
     try:
         return _ingest(settings, entry, episodes)
     except BaseException:
@@ -374,18 +374,18 @@ def ingest(
 
 def _forget(home: Home, name: str) -> None:
     """Unregister ``name`` and delete its episode partitions, pinned copies and staged frames."""
-    home.unregister(name)
+    registry_of(home).unregister(name)
     instance = dagster_instance(home)
     partitions = episode_partitions(name).name
     for key in instance.get_dynamic_partitions(partitions):
         instance.delete_dynamic_partition(partitions, key)
-    for path in (home.sources(name), home.staging(name)):
-        shutil.rmtree(path, ignore_errors=True)
+    shutil.rmtree(home.sources(name), ignore_errors=True)
+    delete_folder(staging_folder(home.tables, name))
 
 
 def _ingest(settings: Settings, entry: DatasetSource, episodes: Sequence[int] | None) -> dict[str, Any]:
     """The body of :func:`ingest` once the dataset is registered (which undoes a failed first one)."""
-    home_ = Home(settings.home)
+    home_ = Home(settings.home, settings.tables)
     instance = dagster_instance(home_)
     log.info("resolving %s (%s)", entry.source, entry.kind)
     outcome = _run(instance, settings, entry.name, "ingest_dataset")
@@ -506,13 +506,14 @@ def _failed_episodes(events: list[DagsterEvent], home: Home, dataset: str, batch
     return {int(key): message for key in batch}
 
 
-def snapshot(name: str, *, tag: str | None = None, home: str | Path | None = None) -> dict[str, Any]:
+def snapshot(name: str, *, tag: str | None = None, home: str | Path | None = None, tables: str | None = None) -> dict[str, Any]:
     """Materialize ``training_snapshot`` for ``name``: tag the table's current version."""
-    home_ = Home.at(home)
-    entry = home_.dataset_source(name)
+    home_ = Home.at(home, tables)
+    entry = registry_of(home_).dataset_source(name)
     op = dataset_asset_key(name, "training_snapshot").to_python_identifier()
     instance = dagster_instance(home_)
-    outcome = _run(instance, Settings(home_.root), name, "snapshot", run_config={"ops": {op: {"config": {"tag": tag}}}})
+    settings = Settings(home_.root, tables)
+    outcome = _run(instance, settings, name, "snapshot", run_config={"ops": {op: {"config": {"tag": tag}}}})
     values = _materialization(instance, outcome, dataset_asset_key(name, "training_snapshot"))
     return {
         "dataset": name,
@@ -524,10 +525,9 @@ def snapshot(name: str, *, tag: str | None = None, home: str | Path | None = Non
     }
 
 
-def info(name: str, *, home: str | Path | None = None) -> dict[str, Any]:
+def info(name: str, *, home: str | Path | None = None, tables: str | None = None) -> dict[str, Any]:
     """What the table of ``name`` holds at head, with its tags and source revision."""
-    home_ = Home.at(home)
-    entry = home_.dataset_source(name)
+    entry = registry_of(Home.at(home, tables)).dataset_source(name)
     summary = summarize(open_read_only(entry.table), entry.table)
     return {
         "dataset": name,
@@ -542,7 +542,6 @@ def info(name: str, *, home: str | Path | None = None) -> dict[str, Any]:
     }
 
 
-def open_snapshot(dataset: str, tag: str, home: str | Path | None = None):
+def open_snapshot(dataset: str, tag: str, home: str | Path | None = None, tables: str | None = None):
     """The read-only Deeplake dataset of ``dataset`` at ``tag``: the exact rows a training run used."""
-    home_ = Home.at(home)
-    return open_tag(home_.dataset_source(dataset).table, tag)
+    return open_tag(registry_of(Home.at(home, tables)).dataset_source(dataset).table, tag)

@@ -44,6 +44,7 @@ from pathlib import Path
 from typing import Any
 
 from lerobot_assets.errors import TableError
+from lerobot_assets.store import s3_client_for
 
 log = logging.getLogger(__name__)
 
@@ -196,11 +197,9 @@ class _S3Lease:
     """A lease object on S3, created, renewed, taken over and deleted by conditional requests."""
 
     def __init__(self, table: str, ttl: float) -> None:
-        from lerobot_assets.table import storage_creds
-
         bucket, _, key = lease_url(table).removeprefix("s3://").partition("/")
         self.table, self.bucket, self.key, self.ttl = table, bucket, key, ttl
-        self.client = _s3_client(storage_creds(table) or {})
+        self.client = s3_client_for(table)
         self.token = secrets.token_hex(8)
         self.since = 0.0
         self.etag = ""
@@ -296,31 +295,6 @@ class _S3Lease:
             raise TableError(f"the write lease {self.key!r} in bucket {self.bucket!r}: S3 answered {code}") from None
 
 
-_clients: dict[tuple[tuple[str, str], ...], Any] = {}
-_clients_lock = threading.Lock()
-
-
-def _s3_client(creds: dict[str, str]) -> Any:
-    """A boto3 S3 client for ``creds`` (the names :func:`storage_creds` returns), one per process."""
-    import boto3
-    from botocore.config import Config
-
-    key = tuple(sorted(creds.items()))
-    with _clients_lock:
-        if key not in _clients:
-            _clients[key] = boto3.client(
-                "s3",
-                # a renewal stuck in retries for minutes would outlive the lease it renews
-                config=Config(connect_timeout=5, read_timeout=10, retries={"max_attempts": 3, "mode": "standard"}),
-                endpoint_url=creds.get("endpoint_url"),
-                region_name=creds.get("aws_region"),
-                aws_access_key_id=creds.get("aws_access_key_id"),
-                aws_secret_access_key=creds.get("aws_secret_access_key"),
-                aws_session_token=creds.get("aws_session_token"),
-            )
-        return _clients[key]
-
-
 _warned: set[str] = set()
 
 
@@ -342,13 +316,11 @@ def _forget_in_child() -> None:
     """A forked worker holds none of its parent's leases: closing its copies of their files keeps
     it from holding a local lease once the parent releases it (an ``flock`` lasts while any copy of
     its file is open), and it renews no S3 lease (no heartbeat thread survives a fork)."""
-    global _held, _clients_lock
+    global _held
     _held = threading.local()
     for fd in _open_fds:
         os.close(fd)
     _open_fds.clear()
-    _clients.clear()
-    _clients_lock = threading.Lock()
 
 
 os.register_at_fork(after_in_child=_forget_in_child)

@@ -34,6 +34,7 @@ from dagster import (
 from lerobot_assets.assets import LABELS_GROUP
 from lerobot_assets.errors import LeRobotAssetsError
 from lerobot_assets.home import Home
+from lerobot_assets.registry import registry_of
 from lerobot_assets.launch import Settings, dagster_instance, failure_message, run_job
 from lerobot_assets.partitions import dataset_asset_key, episode_key, episode_partitions
 from lerobot_assets.relabel import (
@@ -223,7 +224,7 @@ def relabel(
     block. Returns the JSON-able result printed by ``lerobot-assets relabel``.
     """
     home_ = Home.at(home)
-    entry = home_.dataset_source(name)
+    entry = registry_of(home_).dataset_source(name)
     check_branch(branch)
     instance, settings = dagster_instance(home_), Settings(home_.root)
     path = Path(labels_path).expanduser().resolve()
@@ -260,10 +261,9 @@ def relabel(
 
 def diff(name: str, branch: str, home: str | Path | None = None) -> dict[str, Any]:
     """How ``branch`` of dataset ``name``'s table differs from main (``lerobot-assets diff``)."""
-    return {"dataset": name, **diff_branch(Home.at(home).dataset_source(name).table, branch)}
+    return {"dataset": name, **diff_branch(registry_of(Home.at(home)).dataset_source(name).table, branch)}
 
 
 def merge(name: str, branch: str, home: str | Path | None = None, prefer: str | None = None) -> dict[str, Any]:
     """Merge ``branch`` into main of dataset ``name``'s table (``lerobot-assets merge``); ``prefer`` resolves conflicts."""
-    home_ = Home.at(home)
-    return {"dataset": name, **merge_branch(home_.dataset_source(name).table, branch, prefer)}
+    return {"dataset": name, **merge_branch(registry_of(Home.at(home)).dataset_source(name).table, branch, prefer)}

@@ -5,32 +5,45 @@ huggingface_hub itself) unless set through a Dagster ``EnvVar``, and storage cre
 the standard cloud environment variables (see :func:`lerobot_assets.table.storage_creds`).
 """
 
+import pickle
 from pathlib import Path
-from typing import Optional
+from typing import Any, Optional
 
-from dagster import ConfigurableResource, FilesystemIOManager
+from dagster import AssetKey, ConfigurableIOManager, ConfigurableResource, InputContext, MetadataValue, OutputContext
 from pydantic import Field
 
+from lerobot_assets.errors import LeRobotAssetsError
 from lerobot_assets.home import Home, default_home
+from lerobot_assets.registry import Registry, registry_of
 from lerobot_assets.source import HubSettings
+from lerobot_assets.store import read_object, write_object
 from lerobot_assets.video import DEFAULT_TOLERANCE_S
 
 
 class StorageResource(ConfigurableResource):
-    """The lerobot-assets home directory: registry, sources, staging files, locks; and each dataset's table URL."""
+    """Where things live: this machine's home (pinned copies, caches) and the tables root every run
+    shares (tables, the registry, staged frames, leases)."""
 
     home_dir: str = Field(
         default_factory=lambda: str(default_home()),
-        description="Local directory for sources, staging files and locks ($LEROBOT_ASSETS_HOME).",
+        description="This machine's directory for pinned copies and caches ($LEROBOT_ASSETS_HOME).",
+    )
+    tables: Optional[str] = Field(
+        default=None,
+        description="Tables root, a local path or s3://...; default: $LEROBOT_ASSETS_TABLES, else <home>/tables.",
     )
 
     @property
     def home(self) -> Home:
-        return Home(Path(self.home_dir))
+        return Home(Path(self.home_dir), self.tables)
+
+    @property
+    def registry(self) -> Registry:
+        return registry_of(self.home)
 
     def table_url(self, dataset: str) -> str:
-        """The table URL recorded when the dataset was registered (a local path or s3://, gs://...)."""
-        return self.home.dataset_source(dataset).table
+        """The table URL recorded when the dataset was registered (a local path or s3://...)."""
+        return self.registry.dataset_source(dataset).table
 
 
 class HubResource(ConfigurableResource):
@@ -61,8 +74,24 @@ class ImageEncodingResource(ConfigurableResource):
     )
 
 
-def io_manager(home: Home) -> FilesystemIOManager:
-    """Where asset values (``hf_snapshot``, ``episode_metadata``) are pickled: ``<home>/dagster/storage``
-    whichever Dagster instance records the run (the embedded one, ``$DAGSTER_HOME``'s, or the
-    temporary one of ``dagster dev`` started without it), so every run of a home reads the same values."""
-    return FilesystemIOManager(base_dir=str(home.dagster_home / "storage"))
+class TablesIOManager(ConfigurableIOManager):
+    """Asset values (``hf_snapshot``, ``episode_metadata``) pickled beside the tables, in
+    ``<root>/.values/<asset key>``, so a run on any machine reads what a run on another wrote. The
+    values hold no local path: each machine pins its own copy of the source."""
+
+    root: str = Field(description="The tables root (see StorageResource.tables), resolved.")
+
+    def _url(self, key: AssetKey) -> str:
+        return f"{self.root.rstrip('/')}/.values/{'/'.join(key.path)}.pickle"
+
+    def handle_output(self, context: OutputContext, obj: Any) -> None:
+        url = self._url(context.asset_key)
+        write_object(url, pickle.dumps(obj))
+        context.add_output_metadata({"value": MetadataValue.path(url)})
+
+    def load_input(self, context: InputContext) -> Any:
+        url = self._url(context.asset_key)
+        data = read_object(url)
+        if data is None:
+            raise LeRobotAssetsError(f"no value of {context.asset_key.to_user_string()} at {url}: materialize it first")
+        return pickle.loads(data)

@@ -82,7 +82,7 @@ def upstream_revision_sensor(jobs: Sequence[Any]) -> SensorDefinition:
         cursor: dict[str, dict[str, str]] = json.loads(context.cursor) if context.cursor else {}
         run_requests: list[RunRequest] = []
         skipped: list[str] = []
-        for source in storage.home.registered():
+        for source in storage.registry.registered():
             if job_name(source.name, "ingest_dataset") not in names:
                 context.log.info(f"{source.name}: registered after this code location loaded; reload it to watch the dataset")
                 continue

@@ -25,11 +25,11 @@ import tarfile
 import tempfile
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from lerobot_assets.errors import LeRobotAssetsError
-from lerobot_assets.home import DatasetSource
+from lerobot_assets.registry import DatasetSource
 
 log = logging.getLogger(__name__)
 
@@ -110,10 +110,10 @@ def pin(source: DatasetSource, cache: Path, hub: HubSettings) -> Snapshot:
     revision, content = _local_revision(path, cache)
     target = cache / revision
     record = cache / _RECORDS / f"{revision}.json"
+    intact = _intact_pin(cache, revision)
+    if intact is not None:
+        return replace(intact, hashed_bytes=_hashed(content) + intact.hashed_bytes)
     if target.is_dir():
-        check = directory_revision(target, record)
-        if check.revision == _read_record(record).get("content"):
-            return Snapshot(revision, target, check.files, check.bytes, _hashed(content) + check.hashed_bytes)
         log.warning("%s: the pinned copy of revision %s differs from what was copied; copying it again", path, revision)
         stale = target.with_name(f".{revision}.stale.{os.getpid()}")
         try:
@@ -131,6 +131,43 @@ def pin(source: DatasetSource, cache: Path, hub: HubSettings) -> Snapshot:
             raise SourceError(f"{str(path)!r} changed while it was being copied; run again")
         _write_json(record, {**_read_record(record), "content": copied.revision})
     return Snapshot(revision, target, copied.files, copied.bytes, _hashed(content) + copied.hashed_bytes)
+
+
+def pin_revision(source: DatasetSource, revision: str, cache: Path, hub: HubSettings) -> Snapshot:
+    """This machine's copy of ``source`` at ``revision``, pinned here if it is not yet: a run may land
+    on a machine that has never seen the dataset. A Hub source is downloaded at that commit; a local
+    source is copied from its path, which must hold the same files on every machine that runs
+    episodes (a shared file system), or the run is refused."""
+    if source.kind == "hub":
+        at_revision = replace(source, revision=revision)
+        if not hub.offline:
+            try:  # already downloaded here: no request to the Hub
+                return _pin_hub(at_revision, cache, replace(hub, offline=True))
+            except SourceError:
+                pass
+        return _pin_hub(at_revision, cache, hub)
+    intact = _intact_pin(cache, revision)
+    if intact is not None:
+        return intact
+    pinned = pin(source, cache, hub)
+    if pinned.revision != revision:
+        raise SourceError(
+            f"dataset {source.name!r}: {source.source!r} is at revision {pinned.revision[:12]} here, not at "
+            f"{revision[:12]}, the revision hf_snapshot pinned: it changed since, or this machine sees other files "
+            "at that path; materialize hf_snapshot again"
+        )
+    return pinned
+
+
+def _intact_pin(cache: Path, revision: str) -> Snapshot | None:
+    """The local pin of ``revision`` if it holds exactly what was copied into it."""
+    target, record = cache / revision, cache / _RECORDS / f"{revision}.json"
+    if not target.is_dir():
+        return None
+    check = directory_revision(target, record)
+    if check.revision != _read_record(record).get("content"):
+        return None
+    return Snapshot(revision, target, check.files, check.bytes, check.hashed_bytes)
 
 
 def _local_directory(source: DatasetSource) -> Path:

@@ -2,22 +2,22 @@
 
 When ``decoded_camera_frames`` is materialized without ``deeplake_table`` (the two are normally
 materialized together, and then frames go from decoder to table in memory), its frames wait in a
-staging file for a later ``deeplake_table`` run: an Arrow IPC file (one binary column per camera,
+staging file for a later ``deeplake_table`` run, which may run on another machine: an object under
+the tables root (``<root>/.staging/<name>/episode_<index>.arrow``, see :mod:`lerobot_assets.store`), an Arrow IPC file (one binary column per camera,
 one row per frame; the episode's input fingerprint and the cameras' image statistics in the schema
-metadata), read back through a memory map. Files are written under a temporary name and renamed,
-so a reader never sees half a file.
+metadata). An object is written whole, so a reader never sees half a file.
 """
 
 from __future__ import annotations
 
 import json
-import os
 from dataclasses import dataclass
-from pathlib import Path
 
 import pyarrow as pa
 
+from lerobot_assets.home import check_name
 from lerobot_assets.stats import Stats, stats_from_json, stats_to_json
+from lerobot_assets.store import read_object, write_object
 
 _STATS_KEY = b"image_stats"
 _FINGERPRINT_KEY = b"fingerprint"
@@ -33,30 +33,33 @@ class StagedFrames:
     stats: Stats
 
 
-def staging_path(folder: Path, episode_index: int) -> Path:
-    return folder / f"episode_{episode_index:06d}.arrow"
+def staging_folder(tables_root: str, name: str) -> str:
+    """Where dataset ``name``'s staged frames live: beside its table, for a run on any machine."""
+    return f"{tables_root.rstrip('/')}/.staging/{check_name(name)}"
 
 
-def write_frames(path: Path, staged: StagedFrames) -> Path:
-    """Write ``staged`` to ``path`` atomically."""
+def staging_url(folder: str, episode_index: int) -> str:
+    return f"{folder}/episode_{episode_index:06d}.arrow"
+
+
+def write_frames(url: str, staged: StagedFrames) -> None:
+    """Write ``staged`` to ``url``, whole."""
     columns = {"frame_index": pa.array(staged.frame_index, pa.int64())}
     columns |= {camera: pa.array(frames, pa.binary()) for camera, frames in staged.images.items()}
     metadata = {_STATS_KEY: json.dumps(stats_to_json(staged.stats)), _FINGERPRINT_KEY: staged.fingerprint}
     table = pa.table(columns).replace_schema_metadata(metadata)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with pa.OSFile(str(tmp), "wb") as sink, pa.ipc.new_file(sink, table.schema) as writer:
+    sink = pa.BufferOutputStream()
+    with pa.ipc.new_file(sink, table.schema) as writer:
         writer.write_table(table)
-    tmp.replace(path)
-    return path
+    write_object(url, sink.getvalue().to_pybytes())
 
 
-def read_frames(path: Path) -> StagedFrames | None:
-    """The staging file at ``path``, or None when there is none."""
-    if not path.is_file():
+def read_frames(url: str) -> StagedFrames | None:
+    """The staged frames at ``url``, or None when there are none."""
+    data = read_object(url)
+    if data is None:
         return None
-    with pa.memory_map(str(path)) as source:
-        table = pa.ipc.open_file(source).read_all()
+    table = pa.ipc.open_file(pa.py_buffer(data)).read_all()
     metadata = table.schema.metadata
     cameras = [name for name in table.column_names if name != "frame_index"]
     return StagedFrames(

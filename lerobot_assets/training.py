@@ -36,6 +36,7 @@ from lerobot_assets.batch_buffers import batch_storage, lend
 from lerobot_assets.codec import decode_rgb, is_jpeg
 from lerobot_assets.errors import TableError
 from lerobot_assets.home import Home
+from lerobot_assets.registry import registry_of
 from lerobot_assets.table import INDEX_DTYPES, open_tag, table_metadata
 
 log = logging.getLogger(__name__)
@@ -198,7 +199,8 @@ class SnapshotDataset(torch.utils.data.Dataset):
     tensor per camera, and each telemetry column is built as one tensor, which :func:`collate`
     passes on instead of copying. ``stats`` holds the
     LeRobot-style normalization stats stored with the rows at this tag (None if the ingest
-    stored none); ``snapshot`` names the exact table version.
+    stored none); ``snapshot`` names the exact table version. The dataset is found by name in the
+    registry of the tables root: ``tables``, else ``$LEROBOT_ASSETS_TABLES``, else ``<home>/tables``.
     """
 
     def __init__(
@@ -214,6 +216,7 @@ class SnapshotDataset(torch.utils.data.Dataset):
         image_dtype: str = "float32",
         image_size: tuple[int, int] | None = None,
         decode_device: str = "cpu",
+        tables: str | None = None,
     ) -> None:
         if image_dtype not in IMAGE_DTYPES:
             raise ValueError(f"image_dtype must be one of {sorted(IMAGE_DTYPES)}, not {image_dtype!r}")
@@ -222,7 +225,7 @@ class SnapshotDataset(torch.utils.data.Dataset):
         self.image_dtype = IMAGE_DTYPES[image_dtype]
         self.image_size = None if image_size is None else (int(image_size[0]), int(image_size[1]))
         self.decode_device = _decode_device(decode_device)
-        url = Home.at(home).dataset_source(dataset).table
+        url = registry_of(Home.at(home, tables)).dataset_source(dataset).table
         ds = open_tag(url, tag)
         self.snapshot = SnapshotInfo(dataset, tag, ds.version, url)
         metadata = table_metadata(ds)

@@ -225,6 +225,7 @@ def test_failing_writes_give_a_clear_error_and_keep_the_table(tmp_path: Path) ->
 
 def test_failed_first_download_leaves_nothing_registered(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     from lerobot_assets.home import Home
+    from lerobot_assets.registry import registry_of
 
     from .hub_server import HubServer
 
@@ -239,6 +240,6 @@ def test_failed_first_download_leaves_nothing_registered(tmp_path: Path, monkeyp
         monkeypatch.setattr("huggingface_hub.constants.ENDPOINT", hub.url)  # what HF_ENDPOINT sets at import
         with pytest.raises(LeRobotAssetsError, match="cannot resolve Hub repo 'lerobot/tiny'"):
             ingest("lerobot/tiny", name="tiny", home=home, workers=1)
-    assert Home(home).registered() == []
+    assert registry_of(Home(home)).registered() == []
     assert DagsterInstance.from_config(str(home / "dagster")).get_dynamic_partitions("dataset") == []
     assert not (home / "tables" / "tiny").exists()

@@ -20,7 +20,7 @@ from types import SimpleNamespace
 
 import pytest
 
-from lerobot_assets.home import DatasetSource
+from lerobot_assets.registry import DatasetSource
 from lerobot_assets.source import HubSettings, SourceError, latest_revision, pin
 from tests.conftest import SHARED_FIXTURE
 from tests.hub_server import HubServer
@@ -358,7 +358,7 @@ def test_endpoint_and_token_from_environment(hub: HubServer, repo: Path, tmp_pat
     hub.token = TOKEN
     script = textwrap.dedent(f"""
         from pathlib import Path
-        from lerobot_assets.home import DatasetSource
+        from lerobot_assets.registry import DatasetSource
         from lerobot_assets.source import HubSettings, latest_revision, pin
         source = DatasetSource(name="demo", source={REPO_ID!r}, kind="hub", table="mem://demo")
         print(latest_revision(source, HubSettings()))

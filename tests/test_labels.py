@@ -23,6 +23,7 @@ from torch.utils.data import DataLoader
 from lerobot_assets.errors import LeRobotAssetsError, TableError
 from lerobot_assets.relabel import PREFER, ColumnSpec, LabelError, describe_reapplied, read_label_file
 from lerobot_assets.home import Home
+from lerobot_assets.registry import registry_of
 from lerobot_assets.launch import ingest, snapshot
 from lerobot_assets.relabel_assets import diff, merge, relabel
 from lerobot_assets.synthetic import generate_dataset, shift_actions
@@ -146,7 +147,7 @@ def test_indexes_answer_as_a_full_scan_after_relabel_merge_snapshot_and_reingest
 
 
 def _table(home: Path, name: str = "gen") -> str:
-    return Home(home).dataset_source(name).table
+    return registry_of(Home(home)).dataset_source(name).table
 
 
 # --- 3. label columns are declared --------------------------------------------------------------

@@ -277,7 +277,7 @@ def test_episode_assets_materialize_apart_like_together(ingested: dict, official
 
     table = ingest(str(official_dataset), name="small", home=home, episodes=[0], workers=1)["table"]
     instance, settings = dagster_instance(Home(home)), Settings(home)
-    staged = home / "staging" / "small" / "episode_000001.arrow"
+    staged = home / "tables" / ".staging" / "small" / "episode_000001.arrow"
 
     def run(keys: list[AssetKey], index: int):
         result = run_job(instance, settings, "small", "ingest_episodes", partitions=[episode_key(index)], assets=keys)

@@ -19,6 +19,7 @@ from dagster import AssetCheckKey, DagsterInstance
 
 from lerobot_assets.errors import TableError
 from lerobot_assets.home import Home
+from lerobot_assets.registry import registry_of
 from lerobot_assets.launch import ingest, open_snapshot, snapshot
 from lerobot_assets.partitions import dataset_asset_key, episode_key
 from lerobot_assets.relabel import ColumnSpec, Label, LabelError, apply_labels, merge_branch, read_labels
@@ -71,7 +72,7 @@ def state(official_dataset: Path, tmp_path_factory: pytest.TempPathFactory) -> d
     """The sample ingested, then relabelled onto branch ``fix`` from a CSV file (episodes 1 and 2)."""
     home = tmp_path_factory.mktemp("relabel-home")
     ingest(str(official_dataset), name="small", home=home, workers=1)
-    table = Home(home).dataset_source("small").table
+    table = registry_of(Home(home)).dataset_source("small").table
     main_version = open_read_only(table).version
     labels_path = _write_csv(home / "labels.csv", LABELS, header=("next.reward:float32=0",))
     result = relabel("small", labels_path, "fix", home)

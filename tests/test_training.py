@@ -19,6 +19,7 @@ from torch.utils.data import DataLoader, get_worker_info
 from lerobot_assets.codec import decode_rgb, encode_image
 from lerobot_assets.errors import TableError
 from lerobot_assets.home import Home
+from lerobot_assets.registry import registry_of
 from lerobot_assets.launch import ingest, open_snapshot, snapshot
 from lerobot_assets.lerobot_format import read_dataset
 from lerobot_assets.stats import aggregate_stats, episode_stats
@@ -408,7 +409,7 @@ def test_an_s3_snapshot_gives_the_same_items_as_the_local_one(snap: dict, tmp_pa
     """The same source ingested into tables on a real S3-compatible server (moto, 127.0.0.1), read
     item by item, and through workers that read windows of contiguous samples ahead (range reads)."""
     home = snap["home"]
-    source = Home.at(home).dataset_source("gen").source
+    source = registry_of(Home.at(home)).dataset_source("gen").source
     with S3Server() as s3:
         ingest(source, name="gen", home=tmp_path / "home", tables=f"s3://{s3.bucket}/tables", workers=1)
         snapshot("gen", tag="t1", home=tmp_path / "home")
