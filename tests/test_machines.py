@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -23,10 +24,14 @@ from pathlib import Path
 import deeplake
 import numpy as np
 import pytest
+from dagster import AssetRecordsFilter, DagsterInstance, build_sensor_context
 
-from lerobot_assets.launch import ingest
+from lerobot_assets.home import Home
+from lerobot_assets.launch import Settings, code_location, dagster_instance, info, ingest, run_job, snapshot
 from lerobot_assets.lease import hold
+from lerobot_assets.partitions import dataset_asset_key, episode_key
 from lerobot_assets.synthetic import generate_dataset
+from lerobot_assets.training import SnapshotDataset
 from lerobot_assets.table import open_read_only, open_writable, replace_episode
 
 from .pg_server import PostgresServer, postgres_bin
@@ -39,6 +44,7 @@ LENGTHS = (40, 44, 38, 42, 40, 36)
 #: Episodes each machine ingests: both start at once and write 1-5 at about the same time.
 RANGES = {"A": ("0-5", [0, 1, 2, 3, 4, 5]), "B": ("1-5", [1, 2, 3, 4, 5])}
 TRIALS = int(os.environ.get("LEROBOT_ASSETS_TRIALS", "3"))
+POINTER = "dagster/input_event_pointer"  # Dagster's tag prefix: which materialization an input was
 
 
 @pytest.fixture(scope="module")
@@ -81,6 +87,21 @@ def _until_both_wait(machines: list[subprocess.Popen], homes: list[Path]) -> Non
         time.sleep(0.2)
 
 
+def _foreign_inputs(instance: DagsterInstance) -> int:
+    """Materializations of robot's ``deeplake_table`` whose recorded ``telemetry_frame`` input (Dagster's
+    input event pointer) is a materialization of another run: another machine's, recorded between
+    this run's events (wrong lineage, spurious STALE flags). A run of several episodes records one
+    pointer for all of them (Dagster's lineage is per run), a run of one its own partition's."""
+    table, telemetry = dataset_asset_key("robot", "deeplake_table"), dataset_asset_key("robot", "telemetry_frame")
+    tag = f"{POINTER}/{telemetry.to_user_string()}"
+    records = [r for r in instance.fetch_materializations(table, limit=10_000).records if tag in (r.asset_materialization.tags or {})]
+    assert records, "no input pointers recorded"
+    pointers = [int(r.asset_materialization.tags[tag]) for r in records]
+    inputs = instance.fetch_materializations(AssetRecordsFilter(telemetry, storage_ids=pointers), limit=10_000).records
+    run_of = {record.storage_id: record.run_id for record in inputs}
+    return sum(run_of.get(pointer) != record.run_id for record, pointer in zip(records, pointers))
+
+
 def _duplicates(url: str) -> int:
     ds = open_read_only(url)
     pairs = np.stack([np.asarray(ds["episode_index"][:]), np.asarray(ds["frame_index"][:])], axis=1)
@@ -100,6 +121,13 @@ def instance(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[dict[st
         dagster_home.mkdir()
         (dagster_home / "dagster.yaml").write_text(f"storage:\n  postgres:\n    postgres_url: {json.dumps(pg.url)}\n")
         yield {"DAGSTER_HOME": str(dagster_home)}
+
+
+def _instances(env: dict[str, str], homes: list[Path]) -> list[DagsterInstance]:
+    """The Dagster instances the machines recorded their runs in."""
+    if "DAGSTER_HOME" in env:
+        return [DagsterInstance.from_config(env["DAGSTER_HOME"])]
+    return [DagsterInstance.from_config(str(home / "dagster")) for home in homes]
 
 
 def test_two_machines_ingesting_overlapping_episodes_equal_a_serial_ingest(
@@ -124,12 +152,13 @@ def test_two_machines_ingesting_overlapping_episodes_equal_a_serial_ingest(
             "rows": len(rows["index"]), "duplicates": _duplicates(url),
             "waited for the test": [f"held by pid {os.getpid()} on host" in _log(home) for home in homes],
             "differ": [name for name in serial if name not in rows or not np.array_equal(rows[name], serial[name])],
+            "foreign inputs": sum(_foreign_inputs(recorded) for recorded in _instances(instance, homes)),
         })
         if codes != [0, 0]:
             print(f"trial {trial}:", *[_log(home)[-2000:] for home in homes], sep="\n")
     print(outcomes)
     expected = {"exit codes": [0, 0], "covered": [True, True], "waited for the test": [True, True], "rows": sum(LENGTHS),
-                "duplicates": 0, "differ": []}
+                "duplicates": 0, "differ": [], "foreign inputs": 0}
     assert [{key: outcome[key] for key in expected} for outcome in outcomes] == [expected] * TRIALS, outcomes
 
 
@@ -187,3 +216,48 @@ def test_an_episode_written_twice_is_repaired_by_replacing_it(source: Path, seri
     rows = _rows(url)
     for name in serial:
         assert np.array_equal(rows[name], serial[name]), name
+
+
+def test_machines_with_empty_homes_work_by_dataset_name(
+    source: Path, serial: dict[str, np.ndarray], s3: S3Server, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Machine A ingests episodes 0-2 into an s3:// tables root, recording on a shared PostgreSQL
+    instance, and its home is then deleted. Machines B and C start with empty homes and know only the
+    dataset's name, the tables root and the instance: B runs the episode job for 3-5 (the asset values
+    and registry come from beside the tables; it pins the source itself), C reads ``info``, tags a
+    snapshot, trains on it with ``SnapshotDataset`` and ticks the sensor, which finds the dataset and
+    nothing to request."""
+    if postgres_bin() is None:
+        pytest.skip("PostgreSQL is not installed (tests/pg_setup.sh installs it)")
+    tables = f"s3://{s3.bucket}/empty-homes"
+    with PostgresServer() as pg:
+        dagster_home = tmp_path / "dagster"
+        dagster_home.mkdir()
+        (dagster_home / "dagster.yaml").write_text(f"storage:\n  postgres:\n    postgres_url: {json.dumps(pg.url)}\n")
+        a = _machine(source, tmp_path / "A", tables, "0-2", {"DAGSTER_HOME": str(dagster_home)})
+        assert a.wait(timeout=600) == 0, _log(tmp_path / "A")[-3000:]
+        shutil.rmtree(tmp_path / "A")
+        monkeypatch.setenv("DAGSTER_HOME", str(dagster_home))
+        monkeypatch.setenv("LEROBOT_ASSETS_TABLES", tables)
+
+        b = Settings(tmp_path / "B")
+        instance = dagster_instance(Home(b.home))
+        result = run_job(instance, b, "robot", "ingest_episodes", partitions=[episode_key(i) for i in (3, 4, 5)])
+        assert result.success
+        assert sorted((tmp_path / "B").iterdir()) == [tmp_path / "B" / "sources"]  # its pinned copy, nothing else
+
+        c = tmp_path / "C"
+        assert info("robot", home=c)["episodes"] == list(range(len(LENGTHS)))
+        rows = _rows(f"{tables}/robot")
+        for name in serial:
+            assert np.array_equal(rows[name], serial[name]), name
+        tag = snapshot("robot", tag="from-c", home=c)["tag"]
+        frames = SnapshotDataset("robot", tag, home=c)
+        assert len(frames) == sum(LENGTHS)
+        assert int(frames[LENGTHS[0]]["episode_index"]) == 1 and int(frames[LENGTHS[0]]["frame_index"]) == 0
+
+        sensor = code_location(Settings(c)).resolve_sensor_def("upstream_revision_sensor")
+        tick = sensor(build_sensor_context(instance=instance, resources=Settings(c).resources()))
+        assert tick.run_requests == []
+        assert json.loads(tick.cursor)["robot"]["episodes_requested"] == info("robot", home=c)["revision"]
+        assert _foreign_inputs(instance) == 0
