@@ -78,6 +78,7 @@ from lerobot_assets.table import (
     episode_versions,
     ingest_metadata,
     open_read_only,
+    open_table,
     open_writable,
     refresh_indexes,
     replace_episode,
@@ -192,7 +193,10 @@ def _read_metadata(
             f"{dataset}: skipping episodes {list(meta.empty_episodes)}: meta/ lists them with 0 frames, nothing to store"
         )
     fingerprints = episode_fingerprints(meta, storage.home.error_details(dataset))
-    check_table_fits(storage.table_url(dataset), meta, encoding.image_format)
+    url = storage.table_url(dataset)
+    check_table_fits(url, meta, encoding.image_format)
+    with write_lock(url):  # the table is created once, here, before its episodes' runs fan out
+        open_table(url, meta, encoding.image_format)
     removed, labels_lost = _remove_vanished(context, dataset, storage, set(meta.episodes), hf_snapshot["revision"])
     _sync_partitions(context.instance, dataset, meta.episodes)
     episodes = {
