@@ -340,8 +340,10 @@ def build(workdir: Path, episodes: int, length: int, tables: str | None = None) 
                              height=480, width=640, fps=50, state_dim=14, codec="libsvtav1", gop=2,
                              episodes_per_file=3)
         ingest(str(source), name=NAME, home=home, tables=tables, workers=2)
-        if TAG not in info(NAME, home=home)["tags"]:
-            snapshot(NAME, tag=TAG, home=home)
+        if TAG not in info(NAME, home=home, tables=tables)["tags"]:
+            snapshot(NAME, tag=TAG, home=home, tables=tables)
+    if tables is not None:  # the loaders name only the home: list the S3 table in its own root's registry too
+        registry_of(Home.at(home)).register(registry_of(Home.at(home, tables)).dataset_source(NAME))
     return source, home
 
 

@@ -411,9 +411,10 @@ def test_an_s3_snapshot_gives_the_same_items_as_the_local_one(snap: dict, tmp_pa
     home = snap["home"]
     source = registry_of(Home.at(home)).dataset_source("gen").source
     with S3Server() as s3:
-        ingest(source, name="gen", home=tmp_path / "home", tables=f"s3://{s3.bucket}/tables", workers=1)
-        snapshot("gen", tag="t1", home=tmp_path / "home")
-        remote = SnapshotDataset("gen", "t1", home=tmp_path / "home", delta_timestamps=HISTORY_AND_CHUNK)
+        tables = f"s3://{s3.bucket}/tables"  # the registry is there: every call names the root
+        ingest(source, name="gen", home=tmp_path / "home", tables=tables, workers=1)
+        snapshot("gen", tag="t1", home=tmp_path / "home", tables=tables)
+        remote = SnapshotDataset("gen", "t1", home=tmp_path / "home", delta_timestamps=HISTORY_AND_CHUNK, tables=tables)
         assert remote.snapshot.table == f"s3://{s3.bucket}/tables/gen"
         reference = _items_by_index(SnapshotDataset("gen", "t1", home=home, delta_timestamps=HISTORY_AND_CHUNK))
         assert sorted(_items_by_index(remote)) == sorted(reference)
