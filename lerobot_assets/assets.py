@@ -61,7 +61,7 @@ from lerobot_assets.partitions import asset_prefix, dataset_asset_key, episode_k
 from lerobot_assets.preview import plot_series, png_markdown, thumbnails_markdown
 from lerobot_assets.relabel import describe_reapplied, episode_labels, reapply_labels
 from lerobot_assets.resources import HubResource, ImageEncodingResource, StorageResource
-from lerobot_assets.lease import hold
+from lerobot_assets.lease import recording
 from lerobot_assets.source import pin, pin_revision
 from lerobot_assets.staging import StagedFrames, read_frames, staging_folder, staging_url, write_frames
 from lerobot_assets.stats import STATS_COLUMN, episode_stats, stats_cells
@@ -338,7 +338,7 @@ def _episode_assets(dataset: str, keys: _Keys) -> AssetsDefinition:
         # of that upstream asset in any partition; recording this run's results back to back, while
         # no other run of the dataset (on any machine) records its own, keeps that the materialization
         # of these partitions: a lease beside the table, apart from its write lease.
-        with hold(f"{storage.table_url(dataset)}#events"):
+        with recording(storage.table_url(dataset)):
             if len(episodes) == 1:
                 yield from _selected(context, results[episodes[0]][1])
             else:

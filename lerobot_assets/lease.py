@@ -6,6 +6,7 @@ never start with a dot)::
 
     <root>/<name>            the Deeplake table
     <root>/.leases/<name>    its lease: who holds it (host, pid, a random token) and until when
+    <root>/.leases/<name>#events   held by a run while it records its events (see :func:`recording`)
 
 - ``s3://`` tables: the lease is an object created with a conditional PUT (``If-None-Match: *``), so
   of two writers exactly one creates it. The holder renews it (``If-Match`` on its ETag) every
@@ -39,7 +40,7 @@ import tempfile
 import threading
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -87,6 +88,12 @@ def hold(table: str, ttl: float = DEFAULT_TTL) -> Iterator[None]:
         lease.release()
     if lease.lost:
         raise TableError(f"{lease.lost}; another writer may have written the table at {table} meanwhile: run again")
+
+
+def recording(table: str) -> AbstractContextManager[None]:
+    """The lease a run of the table's dataset holds while it records its events in Dagster
+    (``<root>/.leases/<name>#events``, apart from the write lease: writers do not wait for it)."""
+    return hold(f"{table}#events")
 
 
 def check_held() -> None:

@@ -5,8 +5,9 @@ writes into the repository's default home).
 
 The run is a real one: ``lerobot-assets ingest`` (a separate process, as a user would start it) of a
 generated one-episode dataset, recorded in the instance the UI serves. To open the page while the run
-is surely still going, the test holds the table's write lease (as a concurrent writer would): the
-episode run decodes, then waits for the lease before it writes. The test then
+is surely still going, the test holds the lease a run holds while it records its events (as a
+concurrent run of the dataset would): the episode run decodes and writes, then waits for the lease
+before it records its materializations. The test then
 
 1. opens the page of the STARTED run that plans ``deeplake_table``, waits until it shows every event
    the instance holds so far, and records the rows (timestamp, event type or level, message);
@@ -14,8 +15,8 @@ episode run decodes, then waits for the lease before it writes. The test then
 3. checks that the rows now on the page are exactly the run's events in the instance
    (``instance.all_logs``: same order, timestamps, types, log messages), that the new ones were all
    recorded after the page showed the others (so they arrived live), among them the episode's
-   ``wrote N rows`` line (recorded after the release), and that the step's captured stderr
-   (Dagster's compute logs) shows that line in the page's ``stderr`` tab;
+   materializations (recorded after the release), and that the step's captured stderr
+   (Dagster's compute logs) shows its ``wrote N rows`` line in the page's ``stderr`` tab;
 4. starts the sensor and reads its first tick's log lines as the UI does (GraphQL), which name the dataset.
 
 On the code before the CLI used Dagster's default storage (its pooled event log kept events in the
@@ -165,7 +166,7 @@ def test_run_page_streams_log_lines_live(server: str, page, tmp_path: Path) -> N
     setup = _setup(server, tmp_path, port)
     env = server_env()
     with serve(setup.server, f"http://127.0.0.1:{port}", setup.cwd, env, out / "server.log") as base:
-        lock = Path(lease_url(table_url(Home(setup.home).tables, DATASET)))  # a local table's lease is an flock
+        lock = Path(lease_url(f"{table_url(Home(setup.home).tables, DATASET)}#events"))  # a local lease is an flock
         lock.parent.mkdir(parents=True, exist_ok=True)
         table_lock = FileLock(str(lock))
         table_lock.acquire()
@@ -191,7 +192,7 @@ def test_run_page_streams_log_lines_live(server: str, page, tmp_path: Path) -> N
 
 
 def _blocked_run(setup: Setup, cli: subprocess.Popen, out: Path) -> tuple[DagsterInstance, str]:
-    """The instance the CLI records in, and its STARTED run that will write the table (now waiting for its lock)."""
+    """The instance the CLI records in, and its STARTED run that plans the table (soon waiting for the lease)."""
     config = setup.home / "dagster"
     deadline = time.monotonic() + RUN_START_TIMEOUT_S
     instance = None
@@ -266,10 +267,12 @@ def _watch(page, base: str, setup: Setup, cli: subprocess.Popen, table_lock: Fil
     assert len(after) == len(events) and all(map(_matches, after, events)), _mismatch(after, events)
     new = events[len(before) :]  # recorded after the page showed the others, so they came in live
     assert new and all(entry.timestamp >= seen for entry in new), _mismatch(after, events)
-    wrote = [e for e in new if e.dagster_event is None and f"wrote {FRAMES} rows" in e.user_message]
-    assert wrote and wrote[0].timestamp >= released, [e.user_message for e in new]
+    recorded = [e for e in new if e.dagster_event is not None and e.dagster_event.event_type_value == "ASSET_MATERIALIZATION"]
+    assert recorded and all(e.timestamp >= released for e in recorded), [e.user_message for e in new]
+    wrote = [e for e in events if e.dagster_event is None and f"wrote {FRAMES} rows" in e.user_message]
+    assert wrote, [e.user_message for e in events]
     line = wrote[0].user_message
-    print(f"{len(before)} rows before the release, {len(new)} arrived live, among them {line!r}")
+    print(f"{len(before)} rows before the release, {len(new)} arrived live, among them {len(recorded)} materializations")
 
     # 4. the captured stderr (compute logs) of the step that logged it, in the page's stderr tab
     page.get_by_role("button", name="stderr").click()
