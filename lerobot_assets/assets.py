@@ -367,9 +367,17 @@ def _run_episodes(
     dataset = episodes[0].dataset
     url = storage.table_url(dataset)
     try:
-        recorded = episode_versions(open_read_only(url))
+        held = open_read_only(url)
+        recorded, ranges = episode_versions(held), episode_ranges(held)
     except TableError:
-        recorded = {}
+        recorded, ranges = {}, {}
+    # a current data version over wrong rows (a write that failed its row check, rows written twice):
+    # rewritten, not recorded unchanged
+    wrong = [e.index for e in episodes
+             if e.index in recorded and len(ranges.get(e.index, ())) != episode_metadata["episodes"][e.index]["length"]]
+    if wrong:
+        context.log.warning(f"{dataset}: the table does not hold one row per frame of episodes {wrong}; rewriting them")
+        recorded = {index: value for index, value in recorded.items() if index not in wrong}
 
     with RunWriter(url, encoding.image_format, episode_metadata["table_metadata"]) as writer:
         def one(episode: _Episode) -> tuple[str | None, list[Event | _AfterCommit]]:

@@ -248,7 +248,9 @@ def episode_ranges(ds: deeplake.Dataset | deeplake.ReadOnlyDataset) -> dict[int,
     (``SELECT row FROM (SELECT ROW_NUMBER() AS row, episode_index) WHERE episode_index == k``)
     answers in 0.4 ms at 1M rows once the index is built, but Deeplake 4.7 does not keep it current
     at each commit (the query then scans: 166 ms at 100k rows) and it can go stale after deletes
-    (see :func:`refresh_indexes`). Raises :class:`TableError` if an episode's rows are not contiguous.
+    (see :func:`refresh_indexes`). An episode whose rows are not contiguous (written twice by
+    writers that did not exclude each other) has no range: its rows are wrong, and its next write
+    replaces them all.
     """
     return _ranges(np.asarray(ds["episode_index"][:]) if len(ds) else np.empty(0, np.int64))
 
@@ -257,10 +259,8 @@ def _ranges(values: np.ndarray) -> dict[int, range]:
     starts = np.flatnonzero(np.r_[True, values[1:] != values[:-1]]) if len(values) else np.empty(0, np.int64)
     stops = np.r_[starts[1:], len(values)].astype(np.int64)
     episodes, runs = np.unique(values[starts], return_counts=True)
-    if (runs > 1).any():
-        split = episodes[runs > 1].tolist()
-        raise TableError(f"the rows of episodes {split} are not contiguous in the table: re-ingest them")
-    return {int(values[a]): range(int(a), int(b)) for a, b in zip(starts, stops)}
+    split = set(episodes[runs > 1].tolist())
+    return {int(values[a]): range(int(a), int(b)) for a, b in zip(starts, stops) if int(values[a]) not in split}
 
 
 def episode_frames(ds: deeplake.Dataset | deeplake.ReadOnlyDataset, rows: range) -> np.ndarray:
