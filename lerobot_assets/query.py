@@ -11,6 +11,7 @@ from typing import Any
 import deeplake
 import numpy as np
 
+from lerobot_assets.stats import STATS_COLUMN
 from lerobot_assets.table import open_read_only, open_tag
 
 
@@ -28,10 +29,11 @@ def _plain(value: Any) -> Any:
 
 
 def run_query(ds: deeplake.ReadOnlyDataset, tql: str, limit: int | None = None) -> list[dict[str, Any]]:
-    """Rows of ``tql`` run on ``ds``, as dicts of plain Python values (images as ``"<image HxWxC>"``)."""
+    """Rows of ``tql`` run on ``ds``, as dicts of plain Python values (images as ``"<image HxWxC>"``;
+    without the episodes' stats JSON, which ``SELECT *`` would otherwise bring on each first row)."""
     view = ds.query(tql)
     count = len(view) if limit is None else min(len(view), limit)
-    columns = [c.name for c in view.schema.columns]
+    columns = [c.name for c in view.schema.columns if c.name != STATS_COLUMN]
     images = {c.name for c in view.schema.columns if "image" in str(c.dtype).lower()}
     out: list[dict[str, Any]] = [{} for _ in range(count)]
     for name in columns:
