@@ -16,12 +16,13 @@ episodes) into a fresh home with ``DAGSTER_HOME`` naming, in turn:
                     a pooler makes that cheap without changing Dagster.
 
 then ingested again unchanged (every episode recorded as unchanged: Dagster's cost alone). Each
-variant has its own database. Reported per variant: the seconds of the ``<name>__ingest_episodes``
+variant has its own database; with ``--rounds N`` the variants alternate N times and each ratio is
+taken against the SQLite run of its own round (minutes apart, not hours, on a shared machine). Reported per variant: the seconds of the ``<name>__ingest_episodes``
 runs (start to end, from the instance) and of the whole CLI command, and for PostgreSQL the
-sessions (connections) and transactions the server counted (``pg_stat_database``), per episode
-and per stored Dagster event. Ratios are against sqlite in the same run; the last line is JSON.
+server sessions opened and transactions committed (``pg_stat_database``; through PgBouncer its
+pooled sessions are reused, and their statistics reach the counters late, so both read low). Ratios are against sqlite in the same run; the last line is JSON.
 
-    .venv/bin/python benchmarks/postgres.py                  # 150 episodes of 20-40 frames
+    .venv/bin/python benchmarks/postgres.py --rounds 2       # 150 episodes of 20-40 frames
     .venv/bin/python benchmarks/postgres.py --episodes 60 --variants sqlite,postgres
 
 Goal (issue 16): episode runs on PostgreSQL within 1.3x their cost on SQLite.
@@ -34,6 +35,7 @@ import json
 import os
 import shutil
 import socket
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -121,14 +123,15 @@ def _episode_runs(dagster_home: Path, since: float) -> tuple[int, float, int]:
     return len(records), sum(r.end_time - r.start_time for r in records), events
 
 
-def run_variant(variant: str, source: Path, tmp: Path, pg: PostgresServer | None, bouncer_port: int | None, workers: int) -> dict:
+def run_variant(variant: str, source: Path, tmp: Path, pg: PostgresServer | None, bouncer_port: int | None, workers: int,
+                prefix: str = "") -> dict:
     kind, extra_env, unix_socket = VARIANTS[variant]
     dagster_home = tmp / variant / "dagster"
     dagster_home.mkdir(parents=True)
     dsn = database = None
     if kind in ("postgres", "pgbouncer"):
         assert pg is not None
-        database = f"bench_{variant}"
+        database = f"{prefix}bench_{variant}"
         admin = psycopg2.connect(pg.url.replace("postgresql+psycopg2", "postgresql"))
         admin.autocommit = True
         admin.cursor().execute(f"CREATE DATABASE {database}")
@@ -160,34 +163,38 @@ def run_variant(variant: str, source: Path, tmp: Path, pg: PostgresServer | None
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--episodes", type=int, default=150)
-    parser.add_argument("--variants", default=",".join(VARIANTS))
+    parser.add_argument("--variants", default="sqlite,postgres,postgres_batched,pgbouncer_batched")
+    parser.add_argument("--rounds", type=int, default=1, help="each round runs every variant once, in order")
     parser.add_argument("--workers", type=int, default=2)
     args = parser.parse_args()
     variants = args.variants.split(",")
     assert variants[0] == "sqlite" and set(variants) <= set(VARIANTS), f"variants: sqlite first, then some of {list(VARIANTS)}"
     lengths = [20 + (i * 7) % 21 for i in range(args.episodes)]
-    results: dict = {"episodes": args.episodes, "frames": sum(lengths)}
+    rounds: list[dict] = []
     with tempfile.TemporaryDirectory(prefix="la-pg-bench-") as tmp_dir, PostgresServer() as pg:
         tmp = Path(tmp_dir)
         source = generate_dataset(tmp / "src", episode_lengths=lengths, cameras=["top"], height=64, width=64, fps=10,
                                   codec="libx264", episodes_per_file=50, files_per_chunk=10)
         with pgbouncer(pg) if any(VARIANTS[v][0] == "pgbouncer" for v in variants) else nullcontext() as bouncer_port:
-            for variant in variants:
-                results[variant] = run_variant(variant, source, tmp, pg, bouncer_port, args.workers)
-    base = results["sqlite"]
-    for variant in variants[1:]:
-        figures = results[variant]
-        for phase in ("full", "unchanged"):
-            f, b = figures[phase], base[phase]
-            f["runs_over_sqlite"] = round(f["episode_runs_s"] / b["episode_runs_s"], 2)
-            f["cli_over_sqlite"] = round(f["cli_s"] / b["cli_s"], 2)
-            f["sessions_per_episode"] = round(f["pg_sessions"] / args.episodes, 1)
-            f["commits_per_event"] = round(f["pg_commits"] / max(f["events"], 1), 2)
-            print(f"{variant} {phase}: episode runs {f['episode_runs_s']:.1f} s vs sqlite {b['episode_runs_s']:.1f} s "
-                  f"({f['runs_over_sqlite']}x), CLI {f['cli_s']:.1f} s vs {b['cli_s']:.1f} s ({f['cli_over_sqlite']}x); "
-                  f"{f['pg_sessions']} connections ({f['sessions_per_episode']}/episode), {f['pg_commits']} transactions "
-                  f"for {f['events']} events of {f['episode_runs']} episode runs")
-    print(json.dumps(results))
+            for number in range(args.rounds):
+                rounds.append({v: run_variant(v, source, tmp / f"round{number}", pg, bouncer_port, args.workers, f"r{number}_") for v in variants})
+    summary: dict = {}
+    for number, results in enumerate(rounds):
+        base = results["sqlite"]
+        for variant in variants[1:]:
+            for phase in ("full", "unchanged"):
+                f, b = results[variant][phase], base[phase]
+                f["runs_over_sqlite"] = round(f["episode_runs_s"] / b["episode_runs_s"], 2)
+                f["cli_over_sqlite"] = round(f["cli_s"] / b["cli_s"], 2)
+                f["sessions_per_episode"] = round(f["pg_sessions"] / args.episodes, 1)
+                summary.setdefault(f"{variant}_{phase}_runs_over_sqlite", []).append(f["runs_over_sqlite"])
+                print(f"round {number} {variant} {phase}: episode runs {f['episode_runs_s']:.1f} s vs sqlite {b['episode_runs_s']:.1f} s "
+                      f"({f['runs_over_sqlite']}x), CLI {f['cli_s']:.1f} s vs {b['cli_s']:.1f} s ({f['cli_over_sqlite']}x); "
+                      f"{f['pg_sessions']} server sessions opened ({f['sessions_per_episode']}/episode), {f['pg_commits']} "
+                      f"transactions, {f['events']} events in {f['episode_runs']} episode runs")
+    medians = {key: statistics.median(values) for key, values in summary.items()}
+    print("medians over rounds:", ", ".join(f"{k} {v}x" for k, v in medians.items()))
+    print(json.dumps({"episodes": args.episodes, "frames": sum(lengths), "medians": medians, "rounds": rounds}))
 
 
 if __name__ == "__main__":
