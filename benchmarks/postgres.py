@@ -6,7 +6,8 @@ episodes) into a fresh home with ``DAGSTER_HOME`` naming, in turn:
 
 - sqlite:           ``storage: sqlite:`` (what the embedded instance uses);
 - postgres:         ``storage: postgres: postgres_url: postgresql+psycopg2://...`` on a PostgreSQL
-                    server on 127.0.0.1 (tests/pg_server.py: Debian's binaries, a fresh cluster);
+                    server on 127.0.0.1 (tests/pg_server.py: Debian's binaries, a fresh cluster,
+                    here with ``fsync`` on, as a real server has it);
 - postgres_batched: the same, with ``DAGSTER_EVENT_BATCH_SIZE`` set (Dagster's environment variable
                     that stores the per-partition materializations of a step's output in batches);
 - postgres_batched_unix: the same over the server's Unix socket instead of TCP on 127.0.0.1
@@ -160,6 +161,16 @@ def run_variant(variant: str, source: Path, tmp: Path, pg: PostgresServer | None
     return figures
 
 
+def _durable(pg: PostgresServer) -> None:
+    """Commits flushed to disk as on a real server (the test server starts with ``fsync=off``);
+    SQLite's default storage syncs its commits too."""
+    admin = psycopg2.connect(pg.url.replace("postgresql+psycopg2", "postgresql"))
+    admin.autocommit = True
+    admin.cursor().execute("ALTER SYSTEM SET fsync = on")
+    admin.cursor().execute("SELECT pg_reload_conf()")
+    admin.close()
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--episodes", type=int, default=150)
@@ -173,6 +184,7 @@ def main() -> None:
     rounds: list[dict] = []
     with tempfile.TemporaryDirectory(prefix="la-pg-bench-") as tmp_dir, PostgresServer() as pg:
         tmp = Path(tmp_dir)
+        _durable(pg)
         source = generate_dataset(tmp / "src", episode_lengths=lengths, cameras=["top"], height=64, width=64, fps=10,
                                   codec="libx264", episodes_per_file=50, files_per_chunk=10)
         with pgbouncer(pg) if any(VARIANTS[v][0] == "pgbouncer" for v in variants) else nullcontext() as bouncer_port:
