@@ -70,6 +70,8 @@ def pgbouncer(pg: PostgresServer) -> Iterator[int]:
     """PgBouncer (Debian's ``pgbouncer``) on a free 127.0.0.1 port in front of ``pg``, transaction
     pooling; yields its port and stops it by its PID."""
     binary = shutil.which("pgbouncer") or "/usr/sbin/pgbouncer"
+    if not Path(binary).is_file():
+        raise SystemExit("pgbouncer is not installed (apt-get install pgbouncer); or leave pgbouncer_batched out of --variants")
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
