@@ -1,0 +1,1 @@
+"""The lerobot-assets command line and the demo."""

@@ -1,0 +1,1 @@
+"""LeRobot datasets: metadata, telemetry, fingerprints, normalization statistics."""

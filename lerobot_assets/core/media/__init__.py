@@ -1,0 +1,1 @@
+"""Video decoding, the stored image codec, staging of decoded frames, previews."""

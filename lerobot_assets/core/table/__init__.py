@@ -1,0 +1,1 @@
+"""The Deeplake table: schema, episodes, labels, queries, the write lease."""

@@ -1,0 +1,1 @@
+"""The Dagster layer: partitions, resources, assets, checks and sensors of every dataset."""

@@ -1,0 +1,1 @@
+"""Running the graph: the home, the Dagster instance, deployments, the commands behind the CLI."""

@@ -1,0 +1,1 @@
+"""Synthetic LeRobot datasets for the demo, tests and benchmarks."""

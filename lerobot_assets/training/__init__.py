@@ -1,0 +1,1 @@
+"""Reading training snapshots in PyTorch: SnapshotDataset, collate, batch buffers."""

@@ -1,0 +1,1 @@
+"""Pure data modules (no Dagster): statistics, synthetic data, video, the lease, pinning."""
