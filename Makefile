@@ -20,6 +20,6 @@ demo: install
 	$(BIN)/lerobot-assets demo
 
 test: install
-	sh tests/ui_setup.sh $(BIN)/python
-	sh tests/pg_setup.sh
+	sh tests/support/ui_setup.sh $(BIN)/python
+	sh tests/support/pg_setup.sh
 	$(BIN)/python -m pytest -q

@@ -30,8 +30,8 @@ from pathlib import Path
 from dagster import DagsterInstance, RunsFilter
 from ingest import limit, naive
 
-from lerobot_assets.launch import ingest
-from lerobot_assets.synthetic import generate_dataset
+from lerobot_assets.runtime.commands import ingest
+from lerobot_assets.testing.synthetic import generate_dataset
 
 REPO = Path(__file__).resolve().parents[1]
 _LAUNCH = """mutation($params: LaunchBackfillParams!) { launchPartitionBackfill(backfillParams: $params) {

@@ -4,7 +4,7 @@
 
 For each video (default: the cameras of the shared official fixture, and a generated 480x640
 AV1 camera), ``--frames`` frames spread over it are decoded as ingest decodes them and encoded
-with :func:`lerobot_assets.codec.encode_image`. Reported per format: bytes per frame, its ratio
+with :func:`lerobot_assets.core.media.codec.encode_image`. Reported per format: bytes per frame, its ratio
 to the source video's bytes per frame, encode time per frame, and the error of the stored frame
 decoded again against the decoded source frame (mean absolute error in levels, PSNR in dB, and
 the share of pixel values off by more than 8 levels). The last line is a JSON object.
@@ -21,9 +21,9 @@ from pathlib import Path
 import av
 import numpy as np
 
-from lerobot_assets.codec import decode_rgb, encode_image
-from lerobot_assets.synthetic import generate_dataset
-from lerobot_assets.video import rgb_converter
+from lerobot_assets.core.media.codec import decode_rgb, encode_image
+from lerobot_assets.core.media.video import rgb_converter
+from lerobot_assets.testing.synthetic import generate_dataset
 
 FORMATS = [("jpeg", 75), ("jpeg", 85), ("jpeg", 90), ("jpeg", 95), ("jpeg", 100), ("png", 0)]
 FIXTURE = Path(__file__).resolve().parents[2] / "shared" / "fixtures" / "lerobot_v30_small"

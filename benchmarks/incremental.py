@@ -16,8 +16,11 @@ import tempfile
 import time
 from pathlib import Path
 
-from lerobot_assets.launch import ingest
-from lerobot_assets.synthetic import generate_dataset, shift_actions
+from lerobot_assets.runtime.commands import ingest
+from lerobot_assets.testing.synthetic import generate_dataset
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from tests.support.datasets import shift_actions  # noqa: E402  (an upstream edit of some episodes)
 
 
 def _git(repo: Path, *args: str) -> None:

@@ -22,7 +22,7 @@ from pathlib import Path
 import deeplake
 import numpy as np
 
-from lerobot_assets.table import _INDEXES, EMBEDDING_KEY, build_indexes, refresh_indexes
+from lerobot_assets.core.table.schema import _INDEXES, EMBEDDING_KEY, build_indexes, refresh_indexes
 
 TASKS = ["Pick up the shrimp", "Wipe the table", "Open the drawer"]
 

@@ -30,10 +30,10 @@ from pathlib import Path
 
 import av
 
-from lerobot_assets.codec import encode_image
-from lerobot_assets.lerobot_format import read_dataset
-from lerobot_assets.synthetic import generate_dataset
-from lerobot_assets.video import rgb_converter
+from lerobot_assets.core.lerobot.meta import read_dataset
+from lerobot_assets.core.media.codec import encode_image
+from lerobot_assets.core.media.video import rgb_converter
+from lerobot_assets.testing.synthetic import generate_dataset
 
 
 def _generate(root: Path, episodes: int, frames: int, cameras: int, height: int, width: int, per_file: int) -> Path:
@@ -92,7 +92,7 @@ def _timed(fn, *args) -> tuple[float, object]:
 
 _OURS = """
 import json, sys, time
-from lerobot_assets.launch import ingest
+from lerobot_assets.runtime.commands import ingest
 started = time.perf_counter()
 result = ingest(sys.argv[1], name="bench", home=sys.argv[2])
 print(json.dumps({"seconds": time.perf_counter() - started, "rows": result["rows"]}))

@@ -6,7 +6,7 @@ episodes) into a fresh home with ``DAGSTER_HOME`` naming, in turn:
 
 - sqlite:           ``storage: sqlite:`` (what the embedded instance uses);
 - postgres:         ``storage: postgres: postgres_url: postgresql+psycopg2://...`` on a PostgreSQL
-                    server on 127.0.0.1 (tests/pg_server.py: Debian's binaries, a fresh cluster,
+                    server on 127.0.0.1 (tests/support/pg_server.py: Debian's binaries, a fresh cluster,
                     here with ``fsync`` on, as a real server has it);
 - postgres_batched: the same, with ``DAGSTER_EVENT_BATCH_SIZE`` set (Dagster's environment variable
                     that stores the per-partition materializations of a step's output in batches);
@@ -48,11 +48,11 @@ from pathlib import Path
 import psycopg2
 from dagster import DagsterInstance, RunsFilter
 
-from lerobot_assets.synthetic import generate_dataset
+from lerobot_assets.testing.synthetic import generate_dataset
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
-from tests.pg_server import PostgresServer  # noqa: E402
+from tests.support.pg_server import PostgresServer  # noqa: E402
 
 NAME = "bench"
 #: Variant -> (storage kind, extra environment of the CLI process, connect over the Unix socket).

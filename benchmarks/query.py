@@ -21,10 +21,11 @@ from pathlib import Path
 
 import deeplake
 
-from lerobot_assets.codec import encode_image
-from lerobot_assets.lerobot_format import read_dataset
-from lerobot_assets.synthetic import generate_dataset, render_frame, table_rows
-from lerobot_assets.table import build_indexes, open_table, replace_episode
+from lerobot_assets.core.lerobot.meta import read_dataset
+from lerobot_assets.core.media.codec import encode_image
+from lerobot_assets.core.table.episodes import replace_episode
+from lerobot_assets.core.table.schema import build_indexes, open_table
+from lerobot_assets.testing.synthetic import generate_dataset, render_frame, table_rows
 
 TASKS = [
     "Pick up the shrimp", "Wipe the table", "Open the drawer", "Close the drawer",

@@ -16,7 +16,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from lerobot_assets.source import directory_revision
+from lerobot_assets.core.sources import directory_revision
 
 
 def _timed(root: Path, record: Path | None, repeat: int = 3):

@@ -35,12 +35,12 @@ import boto3
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from benchmarks.stream import cpu_seconds  # noqa: E402
-from tests.s3_server import S3Server  # noqa: E402
+from tests.support.s3_server import S3Server  # noqa: E402
 
 READ = r'''
 import json, resource, sys, time
 import numpy as np
-from lerobot_assets.table import open_tag
+from lerobot_assets.core.table.access import open_tag
 
 url, tag, pattern, count = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4])
 ds = open_tag(url, tag)

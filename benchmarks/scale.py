@@ -13,7 +13,7 @@ memory during it minus its resident memory before it, so imports do not count).
 
 - replace: a run of one episode in the middle (its rows deleted, re-appended, indexes recreated, committed, checked);
 - remove: what ``ingest`` does for an episode gone upstream (rows deleted, indexes recreated, committed);
-- open: ``open_read_only``; info: ``lerobot_assets.launch.info``;
+- open: ``open_read_only``; info: ``lerobot_assets.runtime.commands.info``;
 - snapshot: ``SnapshotDataset(...)`` construction at a tag of that size; item: one random item of it.
 
 Ingest: a pusht-like dataset (``--ingest-episodes`` episodes of 50-110 frames, one 96x96 h264 camera,
@@ -41,25 +41,19 @@ from pathlib import Path
 
 import numpy as np
 
-from lerobot_assets.codec import encode_image
-from lerobot_assets.home import Home
-from lerobot_assets.registry import DatasetSource, registry_of
-from lerobot_assets.lerobot_format import read_dataset
-from lerobot_assets.assets import EPISODES_PER_RUN
-from lerobot_assets.stats import STATS_COLUMN, episode_stats, stats_cells
-from lerobot_assets.synthetic import generate_dataset, render_frame, table_rows
-from lerobot_assets.table import (
-    RunWriter,
-    create_tag,
-    episode_frames,
-    episode_ranges,
-    open_read_only,
-    open_writable,
-    refresh_indexes,
-    replace_episode,
-    table_url,
-    write_lock,
-)
+from lerobot_assets.core.lerobot.meta import read_dataset
+from lerobot_assets.core.lerobot.stats import episode_stats
+from lerobot_assets.core.media.codec import encode_image
+from lerobot_assets.core.table.access import create_tag, open_read_only, open_writable, table_url
+from lerobot_assets.core.table.episode_stats import STATS_COLUMN, stats_cells
+from lerobot_assets.core.table.episodes import episode_frames, episode_ranges, replace_episode
+from lerobot_assets.core.table.registry import DatasetSource
+from lerobot_assets.core.table.schema import refresh_indexes, write_lock
+from lerobot_assets.core.table.writer import RunWriter
+from lerobot_assets.defs.ingest import EPISODES_PER_RUN
+from lerobot_assets.runtime.home import Home
+from lerobot_assets.runtime.registry import registry_of
+from lerobot_assets.testing.synthetic import generate_dataset, render_frame, table_rows
 
 NAME = "scale"
 STATE_DIM = 14
@@ -134,7 +128,7 @@ def prepare(op: str, home: str, url: str, episode: int, tag: str, template: str)
     if op == "open":
         return (url,)
     if op == "info":
-        from lerobot_assets.launch import info
+        from lerobot_assets.runtime.commands import info
 
         return info, home
     from lerobot_assets.training import SnapshotDataset
@@ -221,7 +215,7 @@ def table_scale(root: Path, rows: int, episode_rows: int, repeat: int) -> dict[s
 
 _INGEST = r"""
 import json, logging, resource, sys, time
-from lerobot_assets.launch import ingest
+from lerobot_assets.runtime.commands import ingest
 done, cpu, sizes = [], [], []
 class Progress(logging.Handler):
     def emit(self, record):  # the episode runs start after "N episodes to materialize"; each logs when done
@@ -229,7 +223,7 @@ class Progress(logging.Handler):
             done.append(time.perf_counter())
             cpu.append(time.process_time())
             sizes.append(record.args[1] if "episodes done" in str(record.msg) else 0)
-logger = logging.getLogger("lerobot_assets.launch")
+logger = logging.getLogger("lerobot_assets.runtime.commands")
 logger.setLevel(logging.INFO)
 logger.addHandler(Progress())
 result = ingest(sys.argv[1], name="pusht", home=sys.argv[2], workers=1, episodes=list(range(int(sys.argv[3]))))

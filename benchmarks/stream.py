@@ -53,16 +53,18 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from lerobot_assets.home import Home
-from lerobot_assets.registry import DatasetSource, registry_of
-from lerobot_assets.launch import info, ingest, open_snapshot, snapshot
-from lerobot_assets.lerobot_format import DatasetMeta, read_dataset, read_episode_telemetry
-from lerobot_assets.synthetic import generate_dataset
-from lerobot_assets.training import (IMAGE_DTYPES, TOLERANCE_S, ReadAheadBatches, SnapshotDataset, collate,
-                                     decode_frames, delta_indices)
+from lerobot_assets.core.lerobot.meta import DatasetMeta, read_dataset
+from lerobot_assets.core.lerobot.telemetry import read_episode_telemetry
+from lerobot_assets.core.table.registry import DatasetSource
+from lerobot_assets.runtime.commands import info, ingest, open_snapshot, snapshot
+from lerobot_assets.runtime.home import Home
+from lerobot_assets.runtime.registry import registry_of
+from lerobot_assets.testing.synthetic import generate_dataset
+from lerobot_assets.training import TOLERANCE_S, ReadAheadBatches, SnapshotDataset, collate, delta_indices
+from lerobot_assets.training.frames import IMAGE_DTYPES, decode_frames
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from tests.s3_server import S3Server  # noqa: E402  (the repository's S3 test server)
+from tests.support.s3_server import S3Server  # noqa: E402  (the repository's S3 test server)
 
 CAMERAS = ("cam_high", "cam_left_wrist", "cam_right_wrist")
 BATCH = 32

@@ -22,10 +22,10 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader
 
-from lerobot_assets.errors import LeRobotAssetsError
-from lerobot_assets.home import Home, default_home
-from lerobot_assets.registry import registry_of
-from lerobot_assets.table import open_read_only
+from lerobot_assets.core.errors import LeRobotAssetsError
+from lerobot_assets.core.table.access import open_read_only
+from lerobot_assets.runtime.home import Home, default_home
+from lerobot_assets.runtime.registry import registry_of
 from lerobot_assets.training import SnapshotDataset, collate
 
 #: Frames are averaged down to this size (height, width) before the MLP: enough to see the arm move.

@@ -11,13 +11,13 @@ from typing import Any
 
 from dagster import AssetsDefinition, AssetSelection, Definitions, define_asset_job, in_process_executor
 
-from lerobot_assets.assets import dataset_assets
-from lerobot_assets.home import Home, default_home
-from lerobot_assets.partitions import job_name
-from lerobot_assets.relabel_assets import label_assets
-from lerobot_assets.registry import registry_of
-from lerobot_assets.resources import HubResource, ImageEncodingResource, StorageResource, TablesIOManager
-from lerobot_assets.sensors import upstream_revision_sensor
+from lerobot_assets.defs.ingest import dataset_assets
+from lerobot_assets.defs.labels import label_assets
+from lerobot_assets.defs.partitions import job_name
+from lerobot_assets.defs.resources import HubResource, ImageEncodingResource, StorageResource, TablesIOManager
+from lerobot_assets.defs.sensors import upstream_revision_sensor
+from lerobot_assets.runtime.home import Home, default_home
+from lerobot_assets.runtime.registry import registry_of
 
 #: Job use -> what its runs do.
 USES = {

@@ -11,10 +11,10 @@ import logging
 from pathlib import Path
 from typing import Any
 
-from lerobot_assets.home import Home
-from lerobot_assets.launch import ingest, snapshot
-from lerobot_assets.query import open_view, run_query
-from lerobot_assets.synthetic import generate_dataset
+from lerobot_assets.core.table.query import open_view, run_query
+from lerobot_assets.runtime.commands import ingest, snapshot
+from lerobot_assets.runtime.home import Home
+from lerobot_assets.testing.synthetic import generate_dataset
 
 log = logging.getLogger(__name__)
 

@@ -14,9 +14,9 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from lerobot_assets.errors import LeRobotAssetsError
-from lerobot_assets.home import HOME_ENV, TABLES_ENV, Home, default_home
-from lerobot_assets.registry import registry_of
+from lerobot_assets.core.errors import LeRobotAssetsError
+from lerobot_assets.runtime.home import HOME_ENV, TABLES_ENV, Home, default_home
+from lerobot_assets.runtime.registry import registry_of
 
 log = logging.getLogger("lerobot_assets")
 
@@ -30,7 +30,7 @@ def _home(args: argparse.Namespace) -> Path:
 
 
 def cmd_ingest(args: argparse.Namespace) -> dict[str, Any]:
-    from lerobot_assets.launch import ingest, parse_episodes
+    from lerobot_assets.runtime.commands import ingest, parse_episodes
 
     return ingest(
         args.source,
@@ -45,38 +45,38 @@ def cmd_ingest(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def cmd_snapshot(args: argparse.Namespace) -> dict[str, Any]:
-    from lerobot_assets.launch import snapshot
+    from lerobot_assets.runtime.commands import snapshot
 
     return snapshot(args.name, tag=args.tag, home=_home(args))
 
 
 def cmd_info(args: argparse.Namespace) -> dict[str, Any]:
-    from lerobot_assets.launch import info
+    from lerobot_assets.runtime.commands import info
 
     return info(args.name, home=_home(args))
 
 
 def cmd_relabel(args: argparse.Namespace) -> dict[str, Any]:
-    from lerobot_assets.relabel_assets import relabel
+    from lerobot_assets.runtime.relabel import relabel
 
     return relabel(args.name, args.labels, args.branch, home=_home(args), new_columns=args.new_column)
 
 
 def cmd_diff(args: argparse.Namespace) -> dict[str, Any]:
-    from lerobot_assets.relabel_assets import diff
+    from lerobot_assets.runtime.relabel import diff
 
     return diff(args.name, args.branch, home=_home(args))
 
 
 def cmd_merge(args: argparse.Namespace) -> dict[str, Any]:
-    from lerobot_assets.relabel_assets import merge
+    from lerobot_assets.runtime.relabel import merge
 
     return merge(args.name, args.branch, home=_home(args), prefer=args.prefer)
 
 
 def cmd_query(args: argparse.Namespace) -> dict[str, Any]:
     """Run TQL on a table (head or ``--tag``); print a text table unless ``--json``."""
-    from lerobot_assets.query import open_view, run_query
+    from lerobot_assets.core.table.query import open_view, run_query
 
     table = registry_of(Home(_home(args))).dataset_source(args.name).table
     rows = run_query(open_view(table, args.tag), args.tql, limit=args.limit)
@@ -89,7 +89,7 @@ def cmd_query(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def cmd_demo(args: argparse.Namespace) -> dict[str, Any]:
-    from lerobot_assets.demo import run_demo
+    from lerobot_assets.cli.demo import run_demo
 
     return run_demo(_home(args))
 
@@ -97,7 +97,7 @@ def cmd_demo(args: argparse.Namespace) -> dict[str, Any]:
 def cmd_ui(args: argparse.Namespace) -> dict[str, Any]:
     """Start ``dagster dev`` on this home's instance (replaces this process)."""
     home = Home(_home(args))
-    from lerobot_assets.launch import dagster_instance
+    from lerobot_assets.runtime.instance import dagster_instance
 
     dagster_instance(home)  # makes sure the embedded instance and its dagster.yaml exist, unless DAGSTER_HOME is set
     dagster_home = os.environ.get("DAGSTER_HOME") or str(home.dagster_home)

@@ -28,8 +28,8 @@ import time
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-from lerobot_assets.errors import LeRobotAssetsError
-from lerobot_assets.registry import DatasetSource
+from lerobot_assets.core.errors import LeRobotAssetsError
+from lerobot_assets.core.table.registry import DatasetSource
 
 log = logging.getLogger(__name__)
 

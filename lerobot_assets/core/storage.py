@@ -4,14 +4,14 @@ A deployment's tables root holds, besides the Deeplake tables, reserved folders 
 with a dot (dataset names never do)::
 
     <root>/<name>                    the Deeplake table of dataset <name>
-    <root>/.registry/<name>.json     where the dataset comes from (lerobot_assets.registry)
-    <root>/.values/<asset key>       asset values passed between runs (lerobot_assets.resources.TablesIOManager)
-    <root>/.staging/<name>/...       decoded frames waiting for a deeplake_table run (lerobot_assets.staging)
-    <root>/.leases/<name>            the table's write lease (lerobot_assets.lease)
+    <root>/.registry/<name>.json     where the dataset comes from (lerobot_assets.runtime.registry)
+    <root>/.values/<asset key>       asset values passed between runs (lerobot_assets.defs.resources.TablesIOManager)
+    <root>/.staging/<name>/...       decoded frames waiting for a deeplake_table run (lerobot_assets.core.media.staging)
+    <root>/.leases/<name>            the table's write lease (lerobot_assets.core.table.lease)
 
 Roots are local paths (a shared file system when runs are on several machines) or ``s3://`` URLs
 (AWS, MinIO, GCS's S3-compatible endpoint...), with credentials and endpoint from the standard
-environment variables (:func:`lerobot_assets.table.storage_creds`). A write replaces the whole
+environment variables (:func:`lerobot_assets.core.table.access.storage_creds`). A write replaces the whole
 object at once: a reader sees the old or the new bytes, never a mix.
 """
 
@@ -22,7 +22,7 @@ import threading
 from pathlib import Path
 from typing import Any
 
-from lerobot_assets.errors import TableError
+from lerobot_assets.core.errors import TableError
 
 
 def read_object(url: str) -> bytes | None:
@@ -101,14 +101,14 @@ _clients_lock = threading.Lock()
 
 
 def s3_client_for(url: str) -> Any:
-    """The boto3 S3 client for ``url``'s credentials (:func:`~lerobot_assets.table.storage_creds`), one per process."""
-    from lerobot_assets.table import storage_creds
+    """The boto3 S3 client for ``url``'s credentials (:func:`~lerobot_assets.core.table.access.storage_creds`), one per process."""
+    from lerobot_assets.core.table.access import storage_creds
 
     return s3_client(storage_creds(url) or {})
 
 
 def s3_client(creds: dict[str, str]) -> Any:
-    """A boto3 S3 client for ``creds`` (the names :func:`~lerobot_assets.table.storage_creds` returns), one per process."""
+    """A boto3 S3 client for ``creds`` (the names :func:`~lerobot_assets.core.table.access.storage_creds` returns), one per process."""
     import boto3
     from botocore.config import Config
 

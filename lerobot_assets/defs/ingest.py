@@ -3,7 +3,7 @@
     hf_snapshot -> episode_metadata -> telemetry_frame -> decoded_camera_frames -> deeplake_table -> training_snapshot
 
 Each registered dataset gets these assets of its own (:func:`dataset_assets`, keys under the
-dataset's name, see :mod:`lerobot_assets.partitions`). ``hf_snapshot``, ``episode_metadata`` and
+dataset's name, see :mod:`lerobot_assets.defs.partitions`). ``hf_snapshot``, ``episode_metadata`` and
 ``training_snapshot`` are one per dataset; the three per-episode assets are partitioned by the
 dataset's own episodes, so every partition the UI shows exists.
 
@@ -15,7 +15,7 @@ once per batch, not once per episode.
 """
 
 # First, before any library that brings its own mimalloc loads (Deeplake, pyarrow): see its docstring.
-import lerobot_assets.allocator  # noqa: F401, I001
+import lerobot_assets.core.allocator  # noqa: F401, I001
 
 import functools
 import os
@@ -53,40 +53,36 @@ from dagster import (
     multi_asset,
 )
 
-from lerobot_assets.allocator import return_free_memory
-from lerobot_assets.errors import LeRobotAssetsError, TableError, where
-from lerobot_assets.fingerprint import episode_fingerprints
-from lerobot_assets.lerobot_format import DatasetMeta, feature_array, read_dataset, read_episode_telemetry
-from lerobot_assets.partitions import asset_prefix, dataset_asset_key, episode_key, episode_partitions, episode_pool
-from lerobot_assets.preview import plot_series, png_markdown, thumbnails_markdown
-from lerobot_assets.relabel import describe_reapplied, episode_labels, reapply_labels
-from lerobot_assets.resources import HubResource, ImageEncodingResource, StorageResource
-from lerobot_assets.lease import recording
-from lerobot_assets.source import pin, pin_revision
-from lerobot_assets.staging import StagedFrames, read_frames, staging_folder, staging_url, write_frames
-from lerobot_assets.stats import STATS_COLUMN, episode_stats, stats_cells
-from lerobot_assets.store import delete_object
-from lerobot_assets.table import (
+from lerobot_assets.core.allocator import return_free_memory
+from lerobot_assets.core.errors import LeRobotAssetsError, TableError, where
+from lerobot_assets.core.lerobot.fingerprint import episode_fingerprints
+from lerobot_assets.core.lerobot.meta import DatasetMeta, read_dataset
+from lerobot_assets.core.lerobot.stats import episode_stats
+from lerobot_assets.core.lerobot.telemetry import feature_array, read_episode_telemetry
+from lerobot_assets.core.media.preview import plot_series, png_markdown, thumbnails_markdown
+from lerobot_assets.core.media.staging import StagedFrames, read_frames, staging_folder, staging_url, write_frames
+from lerobot_assets.core.media.video import DecodedCamera, decode_episode
+from lerobot_assets.core.sources import pin, pin_revision
+from lerobot_assets.core.storage import delete_object
+from lerobot_assets.core.table.access import create_tag, open_read_only, open_writable
+from lerobot_assets.core.table.episode_stats import STATS_COLUMN, stats_cells
+from lerobot_assets.core.table.episodes import episode_frames, episode_ranges, episode_rows, replace_episode
+from lerobot_assets.core.table.labels import describe_reapplied, episode_labels, reapply_labels
+from lerobot_assets.core.table.lease import recording
+from lerobot_assets.core.table.metadata import episode_versions, summarize
+from lerobot_assets.core.table.schema import (
     build_indexes,
     check_table_fits,
     column_types,
-    RunWriter,
-    create_tag,
-    episode_frames,
-    episode_ranges,
-    episode_rows,
-    episode_versions,
     ingest_metadata,
-    open_read_only,
     open_table,
-    open_writable,
     refresh_indexes,
-    replace_episode,
-    summarize,
     write_lock,
 )
-from lerobot_assets.versions import CODE_VERSION, episode_data_version
-from lerobot_assets.video import DecodedCamera, decode_episode
+from lerobot_assets.core.table.versions import CODE_VERSION, episode_data_version
+from lerobot_assets.core.table.writer import RunWriter
+from lerobot_assets.defs.partitions import asset_prefix, dataset_asset_key, episode_key, episode_partitions, episode_pool
+from lerobot_assets.defs.resources import HubResource, ImageEncodingResource, StorageResource
 
 # Data versions are marked beta, but are the documented way to record them; the warnings would only
 # repeat on every run.
@@ -361,7 +357,7 @@ def _run_episodes(
 ) -> dict[_Episode, tuple[str | None, list[Event]]]:
     """Each episode's events, or the error that stopped it. Episodes are decoded in parallel threads
     (PyAV and libjpeg-turbo release the GIL); their writes go to the table one at a time and are
-    committed once, for the whole run (:class:`~lerobot_assets.table.RunWriter`); the table's
+    committed once, for the whole run (:class:`~lerobot_assets.core.table.writer.RunWriter`); the table's
     events are made after that commit, so nothing is recorded for rows a dead process never
     committed. A failed episode does not stop the others' rows from being committed."""
     dataset = episodes[0].dataset

@@ -31,25 +31,17 @@ from dagster import (
     asset,
 )
 
-from lerobot_assets.assets import LABELS_GROUP
-from lerobot_assets.errors import LeRobotAssetsError
-from lerobot_assets.home import Home
-from lerobot_assets.registry import registry_of
-from lerobot_assets.launch import Settings, dagster_instance, failure_message, run_job
-from lerobot_assets.partitions import dataset_asset_key, episode_key, episode_partitions
-from lerobot_assets.relabel import (
-    Label,
-    LabelError,
-    apply_labels,
-    check_branch,
-    column_specs,
-    diff_branch,
-    merge_branch,
-    read_label_file,
-    validate_labels,
-)
-from lerobot_assets.resources import StorageResource
-from lerobot_assets.table import open_read_only
+from lerobot_assets.core.errors import LeRobotAssetsError
+from lerobot_assets.core.table.access import open_read_only
+from lerobot_assets.core.table.branches import diff_branch, merge_branch
+from lerobot_assets.core.table.label_files import Label, LabelError, check_branch, column_specs, read_label_file
+from lerobot_assets.core.table.labels import apply_labels, validate_labels
+from lerobot_assets.defs.partitions import LABELS_GROUP, dataset_asset_key, episode_key, episode_partitions
+from lerobot_assets.defs.resources import StorageResource
+from lerobot_assets.runtime.home import Home
+from lerobot_assets.runtime.instance import dagster_instance
+from lerobot_assets.runtime.registry import registry_of
+from lerobot_assets.runtime.runner import Settings, failure_message, run_job
 
 _PREVIEW_LABELS = 20
 

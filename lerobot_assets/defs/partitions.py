@@ -37,6 +37,11 @@ def episode_key(index: int) -> str:
     return f"{index:06d}"
 
 
+def episode_index(key: str) -> int:
+    """The episode index of partition key ``key`` (the inverse of :func:`episode_key`)."""
+    return int(key)
+
+
 def job_name(dataset: str, use: str) -> str:
     """The named job of ``use`` (``ingest_episodes``, ``snapshot``...) for ``dataset``."""
     return f"{asset_prefix(dataset)}__{use}"
@@ -67,3 +72,11 @@ def partition_ranges(ordered: Sequence[str], wanted: Collection[str], size: int)
 def range_tags(keys: Sequence[str]) -> dict[str, str]:
     """The tags of a run over ``keys`` (a range from :func:`partition_ranges`)."""
     return {RANGE_START_TAG: keys[0], RANGE_END_TAG: keys[-1]}
+
+
+#: Asset groups, one per use: ingesting a dataset, tagging it for training, relabelling it.
+INGEST_GROUP, TRAINING_GROUP, LABELS_GROUP = "ingest", "training", "labels"
+
+
+#: Asset groups, one per use: ingesting a dataset, tagging it for training, relabelling it.
+INGEST_GROUP, TRAINING_GROUP, LABELS_GROUP = "ingest", "training", "labels"

@@ -2,7 +2,7 @@
 
 Secrets are never fields with values here: the Hub token comes from ``HF_TOKEN`` (read by
 huggingface_hub itself) unless set through a Dagster ``EnvVar``, and storage credentials come from
-the standard cloud environment variables (see :func:`lerobot_assets.table.storage_creds`).
+the standard cloud environment variables (see :func:`lerobot_assets.core.table.access.storage_creds`).
 """
 
 import pickle
@@ -12,12 +12,13 @@ from typing import Any, Optional
 from dagster import AssetKey, ConfigurableIOManager, ConfigurableResource, InputContext, MetadataValue, OutputContext
 from pydantic import Field
 
-from lerobot_assets.errors import LeRobotAssetsError
-from lerobot_assets.home import Home, default_home
-from lerobot_assets.registry import Registry, registry_of
-from lerobot_assets.source import HubSettings
-from lerobot_assets.store import read_object, write_object
-from lerobot_assets.video import DEFAULT_TOLERANCE_S
+from lerobot_assets.core.errors import LeRobotAssetsError
+from lerobot_assets.core.media.video import DEFAULT_TOLERANCE_S
+from lerobot_assets.core.sources import HubSettings
+from lerobot_assets.core.storage import read_object, write_object
+from lerobot_assets.core.table.registry import Registry
+from lerobot_assets.runtime.home import Home, default_home
+from lerobot_assets.runtime.registry import registry_of
 
 
 class StorageResource(ConfigurableResource):

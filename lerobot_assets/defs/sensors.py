@@ -9,7 +9,7 @@ Per dataset of the code location and per tick:
    and removes episode partitions, and deletes the rows of vanished episodes);
 3. once it was, request runs of ``ingest_episodes`` over the episodes no run has recorded since
    (none, after an ``ingest`` of that revision), in ranges of
-   :data:`~lerobot_assets.assets.EPISODES_PER_RUN`, once per revision. Each run rewrites only the
+   :data:`~lerobot_assets.defs.ingest.EPISODES_PER_RUN`, once per revision. Each run rewrites only the
    episodes whose fingerprint differs from the data version the table records, and records the
    others as unchanged, so no episode stays flagged as out of sync with the new revision.
 
@@ -33,10 +33,10 @@ from dagster import (
     sensor,
 )
 
-from lerobot_assets.assets import EPISODES_PER_RUN
-from lerobot_assets.partitions import dataset_asset_key, episode_partitions, job_name, partition_ranges, range_tags
-from lerobot_assets.resources import HubResource, StorageResource
-from lerobot_assets.source import SourceError, latest_revision
+from lerobot_assets.core.sources import SourceError, latest_revision
+from lerobot_assets.defs.ingest import EPISODES_PER_RUN
+from lerobot_assets.defs.partitions import dataset_asset_key, episode_partitions, job_name, partition_ranges, range_tags
+from lerobot_assets.defs.resources import HubResource, StorageResource
 
 REVISION_TAG = "lerobot_assets/revision"
 

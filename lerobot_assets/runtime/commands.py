@@ -33,11 +33,18 @@ from dagster import (
 from filelock import FileLock
 from tqdm.auto import tqdm
 
-from lerobot_assets.assets import EPISODES_PER_RUN
-from lerobot_assets.deployment import submit_job, submits, wait_for
-from lerobot_assets.errors import LeRobotAssetsError, bounded
-from lerobot_assets.home import Home, check_name, name_from_source
-from lerobot_assets.partitions import (
+from lerobot_assets.core.errors import LeRobotAssetsError, bounded
+from lerobot_assets.core.media.staging import staging_folder
+from lerobot_assets.core.names import check_name, name_from_source
+from lerobot_assets.core.sources import classify_source
+from lerobot_assets.core.storage import delete_folder
+from lerobot_assets.core.table.access import open_read_only, open_tag, storage_report, table_url
+from lerobot_assets.core.table.labels import describe_reapplied
+from lerobot_assets.core.table.metadata import summarize
+from lerobot_assets.core.table.registry import DatasetSource
+from lerobot_assets.core.table.versions import plan_changes, recorded_versions
+from lerobot_assets.defs.ingest import EPISODES_PER_RUN
+from lerobot_assets.defs.partitions import (
     asset_prefix,
     dataset_asset_key,
     episode_key,
@@ -46,14 +53,10 @@ from lerobot_assets.partitions import (
     partition_ranges,
     range_tags,
 )
-from lerobot_assets.relabel import describe_reapplied
-from lerobot_assets.registry import DatasetSource, registry_of
-from lerobot_assets.resources import HubResource, ImageEncodingResource, StorageResource, TablesIOManager
-from lerobot_assets.source import classify_source
-from lerobot_assets.staging import staging_folder
-from lerobot_assets.store import delete_folder
-from lerobot_assets.table import open_read_only, open_tag, storage_report, summarize, table_url
-from lerobot_assets.versions import plan_changes, recorded_versions
+from lerobot_assets.defs.resources import HubResource, ImageEncodingResource, StorageResource, TablesIOManager
+from lerobot_assets.runtime.deployment import submit_job, submits, wait_for
+from lerobot_assets.runtime.home import Home
+from lerobot_assets.runtime.registry import registry_of
 
 log = logging.getLogger(__name__)
 #: Tags on every run this module launches: who launched it, and which process (host:pid) runs it.

@@ -22,7 +22,7 @@ from typing import Any
 
 from dagster import DagsterInstance, DagsterRunStatus, DefaultRunLauncher, QueuedRunCoordinator
 
-from lerobot_assets.errors import LeRobotAssetsError
+from lerobot_assets.core.errors import LeRobotAssetsError
 
 #: The code location as ``workspace.yaml`` names it: a daemon finds the job of a submitted run by it.
 LOCATION_NAME = "lerobot_assets"

@@ -8,7 +8,7 @@ A home holds what one machine keeps for itself, caches it can rebuild::
     <home>/errors/<name>/    the full lists of problems an error line could only summarize
     <home>/tables/           the default tables root (see :attr:`Home.tables`)
 
-What runs share lives under the tables root, beside the tables (:mod:`lerobot_assets.store`): the
+What runs share lives under the tables root, beside the tables (:mod:`lerobot_assets.core.storage`): the
 registry, asset values, staged frames and write leases. The home is ``$LEROBOT_ASSETS_HOME`` if
 set, else ``./.lerobot_assets``.
 """
@@ -21,7 +21,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from lerobot_assets.errors import LeRobotAssetsError
+from lerobot_assets.core.errors import LeRobotAssetsError
 
 HOME_ENV = "LEROBOT_ASSETS_HOME"
 TABLES_ENV = "LEROBOT_ASSETS_TABLES"

@@ -1,7 +1,7 @@
 """The registry of datasets: where each comes from and where its table is, kept beside the tables.
 
 Every run, on any machine, finds a dataset by name in ``<tables root>/.registry/<name>.json`` (see
-:mod:`lerobot_assets.store`): the code location builds one set of assets per entry, the sensor
+:mod:`lerobot_assets.core.storage`): the code location builds one set of assets per entry, the sensor
 watches every entry, and a process with an empty home can ``info``, ``snapshot`` or train on any
 dataset of the root. The tables root is the home's ``tables/`` folder unless
 ``$LEROBOT_ASSETS_TABLES`` or ``--tables`` names another (a team's is an ``s3://`` URL).
@@ -13,9 +13,10 @@ import json
 import logging
 from dataclasses import asdict, dataclass
 
-from lerobot_assets.errors import LeRobotAssetsError
-from lerobot_assets.home import Home, check_name
-from lerobot_assets.store import delete_object, list_objects, read_object, write_object
+from lerobot_assets.core.errors import LeRobotAssetsError
+from lerobot_assets.core.names import check_name
+from lerobot_assets.core.storage import delete_object, list_objects, read_object, write_object
+from lerobot_assets.runtime.home import Home
 
 log = logging.getLogger(__name__)
 REGISTRY_FOLDER = ".registry"

@@ -257,8 +257,16 @@ def generate_dataset(
     episodes = _plan(spec)
     features = _features(spec)
     schema = _data_schema(features, version)
-    data_template, video_template = _PATHS[version]
+    columns, histograms = _write_files(root, spec, episodes, schema)
+    _write_meta(root, spec, episodes, features, schema.names, columns, histograms)
+    return root
 
+
+def _write_files(
+    root: Path, spec: _Spec, episodes: list[_Episode], schema: pa.Schema
+) -> tuple[dict[int, dict[str, np.ndarray]], dict[int, dict[str, np.ndarray]]]:
+    """Write the data parquets and camera MP4s; return each episode's columns and per-camera pixel histograms."""
+    data_template, video_template = _PATHS[spec.version]
     columns: dict[int, dict[str, np.ndarray]] = {}
     histograms: dict[int, dict[str, np.ndarray]] = {ep.index: {} for ep in episodes}
     for group in _by_file(episodes):
@@ -269,15 +277,27 @@ def generate_dataset(
             video = root / group[0].path(video_template, key)
             for ep, histogram in zip(group, _encode_video(spec, video, group, camera_index)):
                 histograms[ep.index][key] = histogram
+    return columns, histograms
 
+
+def _write_meta(
+    root: Path,
+    spec: _Spec,
+    episodes: list[_Episode],
+    features: dict[str, dict],
+    names: list[str],
+    columns: dict[int, dict[str, np.ndarray]],
+    histograms: dict[int, dict[str, np.ndarray]],
+) -> None:
+    """Write ``meta/``: the episodes and tasks of the layout, per-episode and dataset statistics, ``info.json``."""
     episode_stats = {ep.index: _stats(features, columns[ep.index], histograms[ep.index], ep.length) for ep in episodes}
     dataset_stats = _stats(
         features,
-        {name: np.concatenate([c[name] for c in columns.values()]) for name in schema.names},
+        {name: np.concatenate([c[name] for c in columns.values()]) for name in names},
         {key: sum(h[key] for h in histograms.values()) for key in spec.camera_keys},
         sum(spec.episode_lengths),
     )
-    if version == "v2.1":
+    if spec.version == "v2.1":
         episode_stats = {index: _without_quantiles(stats) for index, stats in episode_stats.items()}
         dataset_stats = _without_quantiles(dataset_stats)
         _write_meta_v21(root, spec, episodes, episode_stats)
@@ -285,7 +305,6 @@ def generate_dataset(
         _write_meta_v30(root, spec, episodes, episode_stats)
     _write_json(root / "meta" / "stats.json", _serialize(dataset_stats))
     _write_json(root / "meta" / "info.json", _info(spec, episodes, features))
-    return root
 
 
 def _plan(spec: _Spec) -> list[_Episode]:
@@ -568,21 +587,3 @@ def _write_jsonl(path: Path, rows: list[dict]) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text("".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows))
 
-
-def shift_actions(root: str | Path, episodes: Sequence[int], delta: float = 1.0) -> None:
-    """Add ``delta`` to the actions of ``episodes`` in place: an upstream edit touching only those episodes.
-
-    Rewrites only the data files that hold them, keeping their schema; tests and benchmarks use it
-    to check that exactly the edited episodes are materialized again.
-    """
-    for file in sorted((Path(root) / "data").rglob("*.parquet")):
-        table = pq.read_table(file)
-        mask = np.isin(table["episode_index"].to_numpy(), list(episodes))
-        if not mask.any():
-            continue
-        actions = np.stack(table["action"].to_numpy(zero_copy_only=False)).astype(np.float32)
-        actions[mask] += np.float32(delta)
-        index = table.schema.get_field_index("action")
-        field = table.schema.field(index)
-        flat = pa.FixedSizeListArray.from_arrays(pa.array(actions.ravel(), pa.float32()), actions.shape[1])
-        pq.write_table(table.set_column(index, field, flat.cast(field.type)), file)

@@ -31,13 +31,15 @@ import numpy as np
 import torch
 from torch.utils.data import default_collate
 
-from lerobot_assets import stats
-from lerobot_assets.batch_buffers import batch_storage, lend
-from lerobot_assets.codec import decode_rgb, is_jpeg
-from lerobot_assets.errors import TableError
-from lerobot_assets.home import Home
-from lerobot_assets.registry import registry_of
-from lerobot_assets.table import INDEX_DTYPES, open_tag, table_metadata
+from lerobot_assets.core.errors import TableError
+from lerobot_assets.core.lerobot import stats
+from lerobot_assets.core.lerobot.meta import INDEX_DTYPES
+from lerobot_assets.core.media.codec import decode_rgb, is_jpeg
+from lerobot_assets.core.table.access import open_tag
+from lerobot_assets.core.table.metadata import table_metadata
+from lerobot_assets.runtime.home import Home
+from lerobot_assets.runtime.registry import registry_of
+from lerobot_assets.training.batch_buffers import batch_storage, lend
 
 log = logging.getLogger(__name__)
 
@@ -64,7 +66,7 @@ def decode_frames(
 
     uint8 holds the decoded pixels as they are (4x less memory to write, pin and transfer);
     ``uint8_frames.float() / 255`` equals the float32 frames exactly. ``size`` (height, width)
-    decodes at that reduced resolution (:func:`~lerobot_assets.codec.decode_rgb`).
+    decodes at that reduced resolution (:func:`~lerobot_assets.core.media.codec.decode_rgb`).
 
     Inside a DataLoader worker the tensor lies in one of the worker's reusable shared-memory
     buffers, so that :func:`collate` can hand it to the main process without stacking (copying)
@@ -183,7 +185,7 @@ class SnapshotDataset(torch.utils.data.Dataset):
 
     Each item has every camera as a float32 CHW tensor in [0, 1] (``image_dtype="uint8"``: the
     decoded uint8 pixels, to convert on the training device; ``image_size=(h, w)``: decoded at that
-    reduced resolution, see :func:`~lerobot_assets.codec.decode_rgb`; ``decode_device="cuda"``:
+    reduced resolution, see :func:`~lerobot_assets.core.media.codec.decode_rgb`; ``decode_device="cuda"``:
     JPEG frames decoded by nvJPEG into CUDA tensors, in the process that reads the batch, so use
     ``num_workers=0`` or a ``spawn`` context; without CUDA this logs why and decodes on the CPU),
     the numeric features as

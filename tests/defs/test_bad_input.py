@@ -15,11 +15,11 @@ import pyarrow.parquet as pq
 import pytest
 from dagster import AssetCheckKey, DagsterInstance
 
-from lerobot_assets.errors import LeRobotAssetsError
-from lerobot_assets.launch import info, ingest, parse_episodes, snapshot
-from lerobot_assets.partitions import dataset_asset_key
-from lerobot_assets.synthetic import generate_dataset
-from lerobot_assets.table import open_read_only
+from lerobot_assets.core.errors import LeRobotAssetsError
+from lerobot_assets.core.table.access import open_read_only
+from lerobot_assets.defs.partitions import dataset_asset_key
+from lerobot_assets.runtime.commands import info, ingest, parse_episodes, snapshot
+from lerobot_assets.testing.synthetic import generate_dataset
 
 LENGTHS = (10, 12, 9)
 EP1_DATA = "data/chunk-000/file-001.parquet"

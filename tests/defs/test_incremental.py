@@ -9,11 +9,14 @@ from pathlib import Path
 import numpy as np
 from dagster import DagsterInstance, build_sensor_context
 
+from lerobot_assets.core.table.access import open_read_only, open_tag
 from lerobot_assets.definitions import build_definitions
-from lerobot_assets.launch import Settings, ingest, snapshot
-from lerobot_assets.partitions import dataset_asset_key, range_tags
-from lerobot_assets.synthetic import generate_dataset, shift_actions
-from lerobot_assets.table import open_read_only, open_tag
+from lerobot_assets.defs.partitions import dataset_asset_key, range_tags
+from lerobot_assets.runtime.commands import ingest, snapshot
+from lerobot_assets.runtime.runner import Settings
+from lerobot_assets.testing.synthetic import generate_dataset
+
+from tests.support.datasets import shift_actions
 
 LENGTHS = (9, 11, 8, 10, 12)
 

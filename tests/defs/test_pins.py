@@ -15,13 +15,14 @@ import pytest
 from dagster import AssetKey, DagsterInstance
 from PIL import Image
 
-from lerobot_assets.errors import LeRobotAssetsError
-from lerobot_assets.launch import info, ingest
-from lerobot_assets.source import directory_revision
-from lerobot_assets.synthetic import shift_actions
-from lerobot_assets.table import open_read_only
+from lerobot_assets.core.errors import LeRobotAssetsError
+from lerobot_assets.core.sources import directory_revision
+from lerobot_assets.core.table.access import open_read_only
+from lerobot_assets.runtime.commands import info, ingest
+
 from tests.conftest import SHARED_FIXTURE, white_block_x
-from tests.test_incremental import _git
+from tests.defs.test_incremental import _git
+from tests.support.datasets import shift_actions
 
 DATA = "data/chunk-000/file-000.parquet"
 CAMERAS = ("observation.images.cam_high", "observation.images.cam_left_wrist")

@@ -15,13 +15,15 @@ from dagster import AssetKey, DagsterInstance
 from PIL import Image
 
 from lerobot_assets.cli import main as cli_main
-from lerobot_assets.home import Home
-from lerobot_assets.launch import Settings, dagster_instance, ingest, open_snapshot, run_job, snapshot
-from lerobot_assets.partitions import dataset_asset_key, episode_key
-from lerobot_assets.query import run_query
-from lerobot_assets.table import open_read_only
+from lerobot_assets.core.table.access import open_read_only
+from lerobot_assets.core.table.query import run_query
+from lerobot_assets.defs.partitions import dataset_asset_key, episode_key
+from lerobot_assets.runtime.commands import ingest, open_snapshot, snapshot
+from lerobot_assets.runtime.home import Home
+from lerobot_assets.runtime.instance import dagster_instance
+from lerobot_assets.runtime.runner import Settings, run_job
 
-from .conftest import white_block_x
+from tests.conftest import white_block_x
 
 CAMERAS = ("observation.images.cam_high", "observation.images.cam_left_wrist")
 TELEMETRY, FRAMES, TABLE = (dataset_asset_key("small", name) for name in ("telemetry_frame", "decoded_camera_frames", "deeplake_table"))
@@ -153,7 +155,7 @@ def test_an_old_home_with_the_removed_custom_storages_opens_with_dagsters_defaul
 
 def test_dagster_home_is_honoured(official_dataset: Path, home: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """With DAGSTER_HOME set, runs and partitions are recorded in that instance, not in the home's embedded one."""
-    from lerobot_assets import launch
+    from lerobot_assets.runtime import commands as launch
 
     configured = tmp_path / "deployment"
     configured.mkdir()
@@ -183,7 +185,7 @@ def test_every_asset_has_a_group_of_its_use_and_a_kind() -> None:
 
 def test_default_tags_stay_unique_within_one_second() -> None:
     """Two snapshots in the same second (a no-op re-ingest takes a fraction of one) get distinct tags."""
-    from lerobot_assets.assets import default_tag
+    from lerobot_assets.defs.snapshot import default_tag
 
     first = default_tag("demo", "fcc8313f0123", [])
     assert first.startswith("demo-") and first.endswith("Z-fcc8313f")
@@ -325,9 +327,9 @@ def test_writing_processes_keep_deeplakes_freed_memory_for_reuse() -> None:
     """The asset graph sets mimalloc's purge delay before Deeplake loads (10 s, not 10 ms, so consecutive
     episode writes reuse memory instead of faulting it in again), for the CLI and for `dagster dev`'s
     runs; a value the user set is kept, and a process that only reads tables keeps mimalloc's default."""
-    assert _purge_delay_deeplake_sees("lerobot_assets.launch") == "10000"
+    assert _purge_delay_deeplake_sees("lerobot_assets.runtime.commands") == "10000"
     assert _purge_delay_deeplake_sees("lerobot_assets.definitions") == "10000"
-    assert _purge_delay_deeplake_sees("lerobot_assets.launch", "250") == "250"
+    assert _purge_delay_deeplake_sees("lerobot_assets.runtime.commands", "250") == "250"
     assert _purge_delay_deeplake_sees("lerobot_assets.training") == "10"
 
 
@@ -336,8 +338,8 @@ def test_episode_runs_record_inputs_of_their_own_run(tmp_path: Path, monkeypatch
     materialization of the upstream asset in any partition; each run records its results back to
     back, so that is a materialization of the same run (of the episode itself in a one-episode run),
     never one of another run, and no data version mismatch is reported."""
-    from lerobot_assets import launch
-    from lerobot_assets.synthetic import generate_dataset
+    from lerobot_assets.runtime import commands as launch
+    from lerobot_assets.testing.synthetic import generate_dataset
 
     monkeypatch.setattr(launch, "EPISODES_PER_RUN", 3)
     root = generate_dataset(tmp_path / "ds", episode_lengths=[20] * 8, episodes_per_file=4)
@@ -364,8 +366,8 @@ def test_episode_runs_record_inputs_of_their_own_run(tmp_path: Path, monkeypatch
 def test_episode_assets_list_exactly_the_episodes_of_their_dataset(tmp_path: Path) -> None:
     """With two datasets of 6 and 3 episodes, every episode asset of each lists exactly its own
     episodes as partitions (no (dataset, episode) pair that does not exist), and so does the instance."""
-    from lerobot_assets.launch import code_location
-    from lerobot_assets.synthetic import generate_dataset
+    from lerobot_assets.runtime.runner import code_location
+    from lerobot_assets.testing.synthetic import generate_dataset
 
     home = tmp_path / "home"
     for name, count in (("six", 6), ("three", 3)):

@@ -17,14 +17,17 @@ import pyarrow.parquet as pq
 import pytest
 from dagster import AssetCheckKey, DagsterInstance
 
-from lerobot_assets.errors import TableError
-from lerobot_assets.home import Home
-from lerobot_assets.registry import registry_of
-from lerobot_assets.launch import ingest, open_snapshot, snapshot
-from lerobot_assets.partitions import dataset_asset_key, episode_key
-from lerobot_assets.relabel import ColumnSpec, Label, LabelError, apply_labels, merge_branch, read_labels
-from lerobot_assets.relabel_assets import diff, merge, relabel
-from lerobot_assets.table import open_read_only, open_writable, replace_episode
+from lerobot_assets.core.errors import TableError
+from lerobot_assets.core.table.access import open_read_only, open_writable
+from lerobot_assets.core.table.branches import merge_branch
+from lerobot_assets.core.table.episodes import replace_episode
+from lerobot_assets.core.table.label_files import ColumnSpec, Label, LabelError, read_labels
+from lerobot_assets.core.table.labels import apply_labels
+from lerobot_assets.defs.partitions import dataset_asset_key, episode_key
+from lerobot_assets.runtime.commands import ingest, open_snapshot, snapshot
+from lerobot_assets.runtime.home import Home
+from lerobot_assets.runtime.registry import registry_of
+from lerobot_assets.runtime.relabel import diff, merge, relabel
 
 NEW_TASK = "Wipe the table twice"
 OLD_TASK = "Wipe the table"  # episode 1's task in the official sample

@@ -11,27 +11,23 @@ import deeplake
 import numpy as np
 import pytest
 
-from lerobot_assets.codec import encode_image
-from lerobot_assets.launch import info, ingest
-from lerobot_assets.lerobot_format import read_dataset
-from lerobot_assets.stats import STATS_COLUMN, aggregate_stats, episode_stats, feature_stats, load_stats, stats_cells, stats_from_json
-from lerobot_assets.synthetic import generate_dataset, render_frame, table_rows
-from lerobot_assets.table import (
-    RUN_METADATA_COLUMN,
-    RunWriter,
-    episode_ranges,
-    episode_versions,
-    open_read_only,
-    set_table_metadata,
-    table_metadata,
-)
+from lerobot_assets.core.lerobot.meta import read_dataset
+from lerobot_assets.core.lerobot.stats import aggregate_stats, episode_stats, feature_stats, stats_from_json
+from lerobot_assets.core.media.codec import encode_image
+from lerobot_assets.core.table.access import open_read_only
+from lerobot_assets.core.table.episode_stats import STATS_COLUMN, load_stats, stats_cells
+from lerobot_assets.core.table.episodes import episode_ranges
+from lerobot_assets.core.table.metadata import RUN_METADATA_COLUMN, episode_versions, set_table_metadata, table_metadata
+from lerobot_assets.core.table.writer import RunWriter
+from lerobot_assets.runtime.commands import info, ingest
+from lerobot_assets.testing.synthetic import generate_dataset, render_frame, table_rows
 
 REVISION = "a0afa88f7ef3f540eaef5001b31aed9d3d862a5e54da571a7b3f6236c43ad1ad"
 
 _OPEN = """
 import json, sys, time
 import deeplake
-from lerobot_assets.table import table_metadata
+from lerobot_assets.core.table.metadata import table_metadata
 
 def status(field):
     return next(int(line.split()[1]) / 1024 for line in open("/proc/self/status") if line.startswith(field))
@@ -99,7 +95,7 @@ def _episode(meta, index: int, frames: int) -> dict:
     rows = table_rows(index, frames, camera="observation.images.front", image=encode_image(render_frame(index, 0, 48, 64)),
                       fps=meta.fps, state_dim=2)
     values = {k: v for k, v in rows.items() if k != "observation.images.front"}
-    return {**rows, STATS_COLUMN: stats_cells(episode_stats(values, {}), frames)}
+    return {**rows, STATS_COLUMN: stats_cells(episode_stats(values), frames)}
 
 
 def test_a_run_of_episodes_is_one_commit_and_a_failed_write_undoes_only_the_uncommitted(tmp_path: Path) -> None:

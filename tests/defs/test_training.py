@@ -16,19 +16,19 @@ import torch
 from PIL import Image
 from torch.utils.data import DataLoader, get_worker_info
 
-from lerobot_assets.codec import decode_rgb, encode_image
-from lerobot_assets.errors import TableError
-from lerobot_assets.home import Home
-from lerobot_assets.registry import registry_of
-from lerobot_assets.launch import ingest, open_snapshot, snapshot
-from lerobot_assets.lerobot_format import read_dataset
-from lerobot_assets.stats import aggregate_stats, episode_stats
-from lerobot_assets.synthetic import block_x, generate_dataset
-from lerobot_assets.table import INDEX_DTYPES, open_tag
+from lerobot_assets.core.errors import TableError
+from lerobot_assets.core.lerobot.meta import INDEX_DTYPES, read_dataset
+from lerobot_assets.core.lerobot.stats import aggregate_stats, episode_stats
+from lerobot_assets.core.media.codec import decode_rgb, encode_image
+from lerobot_assets.core.table.access import open_tag
+from lerobot_assets.runtime.commands import ingest, open_snapshot, snapshot
+from lerobot_assets.runtime.home import Home
+from lerobot_assets.runtime.registry import registry_of
+from lerobot_assets.testing.synthetic import block_x, generate_dataset
 from lerobot_assets.training import ReadAheadBatches, SnapshotDataset, collate
 
-from .conftest import white_block_x
-from .s3_server import S3Server
+from tests.conftest import white_block_x
+from tests.support.s3_server import S3Server
 
 LENGTHS = (14, 9, 12)
 TASKS = ("Pick up the shrimp", "Wipe the table", "Open the drawer")  # the generator's, one per episode
@@ -304,7 +304,7 @@ def test_fast_jpeg_path_decodes_pillows_pixels(snap: dict) -> None:
 
 
 def test_train_bc_example_loss_goes_down(snap: dict, capsys: pytest.CaptureFixture) -> None:
-    path = Path(__file__).resolve().parents[1] / "examples" / "train_bc.py"
+    path = Path(__file__).resolve().parents[2] / "examples" / "train_bc.py"
     spec = importlib.util.spec_from_file_location("train_bc", path)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)

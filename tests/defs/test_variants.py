@@ -10,11 +10,11 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from lerobot_assets.launch import ingest
-from lerobot_assets.synthetic import block_x, generate_dataset, render_frame
-from lerobot_assets.table import open_read_only
+from lerobot_assets.core.table.access import open_read_only
+from lerobot_assets.runtime.commands import ingest
+from lerobot_assets.testing.synthetic import block_x, generate_dataset, render_frame
 
-from .conftest import white_block_x
+from tests.conftest import white_block_x
 
 VARIANTS = {
     # v3.0: 5 episodes, 2 per file, 2 files per chunk -> data and videos over 3 files in 2 chunks.

@@ -9,10 +9,10 @@ from pathlib import Path
 
 import pytest
 
-from lerobot_assets.launch import ingest
-from lerobot_assets.table import open_read_only
-from tests.dagster_server import dagster_dev, graphql, tail
-from tests.test_incremental import LENGTHS, _edit_actions, _make_repo
+from lerobot_assets.core.table.access import open_read_only
+from lerobot_assets.runtime.commands import ingest
+from tests.support.dagster_server import dagster_dev, graphql, tail
+from tests.defs.test_incremental import LENGTHS, _edit_actions, _make_repo
 
 pytestmark = pytest.mark.timeout(600)
 BACKFILL_TIMEOUT_S = 300

@@ -8,13 +8,13 @@ from pathlib import Path
 import pytest
 
 from lerobot_assets.cli import main as cli_main
-from lerobot_assets.launch import open_snapshot
+from lerobot_assets.runtime.commands import open_snapshot
 
 
 def test_demo_generates_ingests_snapshots_and_queries(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     assert cli_main(["demo", "--home", str(tmp_path)]) == 0
     result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
-    lengths = (45, 38, 52, 41, 36, 47)  # the sample's episodes (lerobot_assets.demo)
+    lengths = (45, 38, 52, 41, 36, 47)  # the sample's episodes (lerobot_assets.cli.demo)
     assert result["rows"] == sum(lengths) and result["episodes"] == list(range(6))
     pinned = open_snapshot("demo", result["tag"], home=tmp_path)
     assert len(pinned) == sum(lengths) and pinned.version == result["version"]

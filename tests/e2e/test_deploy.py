@@ -1,5 +1,5 @@
 """The example ``deploy/`` folder as a team would use it, against a real PostgreSQL server on
-127.0.0.1 (tests/pg_server.py): ``deploy/dagster.yaml`` loaded as is, its settings in effect; the code
+127.0.0.1 (tests/support/pg_server.py): ``deploy/dagster.yaml`` loaded as is, its settings in effect; the code
 location served by the Dockerfile's own command; ``dagster dev`` (webserver + daemon) on
 ``deploy/workspace.yaml``; the daemon's backfill of every episode completes, and the same backfill
 again writes nothing. Docker itself is not used (the image is not built here)."""
@@ -19,16 +19,16 @@ from pathlib import Path
 import pytest
 from dagster import AssetKey, DagsterInstance, DagsterRunStatus, QueuedRunCoordinator, RunsFilter
 
-from lerobot_assets.deployment import LOCATION_NAME
-from lerobot_assets.partitions import episode_pool
-from lerobot_assets.table import open_read_only
-from lerobot_assets.synthetic import generate_dataset
+from lerobot_assets.core.table.access import open_read_only
+from lerobot_assets.defs.partitions import episode_pool
+from lerobot_assets.runtime.deployment import LOCATION_NAME
+from lerobot_assets.testing.synthetic import generate_dataset
 
-from .dagster_server import REPO, dagster_command, free_port, graphql, serve, server_env, stop, tail
-from .pg_server import PostgresServer, postgres_bin
+from tests.support.dagster_server import REPO, dagster_command, free_port, graphql, serve, server_env, stop, tail
+from tests.support.pg_server import PostgresServer, postgres_bin
 
 pytestmark = [
-    pytest.mark.skipif(postgres_bin() is None, reason="PostgreSQL is not installed (tests/pg_setup.sh installs it)"),
+    pytest.mark.skipif(postgres_bin() is None, reason="PostgreSQL is not installed (tests/support/pg_setup.sh installs it)"),
     pytest.mark.timeout(600),
 ]
 DEPLOY = REPO / "deploy"

@@ -13,9 +13,9 @@ from pathlib import Path
 import pytest
 from dagster import DagsterEventType, DagsterInstance, DagsterRunStatus
 
-from lerobot_assets.launch import ingest
-from lerobot_assets.synthetic import generate_dataset
-from tests.dagster_server import REPO, server_env, stop, tail
+from lerobot_assets.runtime.commands import ingest
+from lerobot_assets.testing.synthetic import generate_dataset
+from tests.support.dagster_server import REPO, server_env, stop, tail
 
 pytestmark = pytest.mark.timeout(600)
 DAEMON_START_TIMEOUT_S = 120

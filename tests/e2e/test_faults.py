@@ -16,10 +16,12 @@ import numpy as np
 import pytest
 from dagster import AssetKey, DagsterInstance, DagsterRunStatus, RunsFilter
 
-from lerobot_assets.errors import LeRobotAssetsError
-from lerobot_assets.launch import info, ingest, snapshot
-from lerobot_assets.synthetic import generate_dataset, shift_actions
-from lerobot_assets.table import episode_versions, open_read_only
+from lerobot_assets.core.errors import LeRobotAssetsError
+from lerobot_assets.runtime.commands import info, ingest, snapshot
+from tests.support.datasets import shift_actions
+from lerobot_assets.core.table.access import open_read_only
+from lerobot_assets.core.table.metadata import episode_versions
+from lerobot_assets.testing.synthetic import generate_dataset
 
 # Runs a real ingest in a child process, through the real Deeplake table, but pauses at the run's commit
 # (after its episodes' deletes + appends), so the test can SIGKILL it at the worst moment.
@@ -27,8 +29,8 @@ from lerobot_assets.table import episode_versions, open_read_only
 _KILLABLE_INGEST = textwrap.dedent(
     """
     import sys, time
-    import lerobot_assets.table as table
-    from lerobot_assets.launch import ingest
+    import lerobot_assets.core.table.writer as table
+    from lerobot_assets.runtime.commands import ingest
 
     def pausing_commit(self, message):
         with open(sys.argv[3], "w") as marker:
@@ -130,7 +132,7 @@ def test_concurrent_writers_equal_a_serial_ingest(mode: str, tmp_path: Path) -> 
         result = ingest(str(source), name="robot", home=home, workers=4)
         assert result["added"] == list(range(8))
     else:
-        script = "import sys; from lerobot_assets.launch import ingest, parse_episodes; " \
+        script = "import sys; from lerobot_assets.runtime.commands import ingest, parse_episodes; " \
                  "ingest(sys.argv[1], name='robot', home=sys.argv[2], episodes=parse_episodes(sys.argv[3]), workers=1)"
         logs = [tmp_path / f"run{i}.log" for i in range(2)]
         children = [
@@ -224,10 +226,10 @@ def test_failing_writes_give_a_clear_error_and_keep_the_table(tmp_path: Path) ->
 
 
 def test_failed_first_download_leaves_nothing_registered(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from lerobot_assets.home import Home
-    from lerobot_assets.registry import registry_of
+    from lerobot_assets.runtime.home import Home
+    from lerobot_assets.runtime.registry import registry_of
 
-    from .hub_server import HubServer
+    from tests.support.hub_server import HubServer
 
     repo = generate_dataset(tmp_path / "repo", episode_lengths=(5,), cameras=("front",), codec="libx264")
     subprocess.run(["git", "-C", str(repo), "init", "-q"], check=True)

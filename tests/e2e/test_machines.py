@@ -27,19 +27,21 @@ import numpy as np
 import pytest
 from dagster import AssetRecordsFilter, DagsterInstance, build_sensor_context
 
-from lerobot_assets.home import Home
-from lerobot_assets.launch import Settings, code_location, dagster_instance, info, ingest, run_job, snapshot
-from lerobot_assets.lease import hold
-from lerobot_assets.partitions import dataset_asset_key, episode_key
-from lerobot_assets.synthetic import generate_dataset
+from lerobot_assets.core.table.access import open_read_only, open_writable
+from lerobot_assets.core.table.lease import hold
+from lerobot_assets.defs.partitions import dataset_asset_key, episode_key
+from lerobot_assets.runtime.commands import info, ingest, snapshot
+from lerobot_assets.runtime.home import Home
+from lerobot_assets.runtime.instance import dagster_instance
+from lerobot_assets.runtime.runner import Settings, code_location, run_job
+from lerobot_assets.testing.synthetic import generate_dataset
 from lerobot_assets.training import SnapshotDataset
-from lerobot_assets.table import open_read_only, open_writable
 
-from .pg_server import PostgresServer, postgres_bin
-from .s3_server import S3Server
-from .test_faults import _KILLABLE_INGEST, _rows, _wait_for
-from .test_lease import _s3_object
-from .test_relabel import episode_copy
+from tests.support.pg_server import PostgresServer, postgres_bin
+from tests.support.s3_server import S3Server
+from tests.e2e.test_faults import _KILLABLE_INGEST, _rows, _wait_for
+from tests.unit.test_lease import _s3_object
+from tests.defs.test_relabel import episode_copy
 
 LENGTHS = (40, 44, 38, 42, 40, 36)
 #: Episodes each machine ingests: both start at once and write 1-5 at about the same time.
@@ -116,7 +118,7 @@ def instance(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[dict[st
         yield {}
         return
     if postgres_bin() is None:
-        pytest.skip("PostgreSQL is not installed (tests/pg_setup.sh installs it)")
+        pytest.skip("PostgreSQL is not installed (tests/support/pg_setup.sh installs it)")
     with PostgresServer() as pg:
         dagster_home = tmp_path / "dagster"
         dagster_home.mkdir()
@@ -229,7 +231,7 @@ def test_machines_with_empty_homes_work_by_dataset_name(
     snapshot, trains on it with ``SnapshotDataset`` and ticks the sensor, which finds the dataset and
     nothing to request."""
     if postgres_bin() is None:
-        pytest.skip("PostgreSQL is not installed (tests/pg_setup.sh installs it)")
+        pytest.skip("PostgreSQL is not installed (tests/support/pg_setup.sh installs it)")
     tables = f"s3://{s3.bucket}/empty-homes"
     with PostgresServer() as pg:
         dagster_home = tmp_path / "dagster"

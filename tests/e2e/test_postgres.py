@@ -1,5 +1,5 @@
 """Dagster on PostgreSQL: the CLI records an ingest in an instance whose storage is a real
-PostgreSQL server (Debian's, started on 127.0.0.1 by tests/pg_server.py), configured as
+PostgreSQL server (Debian's, started on 127.0.0.1 by tests/support/pg_server.py), configured as
 docs/usage.md shows (``postgres_url`` from ``$DAGSTER_POSTGRES_URL``: ``postgresql+psycopg2://...``)."""
 
 from __future__ import annotations
@@ -13,11 +13,11 @@ from pathlib import Path
 import pytest
 from dagster import AssetKey, DagsterInstance
 
-from lerobot_assets.synthetic import generate_dataset
+from lerobot_assets.testing.synthetic import generate_dataset
 
-from .pg_server import PostgresServer, postgres_bin
+from tests.support.pg_server import PostgresServer, postgres_bin
 
-pytestmark = pytest.mark.skipif(postgres_bin() is None, reason="PostgreSQL is not installed (tests/pg_setup.sh installs it)")
+pytestmark = pytest.mark.skipif(postgres_bin() is None, reason="PostgreSQL is not installed (tests/support/pg_setup.sh installs it)")
 
 
 def _ingest(source: Path, home: Path, dagster_home: Path) -> dict:

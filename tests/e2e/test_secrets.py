@@ -7,9 +7,9 @@ import subprocess
 import sys
 from pathlib import Path
 
-from lerobot_assets.synthetic import generate_dataset
+from lerobot_assets.testing.synthetic import generate_dataset
 
-from .hub_server import HubServer
+from tests.support.hub_server import HubServer
 
 TOKEN = "hf_SecretTokenForLeakTest_9f3c2a7e51"
 

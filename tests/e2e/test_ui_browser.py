@@ -13,7 +13,7 @@ Steps (screenshots of each go to ``test-output/ui/``):
    materialization's metadata is rendered: the ``preview`` thumbnail (a decoded ``data:image/jpeg``
    ``<img>``) and ``rows_written`` = 31 (episode 2 of the sample has 31 frames).
 
-Needs Chromium (``/usr/bin/chromium``) and Playwright for Python; ``tests/ui_setup.sh`` installs
+Needs Chromium (``/usr/bin/chromium``) and Playwright for Python; ``tests/support/ui_setup.sh`` installs
 both. Without a browser that starts, the test is skipped with the reason; anything else fails.
 """
 
@@ -28,10 +28,10 @@ from pathlib import Path
 
 import pytest
 
-from tests.browser import chromium, launch_browser, skip_community_dialog  # noqa: F401 - chromium is a fixture
-from tests.dagster_server import LOCATIONS, dagster_dev, graphql
+from tests.support.browser import chromium, launch_browser, skip_community_dialog  # noqa: F401 - chromium is a fixture
+from tests.support.dagster_server import LOCATIONS, dagster_dev, graphql
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 _STARTED = time.monotonic()
 OUT = REPO / "test-output" / "ui"
 DATASET = "small"
@@ -76,7 +76,7 @@ def page(browser):
 @pytest.fixture(scope="module")
 def ui(chromium: str, official_dataset: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """A home with episodes 0-1 of ``small`` ingested and ``dagster dev`` serving it; yields the base URL."""
-    from lerobot_assets.launch import ingest
+    from lerobot_assets.runtime.commands import ingest
 
     shutil.rmtree(OUT, ignore_errors=True)
     OUT.mkdir(parents=True)

@@ -43,14 +43,14 @@ import pytest
 from dagster import DagsterEventType, DagsterInstance, DagsterRunStatus, EventLogEntry, RunsFilter
 from filelock import FileLock
 
-from lerobot_assets.home import Home
-from lerobot_assets.lease import lease_url
-from lerobot_assets.synthetic import generate_dataset
-from lerobot_assets.table import table_url
-from tests.browser import chromium, launch_browser, skip_community_dialog  # noqa: F401 - chromium is a fixture
-from tests.dagster_server import dagster_command, free_port, graphql, serve, server_env, tail
+from lerobot_assets.core.table.access import table_url
+from lerobot_assets.core.table.lease import lease_url
+from lerobot_assets.runtime.home import Home
+from lerobot_assets.testing.synthetic import generate_dataset
+from tests.support.browser import chromium, launch_browser, skip_community_dialog  # noqa: F401 - chromium is a fixture
+from tests.support.dagster_server import dagster_command, free_port, graphql, serve, server_env, tail
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 OUT = REPO / "test-output" / "ui-live-logs"
 DATASET = "gen"
 FRAMES = 40

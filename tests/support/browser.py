@@ -1,6 +1,6 @@
 """Headless Chromium for the UI tests: find it, check that it starts, and drive it with Playwright.
 
-Needs Chromium (``/usr/bin/chromium``) and Playwright for Python; ``tests/ui_setup.sh`` installs
+Needs Chromium (``/usr/bin/chromium``) and Playwright for Python; ``tests/support/ui_setup.sh`` installs
 both. Without a browser that starts, the tests using these fixtures are skipped with the reason.
 """
 
@@ -31,10 +31,10 @@ def chromium() -> str:
     try:
         import playwright.sync_api  # noqa: F401
     except ImportError as exc:
-        pytest.skip(f"Playwright for Python is not installed ({exc}); run tests/ui_setup.sh")
+        pytest.skip(f"Playwright for Python is not installed ({exc}); run tests/support/ui_setup.sh")
     executable = next((p for p in map(shutil.which, BROWSER_CANDIDATES) if p), None)
     if executable is None:
-        pytest.skip(f"no Chromium found (looked for {', '.join(BROWSER_CANDIDATES)}); run tests/ui_setup.sh")
+        pytest.skip(f"no Chromium found (looked for {', '.join(BROWSER_CANDIDATES)}); run tests/support/ui_setup.sh")
     # Cheap preflight before any ingest or server: does it render a blank page headless?
     with tempfile.TemporaryDirectory() as profile:
         try:

@@ -1,4 +1,4 @@
-"""A real PostgreSQL server for tests: Debian's binaries (``tests/pg_setup.sh`` installs them),
+"""A real PostgreSQL server for tests: Debian's binaries (``tests/support/pg_setup.sh`` installs them),
 ``initdb`` into a fresh temporary directory, ``pg_ctl start`` on a free port on 127.0.0.1, and
 stopped by the postmaster's PID when the block ends.
 
@@ -41,7 +41,7 @@ class PostgresServer:
     def __init__(self) -> None:
         self.bin = postgres_bin()
         if self.bin is None:
-            raise RuntimeError("PostgreSQL is not installed: run `sh tests/pg_setup.sh`")
+            raise RuntimeError("PostgreSQL is not installed: run `sh tests/support/pg_setup.sh`")
         with socket.socket() as probe:
             probe.bind(("127.0.0.1", 0))
             self.port = probe.getsockname()[1]

@@ -1,10 +1,10 @@
 #!/bin/sh
-# Installs what tests/test_postgres.py needs, idempotently: Debian's PostgreSQL server binaries
+# Installs what tests/e2e/test_postgres.py needs, idempotently: Debian's PostgreSQL server binaries
 # (apt-get install postgresql), unless /usr/lib/postgresql/*/bin/initdb exists. The tests start
-# their own server (tests/pg_server.py: initdb + pg_ctl in a temporary directory on 127.0.0.1);
+# their own server (tests/support/pg_server.py: initdb + pg_ctl in a temporary directory on 127.0.0.1);
 # the package's own cluster service is not used.
 #
-# Usage: sh tests/pg_setup.sh
+# Usage: sh tests/support/pg_setup.sh
 #
 # Never fails the test run: when PostgreSQL cannot be installed it prints a warning and exits 0;
 # the Postgres test then skips and says why.

@@ -1,10 +1,10 @@
 #!/bin/sh
-# Installs what tests/test_ui_browser.py needs, idempotently:
+# Installs what tests/e2e/test_ui_browser.py needs, idempotently:
 #   - Debian's Chromium (apt-get install chromium chromium-driver), unless /usr/bin/chromium exists;
 #   - Playwright for Python in the active (or given) virtualenv, unless importable.
 # The browser is Debian's: never `playwright install` (no browser download).
 #
-# Usage: sh tests/ui_setup.sh [PYTHON]
+# Usage: sh tests/support/ui_setup.sh [PYTHON]
 #   PYTHON: the virtualenv's interpreter; default: $VIRTUAL_ENV/bin/python, else the repo's
 #   .venv/bin/python, else python3.
 #
@@ -14,7 +14,7 @@ set -u
 
 warn() { echo "ui_setup: warning: $*" >&2; }
 
-here=$(cd "$(dirname "$0")/.." && pwd)
+here=$(cd "$(dirname "$0")/../.." && pwd)
 python=${1:-}
 if [ -z "$python" ]; then
     if [ -n "${VIRTUAL_ENV:-}" ] && [ -x "$VIRTUAL_ENV/bin/python" ]; then

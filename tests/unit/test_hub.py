@@ -1,4 +1,4 @@
-"""``lerobot_assets.source`` against a real HTTP Hub look-alike (tests/hub_server.py) serving real git repos.
+"""``lerobot_assets.core.sources`` against a real HTTP Hub look-alike (tests/support/hub_server.py) serving real git repos.
 
 Everything here is real: git repositories made in tmp_path, an HTTP server on 127.0.0.1, and the installed
 huggingface_hub client talking to it through ``endpoint=`` (or ``HF_ENDPOINT`` in a subprocess).
@@ -20,10 +20,10 @@ from types import SimpleNamespace
 
 import pytest
 
-from lerobot_assets.registry import DatasetSource
-from lerobot_assets.source import HubSettings, SourceError, latest_revision, pin
+from lerobot_assets.core.sources import HubSettings, SourceError, latest_revision, pin
+from lerobot_assets.core.table.registry import DatasetSource
 from tests.conftest import SHARED_FIXTURE
-from tests.hub_server import HubServer
+from tests.support.hub_server import HubServer
 
 REPO_ID = "lerobot/demo"
 TOKEN = "hf_test_SECRET_token_0123456789"
@@ -358,8 +358,8 @@ def test_endpoint_and_token_from_environment(hub: HubServer, repo: Path, tmp_pat
     hub.token = TOKEN
     script = textwrap.dedent(f"""
         from pathlib import Path
-        from lerobot_assets.registry import DatasetSource
-        from lerobot_assets.source import HubSettings, latest_revision, pin
+        from lerobot_assets.core.sources import HubSettings, latest_revision, pin
+        from lerobot_assets.core.table.registry import DatasetSource
         source = DatasetSource(name="demo", source={REPO_ID!r}, kind="hub", table="mem://demo")
         print(latest_revision(source, HubSettings()))
         print(pin(source, Path({str(tmp_path / "cache")!r}), HubSettings()).path)
@@ -367,7 +367,7 @@ def test_endpoint_and_token_from_environment(hub: HubServer, repo: Path, tmp_pat
     env = {**os.environ, "HF_ENDPOINT": hub.url, "HF_TOKEN": TOKEN}
     env.pop("HF_HUB_DISABLE_IMPLICIT_TOKEN")  # the token must come from HF_TOKEN here
     result = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=120,
-                            cwd=Path(__file__).resolve().parents[1])
+                            cwd=Path(__file__).resolve().parents[2])
     assert result.returncode == 0, result.stderr
     revision, path = result.stdout.split()
     head = git(repo, "rev-parse", "HEAD")

@@ -1,4 +1,4 @@
-"""The table write lease (lerobot_assets.lease): one holder at a time across threads and processes,
+"""The table write lease (lerobot_assets.core.table.lease): one holder at a time across threads and processes,
 on a local path and on a real S3-compatible server (moto on 127.0.0.1); dead or silent holders are
 taken over, live ones are not."""
 
@@ -19,13 +19,13 @@ from pathlib import Path
 import boto3
 import pytest
 
-from lerobot_assets.errors import TableError
-from lerobot_assets.lease import _pid_space, check_held, hold, lease_url
-from lerobot_assets.table import storage_creds
+from lerobot_assets.core.errors import TableError
+from lerobot_assets.core.table.access import storage_creds
+from lerobot_assets.core.table.lease import _pid_space, check_held, hold, lease_url
 
-from .s3_server import S3Server
+from tests.support.s3_server import S3Server
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture(scope="module")
@@ -80,7 +80,7 @@ def _holding(code: str, held: Path) -> subprocess.Popen:
 
 def test_concurrent_threads_and_processes_never_hold_it_together(table: str, tmp_path: Path) -> None:
     journal = tmp_path / "journal"
-    code = f"from tests.test_lease import _contend; _contend({table!r}, {str(journal)!r}, 4, 2.0)"
+    code = f"from tests.unit.test_lease import _contend; _contend({table!r}, {str(journal)!r}, 4, 2.0)"
     children = [_child(code) for _ in range(3)]
     threads = [threading.Thread(target=_contend, args=(table, str(journal), 4, 2.0)) for _ in range(3)]
     for thread in threads:
@@ -116,7 +116,7 @@ def test_an_s3_lease_nobody_renews_is_taken_over_after_its_time_to_live(s3: S3Se
     client, bucket, key = _s3_object(table)
     stale = {"host": "other-machine", "pid": 4242, "token": "gone", "since": "2026-01-01T00:00:00Z"}
     client.put_object(Bucket=bucket, Key=key, Body=json.dumps(stale).encode())
-    caplog.set_level(logging.INFO, logger="lerobot_assets.lease")
+    caplog.set_level(logging.INFO, logger="lerobot_assets.core.table.lease")
     started = time.monotonic()
     with hold(table, ttl=1.0):
         waited = time.monotonic() - started
@@ -160,7 +160,7 @@ def test_a_live_holder_keeps_the_s3_lease_beyond_its_time_to_live(s3: S3Server, 
     table = _s3_table(s3, "live")
     released = tmp_path / "released"
     code = (
-        "import time, pathlib\nfrom lerobot_assets.lease import hold\n"
+        "import time, pathlib\nfrom lerobot_assets.core.table.lease import hold\n"
         f"with hold({table!r}, ttl=2.0):\n"
         f"    pathlib.Path({str(tmp_path / 'held')!r}).touch()\n    time.sleep(5)\n"
         f"pathlib.Path({str(released)!r}).write_text(repr(time.time()))\n"
@@ -203,11 +203,11 @@ def test_an_s3_lease_that_cannot_be_renewed_stops_the_commit() -> None:
 def test_a_killed_holder_of_a_local_lease_releases_it(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     table = str(tmp_path / "tables" / "ds")
     code = (
-        "import time, pathlib\nfrom lerobot_assets.lease import hold\n"
+        "import time, pathlib\nfrom lerobot_assets.core.table.lease import hold\n"
         f"with hold({table!r}):\n    pathlib.Path({str(tmp_path / 'held')!r}).touch()\n    time.sleep(600)\n"
     )
     holder = _holding(code, tmp_path / "held")
-    caplog.set_level(logging.INFO, logger="lerobot_assets.lease")
+    caplog.set_level(logging.INFO, logger="lerobot_assets.core.table.lease")
     threading.Timer(1.0, os.kill, (holder.pid, signal.SIGKILL)).start()
     started = time.monotonic()
     with hold(table):

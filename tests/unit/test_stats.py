@@ -13,22 +13,23 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from lerobot_assets.codec import encode_image
-from lerobot_assets.lerobot_format import read_dataset, read_episode_telemetry
-from lerobot_assets.stats import (
-    STATS_COLUMN,
+from lerobot_assets.core.lerobot.meta import read_dataset
+from lerobot_assets.core.lerobot.stats import (
     aggregate_stats,
     channel_counts,
     episode_stats,
     image_stats_from_counts,
-    load_stats,
     sample_indices,
     stats_from_json,
-    stats_cells,
     stats_to_json,
 )
-from lerobot_assets.synthetic import render_frame
-from lerobot_assets.video import decode_episode
+from lerobot_assets.core.lerobot.telemetry import read_episode_telemetry
+from lerobot_assets.core.media.codec import encode_image
+from lerobot_assets.core.media.video import decode_episode
+from lerobot_assets.core.table.episode_stats import STATS_COLUMN, load_stats, stats_cells
+from lerobot_assets.testing.synthetic import render_frame
+
+from tests.support.stats import image_stats
 
 CAMERAS = ("observation.images.cam_high", "observation.images.cam_left_wrist")
 NUMERIC = ("observation.state", "action", "observation.effort", "timestamp", "frame_index", "episode_index", "index",
@@ -84,11 +85,11 @@ def _assert_close(ours: dict, theirs: dict, keys: tuple[str, ...], atol: float, 
 def test_numeric_episode_stats_are_lerobots_exactly(official_dataset: Path) -> None:
     expected = _lerobot_episode_stats(official_dataset)
     for episode, values in _episode_values(official_dataset, float64_timestamps=True).items():
-        _assert_close(episode_stats(values, {}), expected[episode], NUMERIC, atol=1e-9)
+        _assert_close(episode_stats(values), expected[episode], NUMERIC, atol=1e-9)
 
 
 def test_aggregated_numeric_stats_are_stats_json_including_its_odd_quantiles(official_dataset: Path) -> None:
-    per_episode = [episode_stats(v, {}) for v in _episode_values(official_dataset, float64_timestamps=True).values()]
+    per_episode = [episode_stats(v) for v in _episode_values(official_dataset, float64_timestamps=True).values()]
     aggregated = aggregate_stats(per_episode)
     reference = _stats_json(official_dataset)
     _assert_close(aggregated, reference, NUMERIC, atol=1e-9)
@@ -106,7 +107,7 @@ def test_stats_from_table_dtypes_match_within_float32(official_dataset: Path) ->
 
     In float32 the 5000 histogram bins have other edges, so quantiles may move by up to a bin.
     """
-    per_episode = [episode_stats(v, {}) for v in _episode_values(official_dataset, float64_timestamps=False).values()]
+    per_episode = [episode_stats(v) for v in _episode_values(official_dataset, float64_timestamps=False).values()]
     aggregated, reference = aggregate_stats(per_episode), _stats_json(official_dataset)
     _assert_close(aggregated, reference, NUMERIC, atol=1e-6, skip=QUANTILES)
     _assert_close(aggregated, reference, ("timestamp",), atol=1.2 / 5000, skip=("min", "max", "mean", "std", "count"))
@@ -130,7 +131,7 @@ def test_camera_stats_reproduce_lerobot_from_decoded_frames(official_dataset: Pa
     per_episode, start = [], 0
     for episode in sorted(lengths):
         images = {cam: frames[start : start + lengths[episode]] for cam, frames in camera_frames.items()}
-        ours = episode_stats({}, images)
+        ours = {camera: image_stats(frames) for camera, frames in images.items()}
         start += lengths[episode]
         for camera in CAMERAS:
             # x**2 wraps around in uint8 in LeRobot's running stats, so every episode's image std is 0.
@@ -163,7 +164,7 @@ def test_decoder_stats_are_the_stats_of_the_frames_before_jpeg(official_dataset:
         assert set(decoded[camera].stats) == set(expected)
         for name, value in expected.items():
             np.testing.assert_array_equal(decoded[camera].stats[name], value, err_msg=f"{camera} {name}")
-        lossless = episode_stats({}, {camera: [encode_image(f, "png") for f in episode]})[camera]
+        lossless = image_stats([encode_image(f, "png") for f in episode])
         np.testing.assert_array_equal(lossless["mean"], expected["mean"])  # the bytes path agrees
 
 
@@ -172,7 +173,7 @@ def test_image_stats_sample_and_thin_frames_like_lerobot() -> None:
     assert len(sample_indices(1000)) == 177 and sample_indices(1000)[-1] == 999
     frames = [render_frame(i, 0, 480, 640) for i in range(150)]
     encoded = [encode_image(frame, "png") for frame in frames]  # lossless, so the pixels are known
-    stats = episode_stats({}, {"cam": encoded})["cam"]
+    stats = image_stats(encoded)
     used = np.stack([frames[i][::4, ::4] for i in sample_indices(150)])  # 640 px wide: every 4th pixel
     assert stats["count"].tolist() == [100] == [len(used)]
     assert stats["mean"].shape == (3, 1, 1)
@@ -181,15 +182,15 @@ def test_image_stats_sample_and_thin_frames_like_lerobot() -> None:
 
 
 def test_single_frame_episode_and_text_values() -> None:
-    stats = episode_stats({"x": np.array([[1.0, 2.0]], np.float32), "task": ["Wipe the table"]}, {})
+    stats = episode_stats({"x": np.array([[1.0, 2.0]], np.float32), "task": ["Wipe the table"]})
     assert set(stats) == {"x"}  # text is skipped, as LeRobot skips string features
     assert stats["x"]["q50"].tolist() == stats["x"]["mean"].tolist() == [1.0, 2.0]
     assert stats["x"]["count"].tolist() == [1]
 
 
 def test_stored_stats_follow_the_table_versions(tmp_path: Path) -> None:
-    first = episode_stats({"x": np.arange(10.0)}, {})
-    second = episode_stats({"x": np.arange(5.0) + 3}, {})
+    first = episode_stats({"x": np.arange(10.0)})
+    second = episode_stats({"x": np.arange(5.0) + 3})
     ds = deeplake.create(str(tmp_path / "table"))
     ds.add_column("episode_index", deeplake.types.Int64())
     ds.add_column(STATS_COLUMN, deeplake.types.Text())
@@ -211,7 +212,7 @@ def test_stored_stats_follow_the_table_versions(tmp_path: Path) -> None:
 
 def test_stats_of_tables_written_before_the_stats_column(tmp_path: Path) -> None:
     """Tables written before the stats column kept them as column metadata, one key per episode: still read."""
-    first = episode_stats({"x": np.arange(10.0)}, {})
+    first = episode_stats({"x": np.arange(10.0)})
     ds = deeplake.create(str(tmp_path / "table"))
     ds.add_column("episode_index", deeplake.types.Int64())
     ds["episode_index"].metadata["episode_stats/0"] = json.dumps(stats_to_json(first))
@@ -225,9 +226,12 @@ def test_stats_of_tables_written_before_the_stats_column(tmp_path: Path) -> None
 
 def test_package_imports_without_torch() -> None:
     code = (  # training and the worker buffers it uses are the [torch] extra
-        "import importlib, pkgutil, sys, lerobot_assets\n"
-        "for m in pkgutil.iter_modules(lerobot_assets.__path__):\n"
-        "    if m.name not in ('training', 'batch_buffers'): importlib.import_module('lerobot_assets.' + m.name)\n"
+        "import importlib, pathlib, lerobot_assets, sys\n"
+        "root = pathlib.Path(lerobot_assets.__path__[0])\n"
+        "for path in sorted(root.rglob('*.py')):\n"
+        "    name = '.'.join(('lerobot_assets', *path.relative_to(root).with_suffix('').parts)).removesuffix('.__init__')\n"
+        "    if not name.startswith('lerobot_assets.training') and not name.endswith('__main__'):\n"
+        "        importlib.import_module(name)\n"
         "assert 'torch' not in sys.modules, 'torch imported'\n"
     )
-    subprocess.run([sys.executable, "-c", code], check=True, cwd=Path(__file__).resolve().parents[1])
+    subprocess.run([sys.executable, "-c", code], check=True, cwd=Path(__file__).resolve().parents[2])

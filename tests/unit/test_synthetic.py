@@ -12,9 +12,9 @@ import pandas as pd
 import pyarrow.parquet as pq
 import pytest
 
-from lerobot_assets.synthetic import BLOCK_SIZE, block_x, block_y, episode_telemetry, generate_dataset, render_frame
+from lerobot_assets.testing.synthetic import BLOCK_SIZE, block_x, block_y, episode_telemetry, generate_dataset, render_frame
 
-FIXTURE = Path(__file__).resolve().parents[1].parent / "shared" / "fixtures" / "lerobot_v30_small"
+FIXTURE = Path(__file__).resolve().parents[2].parent / "shared" / "fixtures" / "lerobot_v30_small"
 FIXTURE_FILES = ("data/chunk-000/file-000.parquet", "meta/episodes/chunk-000/file-000.parquet", "meta/tasks.parquet")
 LENGTHS = (12, 9, 11, 8, 10)
 

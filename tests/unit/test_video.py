@@ -7,8 +7,8 @@ from pathlib import Path
 import av
 import numpy as np
 
-from lerobot_assets.synthetic import generate_dataset
-from lerobot_assets.video import rgb_converter
+from lerobot_assets.core.media.video import rgb_converter
+from lerobot_assets.testing.synthetic import generate_dataset
 
 
 def _frames(path: Path) -> list[av.VideoFrame]:

@@ -29,10 +29,10 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from lerobot_assets.errors import DatasetFormatError, bounded, where
-from lerobot_assets.lerobot_format import (
+from lerobot_assets.core.errors import DatasetFormatError, bounded, where
+from lerobot_assets.core.lerobot.meta import DatasetMeta
+from lerobot_assets.core.lerobot.telemetry import (
     TIMESTAMP_TOLERANCE_S,
-    DatasetMeta,
     episode_values,
     fps_tolerance,
     schema_problem,
@@ -97,7 +97,7 @@ def _unreadable(path: Path) -> bytes:
 
 
 def values_digest(values: dict) -> bytes:
-    """Hash of an episode's :func:`~lerobot_assets.lerobot_format.episode_values`: per column its
+    """Hash of an episode's :func:`~lerobot_assets.core.lerobot.telemetry.episode_values`: per column its
     name, dtype, shape and C-ordered bytes (text as JSON)."""
     digest = _digest()
     for key in sorted(values):

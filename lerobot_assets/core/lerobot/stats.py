@@ -33,21 +33,15 @@ than 0.01.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
 
-from lerobot_assets.codec import decode_rgb
-from lerobot_assets.errors import DatasetFormatError
+from lerobot_assets.core.errors import DatasetFormatError
 
 Stats = dict[str, dict[str, np.ndarray]]  # feature -> statistic -> value
 
-#: The Text column holding each episode's stats as JSON on its first row ("" on the others): see :func:`stats_cells`.
-STATS_COLUMN = "episode_stats"
-#: Where tables written before that column keep them: one key per episode in this column's metadata.
-_LEGACY_STATS_COLUMN = "episode_index"
 #: LeRobot's DEFAULT_QUANTILES, by the key it stores them under.
 QUANTILES = {"q01": 0.01, "q10": 0.10, "q50": 0.50, "q90": 0.90, "q99": 0.99}
 _BINS = 5000
@@ -180,25 +174,18 @@ def image_stats_from_counts(counts: np.ndarray, frames: int) -> dict[str, np.nda
     return {name: value if name == "count" else value.reshape(-1, 1, 1) / 255.0 for name, value in stats.items()}
 
 
-def image_stats(frames: Sequence[bytes]) -> dict[str, np.ndarray]:
-    """Per-channel stats of one camera over an episode's encoded frames (the :func:`sample_indices` of them)."""
-    sampled = sample_indices(len(frames))
-    return image_stats_from_counts(sum(channel_counts(decode_rgb(frames[i])) for i in sampled), len(sampled))
 
-
-def episode_stats(values: Mapping[str, Any], images: Mapping[str, Sequence[bytes]], location: str = "") -> Stats:
-    """Stats of one episode: ``values`` maps features to per-frame arrays, ``images`` cameras to encoded frames.
+def episode_stats(values: Mapping[str, Any], location: str = "") -> Stats:
+    """Stats of one episode's numeric features: ``values`` maps features to per-frame arrays (camera
+    stats come from the decoder: :func:`channel_counts`, :func:`image_stats_from_counts`).
 
     Non-numeric values (the ``task`` text) are skipped, as LeRobot skips string features. A
     failure raises :class:`DatasetFormatError` naming ``location`` (dataset, episode, file) and the column.
     """
     stats: Stats = {}
-    for key, value in [*values.items(), *images.items()]:
+    for key, value in values.items():
         try:
-            if key in images:
-                if len(value):
-                    stats[key] = image_stats(value)
-            elif (array := np.asarray(value)).dtype.kind in "iuf":
+            if (array := np.asarray(value)).dtype.kind in "iuf":
                 stats[key] = feature_stats(array)
         except (ValueError, ArithmeticError) as exc:
             raise DatasetFormatError(f"{location}: statistics of column {key!r} cannot be computed ({exc})") from None
@@ -241,44 +228,3 @@ def stats_to_json(stats: Stats) -> dict[str, dict[str, Any]]:
 def stats_from_json(data: Mapping[str, Mapping[str, Any]]) -> Stats:
     """The inverse of :func:`stats_to_json` (LeRobot's ``cast_stats_to_numpy``)."""
     return {key: {name: np.array(value) for name, value in feature.items()} for key, feature in data.items()}
-
-
-def _stats_key(index: int) -> str:
-    return f"episode_stats/{int(index)}"
-
-
-def stats_cells(stats: Stats | None, rows: int) -> list[str]:
-    """The :data:`STATS_COLUMN` values of an episode of ``rows`` rows: its stats (JSON) on the first row.
-
-    Kept in a column, appended with the rows, rather than in column metadata (where they were
-    first kept): Deeplake writes changed metadata into the version log, which every open replays,
-    so ~10 KB of stats per episode made every open of the table slower by ~0.15 ms per episode
-    written. A column is read only at the rows asked for (:func:`load_stats`), and versioned with
-    the rows like the metadata was.
-    """
-    first = "" if stats is None else json.dumps(stats_to_json(stats))
-    return [first] + [""] * (rows - 1) if rows else []
-
-
-def load_stats(ds: Any, firsts: Mapping[int, int]) -> Stats | None:
-    """The aggregated stats of the episodes whose first rows in Deeplake dataset ``ds`` are ``firsts``
-    (episode -> row); None unless all have stats.
-
-    Reads the stats column at those rows only (and, for episodes written before the column, the
-    metadata key they were kept under). Partial stats would silently normalize with numbers that
-    do not describe the data.
-    """
-    if not firsts:
-        return None
-    rows = list(firsts.values())
-    has_column = STATS_COLUMN in {column.name for column in ds.schema.columns}
-    cells = [cell or "" for cell in ds[STATS_COLUMN][rows]] if has_column else [""] * len(rows)  # "" reads back as None
-    legacy = ds[_LEGACY_STATS_COLUMN].metadata
-    stored = set(legacy.keys())
-    texts = []
-    for episode, cell in zip(firsts, cells):
-        text = cell or (legacy[key] if (key := _stats_key(episode)) in stored else "")
-        if not text:
-            return None
-        texts.append(text)
-    return aggregate_stats([stats_from_json(json.loads(text)) for text in texts])

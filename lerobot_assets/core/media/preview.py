@@ -9,7 +9,7 @@ from collections.abc import Mapping
 import numpy as np
 from PIL import Image, ImageDraw
 
-from lerobot_assets.codec import decode_rgb, encode_image
+from lerobot_assets.core.media.codec import decode_rgb, encode_image
 
 THUMBNAIL_WIDTH = 160
 

@@ -3,7 +3,7 @@
 When ``decoded_camera_frames`` is materialized without ``deeplake_table`` (the two are normally
 materialized together, and then frames go from decoder to table in memory), its frames wait in a
 staging file for a later ``deeplake_table`` run, which may run on another machine: an object under
-the tables root (``<root>/.staging/<name>/episode_<index>.arrow``, see :mod:`lerobot_assets.store`), an Arrow IPC file (one binary column per camera,
+the tables root (``<root>/.staging/<name>/episode_<index>.arrow``, see :mod:`lerobot_assets.core.storage`), an Arrow IPC file (one binary column per camera,
 one row per frame; the episode's input fingerprint and the cameras' image statistics in the schema
 metadata). An object is written whole, so a reader never sees half a file.
 """
@@ -15,9 +15,9 @@ from dataclasses import dataclass
 
 import pyarrow as pa
 
-from lerobot_assets.home import check_name
-from lerobot_assets.stats import Stats, stats_from_json, stats_to_json
-from lerobot_assets.store import read_object, write_object
+from lerobot_assets.core.lerobot.stats import Stats, stats_from_json, stats_to_json
+from lerobot_assets.core.names import check_name
+from lerobot_assets.core.storage import read_object, write_object
 
 _STATS_KEY = b"image_stats"
 _FINGERPRINT_KEY = b"fingerprint"

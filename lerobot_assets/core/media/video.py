@@ -20,10 +20,10 @@ import av
 import numpy as np
 from av.video.reformatter import VideoReformatter
 
-from lerobot_assets.codec import encode_image
-from lerobot_assets.errors import VideoDecodeError, where
-from lerobot_assets.lerobot_format import DatasetMeta, lfs_pointer_error
-from lerobot_assets.stats import channel_counts, image_stats_from_counts, sample_indices
+from lerobot_assets.core.errors import VideoDecodeError, where
+from lerobot_assets.core.lerobot.meta import DatasetMeta, lfs_pointer_error
+from lerobot_assets.core.lerobot.stats import channel_counts, image_stats_from_counts, sample_indices
+from lerobot_assets.core.media.codec import encode_image
 
 log = logging.getLogger(__name__)
 
@@ -77,31 +77,11 @@ def decode_segment(
     at = f"{location}, file {str(path)!r}" if location else f"file {str(path)!r}"
     if not path.is_file():
         raise VideoDecodeError(f"{at}: video file is missing")
-    found: list[Any] = [None] * len(targets)
-    errors = np.full(len(targets), np.inf)
     try:
         with av.open(str(path)) as container:
             if not container.streams.video:
                 raise VideoDecodeError(f"{at}: the file has no video stream")
-            stream = container.streams.video[0]
-            stream.codec_context.thread_count = 1  # parallel across cameras and episodes instead: codec threads cost ~40% more CPU per frame
-            time_base = float(stream.time_base)
-            container.seek(max(0, int(targets[0] / time_base)), stream=stream, backward=True)
-            first = 0  # targets before this index can no longer be matched by later frames
-            for frame in container.decode(stream):
-                if frame.pts is None:
-                    continue
-                t = frame.pts * time_base
-                while first < len(targets) and targets[first] + tolerance_s < t and found[first] is not None:
-                    first += 1
-                if first == len(targets) or targets[first] + tolerance_s < t:
-                    break  # all found, or targets[first] was skipped over: reported below
-                k = first
-                while k < len(targets) and targets[k] - tolerance_s <= t:
-                    error = abs(t - targets[k])
-                    if error <= tolerance_s and error < errors[k]:
-                        found[k], errors[k] = convert(frame, k), error
-                    k += 1
+            found, errors = _match_frames(container, targets, convert, tolerance_s)
     except av.FFmpegError as exc:
         raise VideoDecodeError(
             lfs_pointer_error(path, at) or f"{at}: cannot decode the video, it may be corrupt or truncated ({exc})"
@@ -115,6 +95,35 @@ def decode_segment(
             "frames are missing (is the video shorter than the episode, or encoded at another frame rate?)"
         )
     return found, float(errors.max()) if len(errors) else 0.0
+
+
+def _match_frames(
+    container: Any, targets: np.ndarray, convert: Callable[[av.VideoFrame, int], T], tolerance_s: float
+) -> tuple[list[Any], np.ndarray]:
+    """Decode from the keyframe before ``targets[0]`` until past the last target; for each target,
+    ``convert`` the frame nearest to it within ``tolerance_s`` (None if none) and give that distance."""
+    found: list[Any] = [None] * len(targets)
+    errors = np.full(len(targets), np.inf)
+    stream = container.streams.video[0]
+    stream.codec_context.thread_count = 1  # parallel across cameras and episodes instead: codec threads cost ~40% more CPU per frame
+    time_base = float(stream.time_base)
+    container.seek(max(0, int(targets[0] / time_base)), stream=stream, backward=True)
+    first = 0  # targets before this index can no longer be matched by later frames
+    for frame in container.decode(stream):
+        if frame.pts is None:
+            continue
+        t = frame.pts * time_base
+        while first < len(targets) and targets[first] + tolerance_s < t and found[first] is not None:
+            first += 1
+        if first == len(targets) or targets[first] + tolerance_s < t:
+            break  # all found, or targets[first] was skipped over: reported by the caller
+        k = first
+        while k < len(targets) and targets[k] - tolerance_s <= t:
+            error = abs(t - targets[k])
+            if error <= tolerance_s and error < errors[k]:
+                found[k], errors[k] = convert(frame, k), error
+            k += 1
+    return found, errors
 
 
 def decode_episode(

@@ -22,7 +22,7 @@ never start with a dot)::
 - other URLs (``gs://``...): a lock file in this machine's temporary directory, which excludes
   writers on this machine only (logged once as a warning).
 
-Credentials and the endpoint come from :func:`lerobot_assets.table.storage_creds`; they are never
+Credentials and the endpoint come from :func:`lerobot_assets.core.table.access.storage_creds`; they are never
 logged or written to the lease.
 """
 
@@ -44,8 +44,8 @@ from contextlib import AbstractContextManager, contextmanager
 from pathlib import Path
 from typing import Any
 
-from lerobot_assets.errors import TableError
-from lerobot_assets.store import s3_client_for
+from lerobot_assets.core.errors import TableError
+from lerobot_assets.core.storage import s3_client_for
 
 log = logging.getLogger(__name__)
 

@@ -11,8 +11,8 @@ from typing import Any
 import deeplake
 import numpy as np
 
-from lerobot_assets.stats import STATS_COLUMN
-from lerobot_assets.table import open_read_only, open_tag
+from lerobot_assets.core.table.access import open_read_only, open_tag
+from lerobot_assets.core.table.episode_stats import STATS_COLUMN
 
 
 def open_view(url: str, tag: str | None = None) -> deeplake.ReadOnlyDataset:

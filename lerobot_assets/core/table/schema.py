@@ -2,7 +2,7 @@
 
 Columns keep LeRobot's feature keys (``observation.images.<camera>``, ``observation.state``,
 ``action``...), plus ``timestamp``, ``frame_index``, ``episode_index``, ``index``, ``task_index`` and
-``task``, and each episode's statistics (:data:`~lerobot_assets.stats.STATS_COLUMN`). Writing an
+``task``, and each episode's statistics (:data:`~lerobot_assets.core.table.episode_stats.STATS_COLUMN`). Writing an
 episode replaces that episode's rows; a run of episodes commits once (:class:`RunWriter`), under the
 table's write lease (held by one writer on any machine), so a re-run never duplicates rows and a
 crash before the commit leaves the previous version intact (Deeplake drops uncommitted writes when a
@@ -25,11 +25,12 @@ import deeplake
 import numpy as np
 import pyarrow as pa
 
-from lerobot_assets.errors import TableError, where
-from lerobot_assets.home import check_name
-from lerobot_assets.lease import check_held, hold
-from lerobot_assets.lerobot_format import INDEX_DTYPES, DatasetMeta, Feature, episode_values
-from lerobot_assets.stats import STATS_COLUMN
+from lerobot_assets.core.errors import TableError, where
+from lerobot_assets.core.lerobot.meta import INDEX_DTYPES, DatasetMeta, Feature
+from lerobot_assets.core.lerobot.telemetry import episode_values
+from lerobot_assets.core.names import check_name
+from lerobot_assets.core.table.episode_stats import STATS_COLUMN
+from lerobot_assets.core.table.lease import check_held, hold
 
 log = logging.getLogger(__name__)
 
@@ -224,7 +225,7 @@ def _is_label_column(dtype: Any) -> bool:
 
 @contextmanager
 def write_lock(url: str) -> Iterator[None]:
-    """Hold the write lease of the table at ``url`` (:mod:`lerobot_assets.lease`): one writer at a
+    """Hold the write lease of the table at ``url`` (:mod:`lerobot_assets.core.table.lease`): one writer at a
     time per table, across processes and machines (decoding still runs in parallel)."""
     with hold(url):
         yield

@@ -1,7 +1,7 @@
 """What the table holds already, and what a new revision changes.
 
 Each episode's data version is its input fingerprint plus the stages' code version. The table
-records the data version each episode's rows were written with (:func:`table.episode_versions`),
+records the data version each episode's rows were written with (:func:`~lerobot_assets.core.table.metadata.episode_versions`),
 so the episode asset itself, the CLI and the sensor all compare the fingerprints of a revision with
 the table, whichever machine or Dagster instance wrote it, and redo exactly the episodes that changed.
 """
@@ -9,8 +9,9 @@ the table, whichever machine or Dagster instance wrote it, and redo exactly the 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
-from lerobot_assets.errors import TableError
-from lerobot_assets.table import episode_versions, open_read_only
+from lerobot_assets.core.errors import TableError
+from lerobot_assets.core.table.access import open_read_only
+from lerobot_assets.core.table.metadata import episode_versions
 
 #: Bump when a stage's output changes for the same input, or the fingerprint's format changes (3:
 #: fingerprints of values, not of their parquet encoding); part of each episode's data version, so
