@@ -200,7 +200,7 @@ def main(argv: list[str] | None = None) -> int:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         stream=sys.stderr,
     )
-    log.setLevel(logging.WARNING if args.quiet else logging.INFO)  # Dagster's console follows it (launch._quiet)
+    log.setLevel(logging.WARNING if args.quiet else logging.INFO)  # Dagster's console follows it (runtime.runner.quiet)
     for noisy in ("alembic", "urllib3", "httpx", "filelock"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
     if args.tables:  # every command, and what it starts (dagster dev), uses this tables root

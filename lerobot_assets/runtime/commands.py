@@ -6,31 +6,13 @@ under the dataset's named jobs. ``ingest`` runs the dataset's ``ingest_dataset``
 its ``ingest_episodes`` job over ranges of episodes, the same runs a backfill from the UI makes.
 """
 
-import functools
-import json
 import logging
-import os
-import re
 import shutil
-import socket
-import threading
-from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from dagster import (
-    AssetKey,
-    DagsterEvent,
-    DagsterEventType,
-    AssetRecordsFilter,
-    DagsterInstance,
-    DagsterRunStatus,
-    Definitions,
-    ExecuteInProcessResult,
-    RunsFilter,
-)
-from filelock import FileLock
+from dagster import AssetRecordsFilter, DagsterEvent, DagsterInstance
 from tqdm.auto import tqdm
 
 from lerobot_assets.core.errors import LeRobotAssetsError, bounded
@@ -49,242 +31,22 @@ from lerobot_assets.defs.partitions import (
     dataset_asset_key,
     episode_key,
     episode_partitions,
-    job_name,
     partition_ranges,
-    range_tags,
 )
-from lerobot_assets.defs.resources import HubResource, ImageEncodingResource, StorageResource, TablesIOManager
-from lerobot_assets.runtime.deployment import submit_job, submits, wait_for
 from lerobot_assets.runtime.home import Home
+from lerobot_assets.runtime.instance import dagster_instance
 from lerobot_assets.runtime.registry import registry_of
+from lerobot_assets.runtime.runner import (
+    Settings,
+    failure_message,
+    launch_job,
+    materialization_values,
+    quiet,
+    run_or_raise,
+    users_paths,
+)
 
 log = logging.getLogger(__name__)
-#: Tags on every run this module launches: who launched it, and which process (host:pid) runs it.
-LAUNCHED_BY_TAG, LAUNCHED_BY = "launched-by", "lerobot-assets-cli"
-PROCESS_TAG = "lerobot-assets/process"
-
-_INSTANCE_YAML = """\
-# Written by lerobot-assets: Dagster's default storage (SQLite files next to this file) and, as no
-# compute_logs section is set, Dagster's default compute log manager (steps' stdout/stderr, under storage/).
-storage:
-  sqlite:
-    base_dir: {base_dir}
-telemetry:
-  enabled: false
-"""
-#: Modules of the custom storages earlier versions wrote into the embedded instance's dagster.yaml.
-_OLD_STORAGES = ("lerobot_assets.event_log", "lerobot_assets.run_storage")
-
-
-@dataclass(frozen=True)
-class Settings:
-    """What every run needs to rebuild its resources, also in a worker process."""
-
-    home: Path
-    tables: str | None = None  # the tables root; None: $LEROBOT_ASSETS_TABLES, else <home>/tables
-    image_format: str = "jpeg"
-    quality: int = 95
-    workers: int | None = None
-
-    def run_config(self) -> dict[str, Any]:
-        """The run config that gives a run launched elsewhere (by a deployment) these settings'
-        resources; the Hub's stay the deployment's own (its token comes from its environment)."""
-        return {
-            name: {"config": resource.model_dump(exclude_none=True)}
-            for name, resource in self.resources().items()
-            if name != "hub"
-        }
-
-    def resources(self) -> dict[str, Any]:
-        return {
-            "storage": StorageResource(home_dir=str(self.home), tables=self.tables),
-            "hub": HubResource(),
-            "encoding": ImageEncodingResource(image_format=self.image_format, quality=self.quality, workers=self.workers),
-            "io_manager": TablesIOManager(root=Home(self.home, self.tables).tables),
-        }
-
-
-_instances: dict[Path, DagsterInstance] = {}
-_instances_lock = threading.Lock()
-
-
-def dagster_instance(home: Home) -> DagsterInstance:
-    """The Dagster instance runs are recorded in, opened once per process: ``$DAGSTER_HOME``'s when
-    it is set (a configured deployment, as Dagster's own tools do), else the embedded default
-    instance in ``<home>/dagster``, created on first use with Dagster's default storage. Opening it
-    marks failed the runs of CLI processes that were killed (:func:`fail_orphaned_runs`).
-    """
-    configured = os.environ.get("DAGSTER_HOME")
-    key = Path(configured).absolute() if configured else home.dagster_home.absolute()
-    with _instances_lock:
-        if key not in _instances:
-            _instances[key] = DagsterInstance.get() if configured else _open_instance(home.dagster_home)
-            fail_orphaned_runs(_instances[key])
-        return _instances[key]
-
-
-def _open_instance(dagster_home: Path) -> DagsterInstance:
-    dagster_home.mkdir(parents=True, exist_ok=True)
-    config = dagster_home / "dagster.yaml"
-    # Two processes creating the SQLite storage at once would both stamp its schema version.
-    with FileLock(str(dagster_home / ".init.lock")):
-        # An embedded instance written by an earlier version names storage classes that are gone; they
-        # kept Dagster's default files, so Dagster's default storage reads the same records.
-        if not config.exists() or any(module in config.read_text() for module in _OLD_STORAGES):
-            config.write_text(_INSTANCE_YAML.format(base_dir=json.dumps(str(dagster_home.resolve()))))
-        return DagsterInstance.from_config(str(dagster_home))
-
-
-def failure_message(events: Iterable[DagsterEvent]) -> str:
-    """The user-facing message of a run's first failed step (our own exception text, not Dagster's wrapper)."""
-    for event in events:
-        if event.is_step_failure:
-            error = event.step_failure_data.error
-            while error.cause is not None and error.cls_name.startswith("Dagster"):  # Dagster's wrapper
-                error = error.cause
-            text = error.message.strip().splitlines()[-1] if error.message else "step failed"
-            return re.sub(rf"^[\w.]*\b{re.escape(error.cls_name)}: ", "", text) if error.cls_name else text
-    return "run failed"
-
-
-#: Dagster's console logger at INFO: progress and results, without the per-event DEBUG lines.
-_LOGGING = {"loggers": {"console": {"config": {"log_level": "INFO"}}}}
-#: With ``-q`` (the ``lerobot_assets`` logger set above INFO) Dagster's console logs nothing: a failed step's
-#: traceback would repeat the one-line ``error:`` the command prints.
-_QUIET_LOGGING = {"loggers": {"console": {"config": {"log_level": "CRITICAL"}}}}
-
-
-@functools.lru_cache(maxsize=8)
-def _definitions(settings: Settings, datasets: tuple[str, ...]) -> Definitions:
-    # imported here: the code location imports the relabel assets, which import this module
-    from lerobot_assets.definitions import build_definitions
-
-    return build_definitions(settings.resources(), datasets)
-
-
-def code_location(settings: Settings) -> Definitions:
-    """The definitions of every dataset registered under the tables root, as ``dagster dev`` loads them."""
-    registry = registry_of(Home(settings.home, settings.tables))
-    return _definitions(settings, tuple(sorted(source.name for source in registry.registered())))
-
-
-def run_job(
-    instance: DagsterInstance,
-    settings: Settings,
-    dataset: str,
-    use: str,
-    partitions: Sequence[str] = (),
-    assets: Sequence[AssetKey] | None = None,
-    run_config: dict | None = None,
-) -> ExecuteInProcessResult:
-    """One in-process run of ``dataset``'s named job for ``use`` (see ``definitions.USES``), over
-    ``partitions`` (one key, or a range from :func:`partition_ranges`), recorded in ``instance`` and
-    tagged as launched by this CLI and this process; success or not. ``assets`` runs a subset."""
-    job = code_location(settings).resolve_job_def(job_name(dataset, use))
-    tags = {**_run_tags(partitions), PROCESS_TAG: f"{socket.gethostname()}:{os.getpid()}"}
-    return job.execute_in_process(
-        run_config={**(_QUIET_LOGGING if _quiet() else _LOGGING), **(run_config or {})},
-        instance=instance,
-        partition_key=partitions[0] if len(partitions) == 1 else None,
-        raise_on_error=False,
-        tags=tags,
-        asset_selection=assets,
-    )
-
-
-def _run_tags(partitions: Sequence[str]) -> dict[str, str]:
-    """Who launched a run, and the range of partitions it covers when there are several."""
-    return {LAUNCHED_BY_TAG: LAUNCHED_BY, **(range_tags(partitions) if len(partitions) > 1 else {})}
-
-
-@dataclass(frozen=True)
-class Outcome:
-    """A finished run, wherever it ran: its id and whether it succeeded (its events are in the instance)."""
-
-    run_id: str
-    success: bool
-
-    def events(self, instance: DagsterInstance, of_type: DagsterEventType | None = None) -> list[DagsterEvent]:
-        return [e.dagster_event for e in instance.all_logs(self.run_id, of_type=of_type) if e.dagster_event]
-
-
-def launch_job(
-    instance: DagsterInstance, settings: Settings, dataset: str, use: str, partitions: Sequence[str] = (), run_config: dict | None = None
-) -> Outcome:
-    """Run ``dataset``'s job for ``use`` the way ``instance`` runs jobs: submitted to its deployment
-    (queued for its daemon, or launched elsewhere) and followed until it finishes, or else here, in
-    process (:func:`run_job`)."""
-    if not (os.environ.get("DAGSTER_HOME") and submits(instance)):  # the embedded instance: run here
-        result = run_job(instance, settings, dataset, use, partitions, run_config=run_config)
-        return Outcome(result.run_id, result.success)
-    tags = _run_tags(partitions)
-    if len(partitions) == 1:
-        tags["dagster/partition"] = partitions[0]  # the tag Dagster's own launchers set for one partition
-    config = {**(run_config or {}), "resources": settings.run_config()}
-    run_id = submit_job(settings.home, job_name(dataset, use), config, tags)
-    log.info("%s: submitted run %s of %s to the Dagster deployment", dataset, run_id, job_name(dataset, use))
-    return Outcome(run_id, wait_for(instance, run_id) == DagsterRunStatus.SUCCESS)
-
-
-def fail_orphaned_runs(instance: DagsterInstance) -> list[str]:
-    """Mark failed the runs this CLI started in a process of this host that is gone (killed, out of
-    memory), which would otherwise stay STARTED for ever; return their run ids."""
-    host = socket.gethostname()
-    started = instance.get_runs(
-        filters=RunsFilter(statuses=[DagsterRunStatus.STARTED], tags={LAUNCHED_BY_TAG: LAUNCHED_BY})
-    )
-    failed = []
-    for run in started:
-        run_host, _, pid = run.tags.get(PROCESS_TAG, "").rpartition(":")
-        if run_host == host and pid.isdigit() and not _alive(int(pid)):
-            instance.report_run_failed(run, f"the lerobot-assets process that ran it (pid {pid}) ended without finishing it")
-            failed.append(run.run_id)
-    if failed:
-        log.warning("marked %d runs of ended lerobot-assets processes as failed: %s", len(failed), failed)
-    return failed
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True  # another user's process
-    return True
-
-
-def _quiet() -> bool:
-    return logging.getLogger("lerobot_assets").level > logging.INFO
-
-
-def _run(instance: DagsterInstance, settings: Settings, dataset: str, use: str, **kwargs: Any) -> Outcome:
-    outcome = launch_job(instance, settings, dataset, use, **kwargs)
-    if not outcome.success:
-        raise LeRobotAssetsError(users_paths(failure_message(outcome.events(instance)), Home(settings.home), dataset))
-    return outcome
-
-
-def _materialization(instance: DagsterInstance, outcome: Outcome, key: AssetKey) -> dict[str, Any]:
-    """The metadata values of the materialization of ``key`` that the run ``outcome`` recorded."""
-    for event in outcome.events(instance, DagsterEventType.ASSET_MATERIALIZATION):
-        materialization = event.event_specific_data.materialization
-        if materialization.asset_key == key:
-            return {name: value.value for name, value in materialization.metadata.items()}
-    raise LeRobotAssetsError(f"run {outcome.run_id} recorded no materialization of {key.to_user_string()}")
-
-
-def users_paths(message: str, home: Home, name: str) -> str:
-    """``message`` with each path inside the dataset's pinned copies (``<home>/sources/<name>/<revision>``,
-    or a Hub snapshot there) replaced by the source the user gave: the user's file, not our copy of it."""
-    entry = registry_of(home).get(name)
-    if entry is None:
-        return message
-    source = entry.source
-    pins = home.sources(name)
-    spellings = sorted({str(pins), str(pins.absolute()), str(pins.resolve())}, key=len, reverse=True)
-    roots = "|".join(re.escape(p) for p in spellings)
-    return re.sub(rf"(?:{roots})/(?:hf_cache/[^/]+/snapshots/)?[^/\s'\"]+", lambda _: source, message)
 
 
 def spans(indices: Sequence[int], shown: int = 5) -> str:
@@ -391,8 +153,8 @@ def _ingest(settings: Settings, entry: DatasetSource, episodes: Sequence[int] | 
     home_ = Home(settings.home, settings.tables)
     instance = dagster_instance(home_)
     log.info("resolving %s (%s)", entry.source, entry.kind)
-    outcome = _run(instance, settings, entry.name, "ingest_dataset")
-    metadata = _materialization(instance, outcome, dataset_asset_key(entry.name, "episode_metadata"))
+    outcome = run_or_raise(instance, settings, entry.name, "ingest_dataset")
+    metadata = materialization_values(instance, outcome, dataset_asset_key(entry.name, "episode_metadata"))
     fingerprints = {int(key): value for key, value in metadata["fingerprints"].items()}
     upstream = sorted(fingerprints)
     requested = upstream if episodes is None else sorted(set(episodes))
@@ -483,7 +245,7 @@ def _materialize_episodes(
 
     failures: dict[int, str] = {}
     done = 0
-    with tqdm(total=len(indices), unit="episode", desc=dataset, disable=_quiet() or None) as progress:
+    with tqdm(total=len(indices), unit="episode", desc=dataset, disable=quiet() or None) as progress:
         for batch in partition_ranges(ordered, {episode_key(i) for i in indices}, EPISODES_PER_RUN):
             failed = run(batch)
             written = set(batch) - {episode_key(i) for i in failed}
@@ -516,8 +278,8 @@ def snapshot(name: str, *, tag: str | None = None, home: str | Path | None = Non
     op = dataset_asset_key(name, "training_snapshot").to_python_identifier()
     instance = dagster_instance(home_)
     settings = Settings(home_.root, tables)
-    outcome = _run(instance, settings, name, "snapshot", run_config={"ops": {op: {"config": {"tag": tag}}}})
-    values = _materialization(instance, outcome, dataset_asset_key(name, "training_snapshot"))
+    outcome = run_or_raise(instance, settings, name, "snapshot", run_config={"ops": {op: {"config": {"tag": tag}}}})
+    values = materialization_values(instance, outcome, dataset_asset_key(name, "training_snapshot"))
     return {
         "dataset": name,
         "tag": values["tag"],

@@ -155,12 +155,12 @@ def test_an_old_home_with_the_removed_custom_storages_opens_with_dagsters_defaul
 
 def test_dagster_home_is_honoured(official_dataset: Path, home: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """With DAGSTER_HOME set, runs and partitions are recorded in that instance, not in the home's embedded one."""
-    from lerobot_assets.runtime import commands as launch
+    from lerobot_assets.runtime import instance
 
     configured = tmp_path / "deployment"
     configured.mkdir()
     monkeypatch.setenv("DAGSTER_HOME", str(configured))
-    monkeypatch.setattr(launch, "_instances", {})  # as in a fresh process
+    monkeypatch.setattr(instance, "_instances", {})  # as in a fresh process
     ingest(str(official_dataset), name="small", home=home, episodes=[0], workers=1)
     instance = DagsterInstance.from_config(str(configured))
     assert len(instance.get_runs()) == 2  # the dataset run and the episode's
