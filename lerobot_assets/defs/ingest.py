@@ -68,7 +68,7 @@ from lerobot_assets.core.table.access import create_tag, open_read_only, open_wr
 from lerobot_assets.core.table.episode_stats import STATS_COLUMN, stats_cells
 from lerobot_assets.core.table.episodes import episode_frames, episode_ranges, episode_rows, replace_episode
 from lerobot_assets.core.table.labels import describe_reapplied, episode_labels, reapply_labels
-from lerobot_assets.core.table.lease import recording
+from lerobot_assets.core.table.lease import hold, recording
 from lerobot_assets.core.table.metadata import episode_versions, summarize
 from lerobot_assets.core.table.schema import (
     build_indexes,
@@ -77,7 +77,6 @@ from lerobot_assets.core.table.schema import (
     ingest_metadata,
     open_table,
     refresh_indexes,
-    write_lock,
 )
 from lerobot_assets.core.table.versions import CODE_VERSION, episode_data_version
 from lerobot_assets.core.table.writer import RunWriter
@@ -191,7 +190,7 @@ def _read_metadata(
     fingerprints = episode_fingerprints(meta, storage.home.error_details(dataset))
     url = storage.table_url(dataset)
     check_table_fits(url, meta, encoding.image_format)
-    with write_lock(url):  # the table is created once, here, before its episodes' runs fan out
+    with hold(url):  # the table is created once, here, before its episodes' runs fan out
         open_table(url, meta, encoding.image_format)
     removed, labels_lost = _remove_vanished(context, dataset, storage, set(meta.episodes), hf_snapshot["revision"])
     _sync_partitions(context.instance, dataset, meta.episodes)
@@ -268,7 +267,7 @@ def _remove_vanished(
     lost: list[dict[str, Any]] = []
     if not gone:
         return gone, lost
-    with write_lock(url):
+    with hold(url):
         ds = open_writable(url)
         for index in gone:
             lost += [{**label, "reason": "episode removed upstream"} for label in episode_labels(ds, index)]
@@ -719,7 +718,7 @@ def default_tag(dataset: str, revision: str, existing: Collection[str]) -> str:
 
 def _tag_table(context: AssetExecutionContext, dataset: str, config: SnapshotConfig, storage: StorageResource) -> MaterializeResult:
     url = storage.table_url(dataset)
-    with write_lock(url):
+    with hold(url):
         started = time.perf_counter()
         build_indexes(url)
         context.log.info(f"{dataset}: indexes up to date ({time.perf_counter() - started:.1f} s)")
