@@ -14,9 +14,6 @@ episodes (``BackfillPolicy.multi_run``), decoded in parallel threads: Dagster's 
 once per batch, not once per episode.
 """
 
-# First, before any library that brings its own mimalloc loads (Deeplake, pyarrow): see its docstring.
-import lerobot_assets.core.allocator  # noqa: F401, I001
-
 import functools
 import os
 import time
@@ -24,7 +21,7 @@ import warnings
 from collections.abc import Callable, Collection, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Any, Optional
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
@@ -40,7 +37,6 @@ from dagster import (
     AssetSpec,
     BackfillPolicy,
     BetaWarning,
-    Config,
     DagsterInstance,
     DataVersion,
     Failure,
@@ -64,14 +60,13 @@ from lerobot_assets.core.media.staging import StagedFrames, read_frames, staging
 from lerobot_assets.core.media.video import DecodedCamera, decode_episode
 from lerobot_assets.core.sources import pin, pin_revision
 from lerobot_assets.core.storage import delete_object
-from lerobot_assets.core.table.access import create_tag, open_read_only, open_writable
+from lerobot_assets.core.table.access import open_read_only, open_writable
 from lerobot_assets.core.table.episode_stats import STATS_COLUMN, stats_cells
 from lerobot_assets.core.table.episodes import episode_frames, episode_ranges, episode_rows, replace_episode
 from lerobot_assets.core.table.labels import describe_reapplied, episode_labels, reapply_labels
 from lerobot_assets.core.table.lease import hold, recording
 from lerobot_assets.core.table.metadata import episode_versions, summarize
 from lerobot_assets.core.table.schema import (
-    build_indexes,
     check_table_fits,
     column_types,
     ingest_metadata,
@@ -80,14 +75,20 @@ from lerobot_assets.core.table.schema import (
 )
 from lerobot_assets.core.table.versions import CODE_VERSION, episode_data_version
 from lerobot_assets.core.table.writer import RunWriter
-from lerobot_assets.defs.partitions import asset_prefix, dataset_asset_key, episode_key, episode_partitions, episode_pool
+from lerobot_assets.defs.partitions import (
+    INGEST_GROUP,
+    asset_prefix,
+    dataset_asset_key,
+    episode_key,
+    episode_partitions,
+    episode_pool,
+)
 from lerobot_assets.defs.resources import HubResource, ImageEncodingResource, StorageResource
+from lerobot_assets.defs.snapshot import training_snapshot_asset
 
 # Data versions are marked beta, but are the documented way to record them; the warnings would only
 # repeat on every run.
 warnings.filterwarnings("ignore", category=BetaWarning)
-#: Asset groups, one per use: ingesting a dataset, tagging it for training, relabelling it.
-INGEST_GROUP, TRAINING_GROUP, LABELS_GROUP = "ingest", "training", "labels"
 
 #: Episodes per run of a backfill (and of ``lerobot-assets ingest``): Dagster's cost per run (~1 s of
 #: run and event bookkeeping) is paid once per batch; a failed batch is retried as a whole.
@@ -103,11 +104,10 @@ class _Keys:
     telemetry: AssetKey
     frames: AssetKey
     table: AssetKey
-    training: AssetKey
 
     @staticmethod
     def of(dataset: str) -> "_Keys":
-        names = ("hf_snapshot", "episode_metadata", "telemetry_frame", "decoded_camera_frames", "deeplake_table", "training_snapshot")
+        names = ("hf_snapshot", "episode_metadata", "telemetry_frame", "decoded_camera_frames", "deeplake_table")
         return _Keys(*(dataset_asset_key(dataset, name) for name in names))
 
 
@@ -700,46 +700,6 @@ def _table_events(
     return events
 
 
-class SnapshotConfig(Config):
-    """Run config of ``training_snapshot``."""
-
-    tag: Optional[str] = None  # default: see default_tag
-
-
-def default_tag(dataset: str, revision: str, existing: Collection[str]) -> str:
-    """``<dataset>-<UTC time>-<revision[:8]>``, then ``-2``, ``-3``... for snapshots taken within the same second."""
-    base = f"{dataset}-{time.strftime('%Y%m%dT%H%M%SZ', time.gmtime())}-{revision[:8]}"
-    tag, count = base, 1
-    while tag in existing:
-        count += 1
-        tag = f"{base}-{count}"
-    return tag
-
-
-def _tag_table(context: AssetExecutionContext, dataset: str, config: SnapshotConfig, storage: StorageResource) -> MaterializeResult:
-    url = storage.table_url(dataset)
-    with hold(url):
-        started = time.perf_counter()
-        build_indexes(url)
-        context.log.info(f"{dataset}: indexes up to date ({time.perf_counter() - started:.1f} s)")
-        ds = open_writable(url)
-        revision = summarize(ds, url).metadata.get("revision", "unknown")
-        tag = config.tag or default_tag(dataset, revision, ds.tags.names())
-        version = create_tag(ds, tag, url)
-    summary = summarize(ds, url)
-    context.log.info(f"{dataset}: tagged version {version} as {tag!r} ({summary.rows} rows)")
-    return MaterializeResult(
-        metadata={
-            "tag": tag,
-            "version": version,
-            "rows": summary.rows,
-            "episodes": MetadataValue.json(sorted(summary.episodes)),
-            "revision": revision,
-            "table": MetadataValue.path(url),
-        }
-    )
-
-
 @dataclass(frozen=True)
 class DatasetAssets:
     """One dataset's ingest and training assets."""
@@ -787,9 +747,6 @@ def dataset_assets(dataset: str) -> DatasetAssets:
         """
         return _read_metadata(context, dataset, hf_snapshot, storage, hub, encoding)
 
-    @asset(key=keys.training, deps=[keys.table], code_version=CODE_VERSION, group_name=TRAINING_GROUP, kinds={"deeplake"})
-    def training_snapshot(context: AssetExecutionContext, config: SnapshotConfig, storage: StorageResource) -> MaterializeResult:
-        """A tag on the table's current version: the exact, reloadable data a training run names."""
-        return _tag_table(context, dataset, config, storage)
+    training_snapshot = training_snapshot_asset(dataset)
 
     return DatasetAssets(hf_snapshot, episode_metadata, _episode_assets(dataset, keys), training_snapshot)

@@ -80,3 +80,7 @@ INGEST_GROUP, TRAINING_GROUP, LABELS_GROUP = "ingest", "training", "labels"
 
 #: Asset groups, one per use: ingesting a dataset, tagging it for training, relabelling it.
 INGEST_GROUP, TRAINING_GROUP, LABELS_GROUP = "ingest", "training", "labels"
+
+
+#: Asset groups, one per use: ingesting a dataset, tagging it for training, relabelling it.
+INGEST_GROUP, TRAINING_GROUP, LABELS_GROUP = "ingest", "training", "labels"
