@@ -4,7 +4,7 @@ A source is either a Hugging Face Hub dataset repo id (resolved to a commit sha 
 ``snapshot_download(revision=sha)``) or a local directory (its git HEAD when its files are exactly
 those committed, else a content hash of its files). A local directory's copy lives under
 ``<home>/sources/<name>/<revision>``: a copy of the bytes, never a hard link, written atomically (a
-failed copy leaves nothing a later run could mistake for a complete snapshot) and checked against
+failed copy leaves nothing a later run could mistake for a complete pin) and checked against
 what was copied before each use. Hashes of files already seen are cached by size, mtime and inode
 in ``<home>/sources/<name>/.records/``, so checking an unchanged directory reads no file.
 """
@@ -43,7 +43,7 @@ class SourceError(LeRobotAssetsError):
 
 
 @dataclass(frozen=True)
-class Snapshot:
+class PinnedSource:
     """A local copy of a source at one revision."""
 
     revision: str
@@ -98,7 +98,7 @@ def latest_revision(source: DatasetSource, hub: HubSettings, cache: Path | None 
     return _local_revision(path, cache)[0]
 
 
-def pin(source: DatasetSource, cache: Path, hub: HubSettings) -> Snapshot:
+def pin(source: DatasetSource, cache: Path, hub: HubSettings) -> PinnedSource:
     """Resolve ``source`` to an exact revision and return a local copy pinned to it.
 
     A local pin is an independent copy (never a hard link, so an edit of the source cannot reach it)
@@ -130,10 +130,10 @@ def pin(source: DatasetSource, cache: Path, hub: HubSettings) -> Snapshot:
         if content is not None and copied.revision != content.revision:
             raise SourceError(f"{str(path)!r} changed while it was being copied; run again")
         _write_json(record, {**_read_record(record), "content": copied.revision})
-    return Snapshot(revision, target, copied.files, copied.bytes, _hashed(content) + copied.hashed_bytes)
+    return PinnedSource(revision, target, copied.files, copied.bytes, _hashed(content) + copied.hashed_bytes)
 
 
-def pin_revision(source: DatasetSource, revision: str, cache: Path, hub: HubSettings) -> Snapshot:
+def pin_revision(source: DatasetSource, revision: str, cache: Path, hub: HubSettings) -> PinnedSource:
     """This machine's copy of ``source`` at ``revision``, pinned here if it is not yet: a run may land
     on a machine that has never seen the dataset. A Hub source is downloaded at that commit; a local
     source is copied from its path, which must hold the same files on every machine that runs
@@ -159,7 +159,7 @@ def pin_revision(source: DatasetSource, revision: str, cache: Path, hub: HubSett
     return pinned
 
 
-def _intact_pin(cache: Path, revision: str) -> Snapshot | None:
+def _intact_pin(cache: Path, revision: str) -> PinnedSource | None:
     """The local pin of ``revision`` if it holds exactly what was copied into it."""
     target, record = cache / revision, cache / _RECORDS / f"{revision}.json"
     if not target.is_dir():
@@ -167,7 +167,7 @@ def _intact_pin(cache: Path, revision: str) -> Snapshot | None:
     check = directory_revision(target, record)
     if check.revision != _read_record(record).get("content"):
         return None
-    return Snapshot(revision, target, check.files, check.bytes, check.hashed_bytes)
+    return PinnedSource(revision, target, check.files, check.bytes, check.hashed_bytes)
 
 
 def _local_directory(source: DatasetSource) -> Path:
@@ -213,9 +213,9 @@ def _hashed(content: DirectoryRevision | None) -> int:
     return content.hashed_bytes if content is not None else 0
 
 
-def _describe(revision: str, path: Path) -> Snapshot:
+def _describe(revision: str, path: Path) -> PinnedSource:
     files = [p for p in path.rglob("*") if p.is_file()]
-    return Snapshot(revision, path, len(files), sum(p.stat().st_size for p in files), 0)
+    return PinnedSource(revision, path, len(files), sum(p.stat().st_size for p in files), 0)
 
 
 class _atomic_dir:
@@ -443,7 +443,7 @@ def _no_local_directory(repo_id: str) -> str:
     return f"; nor is it a local directory: no such directory: {repo_id!r}" if Path(repo_id).parent.is_dir() else ""
 
 
-def _pin_hub(source: DatasetSource, cache: Path, hub: HubSettings) -> Snapshot:
+def _pin_hub(source: DatasetSource, cache: Path, hub: HubSettings) -> PinnedSource:
     from huggingface_hub import snapshot_download
 
     offline = _hub_offline(hub)

@@ -99,7 +99,7 @@ EPISODES_PER_RUN = 50
 class _Keys:
     """The asset keys of one dataset's assets."""
 
-    snapshot: AssetKey
+    pinned: AssetKey  # hf_snapshot: the pinned source (the spec's asset name)
     metadata: AssetKey
     telemetry: AssetKey
     frames: AssetKey
@@ -151,26 +151,26 @@ def _pinned_copy(dataset: str, revision: str, storage: StorageResource, hub: Hub
 def _pin_source(context: AssetExecutionContext, dataset: str, storage: StorageResource, hub: HubResource) -> Output[dict]:
     source = storage.registry.dataset_source(dataset)
     context.log.info(f"pinning {source.kind} source {source.source!r} (revision {source.revision or 'latest'})")
-    snapshot = pin(source, storage.home.sources(dataset), hub.settings())
-    context.log.info(f"{dataset}: revision {snapshot.revision}, {snapshot.files} files, {snapshot.bytes} bytes")
+    pinned = pin(source, storage.home.sources(dataset), hub.settings())
+    context.log.info(f"{dataset}: revision {pinned.revision}, {pinned.files} files, {pinned.bytes} bytes")
     value = {
         "dataset": dataset,
         "source": source.source,
         "kind": source.kind,
-        "revision": snapshot.revision,
-        "bytes": snapshot.bytes,
+        "revision": pinned.revision,
+        "bytes": pinned.bytes,
     }
     return Output(
         value,
         metadata={
             "source": source.source,
-            "revision": snapshot.revision,
-            "files": snapshot.files,
-            "bytes": snapshot.bytes,
-            "bytes_hashed": snapshot.hashed_bytes,
-            "pinned_copy": MetadataValue.path(str(snapshot.path)),  # on the machine that pinned it
+            "revision": pinned.revision,
+            "files": pinned.files,
+            "bytes": pinned.bytes,
+            "bytes_hashed": pinned.hashed_bytes,
+            "pinned_copy": MetadataValue.path(str(pinned.path)),  # on the machine that pinned it
         },
-        data_version=DataVersion(snapshot.revision),
+        data_version=DataVersion(pinned.revision),
     )
 
 
@@ -718,14 +718,14 @@ def dataset_assets(dataset: str) -> DatasetAssets:
     """The assets of ``dataset``: thin wiring of the functions above, under keys prefixed with its name."""
     keys = _Keys.of(dataset)
 
-    @asset(key=keys.snapshot, code_version=CODE_VERSION, group_name=INGEST_GROUP, kinds={"huggingface"})
+    @asset(key=keys.pinned, code_version=CODE_VERSION, group_name=INGEST_GROUP, kinds={"huggingface"})
     def hf_snapshot(context: AssetExecutionContext, storage: StorageResource, hub: HubResource) -> Output[dict]:
         """The dataset's source pinned to an exact revision (Hub commit sha, git HEAD or content hash), copied locally."""
         return _pin_source(context, dataset, storage, hub)
 
     @asset(
         key=keys.metadata,
-        ins={"hf_snapshot": AssetIn(key=keys.snapshot)},
+        ins={"hf_snapshot": AssetIn(key=keys.pinned)},
         code_version=CODE_VERSION,
         group_name=INGEST_GROUP,
         kinds={"json", "parquet"},

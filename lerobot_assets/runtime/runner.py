@@ -175,7 +175,7 @@ def materialization_values(instance: DagsterInstance, outcome: Outcome, key: Ass
 
 def users_paths(message: str, home: Home, name: str) -> str:
     """``message`` with each path inside the dataset's pinned copies (``<home>/sources/<name>/<revision>``,
-    or a Hub snapshot there) replaced by the source the user gave: the user's file, not our copy of it."""
+    or the Hub's cached copy there) replaced by the source the user gave: the user's file, not our copy of it."""
     entry = registry_of(home).get(name)
     if entry is None:
         return message
