@@ -6,13 +6,11 @@
 every label against the table (or the branch, when it exists); being blocking, it stops the run
 before any write when they do not fit. ``episode_labels`` writes one episode's labels onto the
 branch, so a relabel shows up as materializations of exactly the affected episode partitions. The
-launchers at the bottom run that sequence through the home's persistent instance, like ``ingest``.
+commands of :mod:`lerobot_assets.runtime.relabel` run that sequence through the home's instance.
 """
 
 import hashlib
-from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
 
 from dagster import (
     AssetCheckResult,
@@ -22,8 +20,6 @@ from dagster import (
     AssetIn,
     AssetsDefinition,
     Config,
-    DagsterInstance,
-    ExecuteInProcessResult,
     Failure,
     MaterializeResult,
     MetadataValue,
@@ -31,17 +27,11 @@ from dagster import (
     asset,
 )
 
-from lerobot_assets.core.errors import LeRobotAssetsError
 from lerobot_assets.core.table.access import open_read_only
-from lerobot_assets.core.table.branches import diff_branch, merge_branch
 from lerobot_assets.core.table.label_files import Label, LabelError, check_branch, column_specs, read_label_file
 from lerobot_assets.core.table.labels import apply_labels, validate_labels
-from lerobot_assets.defs.partitions import LABELS_GROUP, dataset_asset_key, episode_key, episode_partitions
+from lerobot_assets.defs.partitions import LABELS_GROUP, dataset_asset_key, episode_index, episode_partitions
 from lerobot_assets.defs.resources import StorageResource
-from lerobot_assets.runtime.home import Home
-from lerobot_assets.runtime.instance import dagster_instance
-from lerobot_assets.runtime.registry import registry_of
-from lerobot_assets.runtime.runner import Settings, failure_message, run_job
 
 _PREVIEW_LABELS = 20
 
@@ -108,7 +98,7 @@ def _preview(labels: list[Label]) -> str:
 
 def _write_labels(context: AssetExecutionContext, dataset: str, label_file: dict, storage: StorageResource) -> MaterializeResult:
     """One episode's labels written onto the label file's branch of the table (main is untouched)."""
-    index = int(context.partition_key)
+    index = episode_index(context.partition_key)
     labels: list[Label] = label_file["labels"]
     if not any(label.episode == index for label in labels):
         labelled = sorted({label.episode for label in labels})
@@ -178,84 +168,3 @@ def label_assets(dataset: str) -> tuple[AssetsDefinition, AssetsDefinition]:
         return _write_labels(context, dataset, label_file, storage)
 
     return label_file, episode_labels
-
-
-def _run(
-    instance: DagsterInstance,
-    settings: Settings,
-    dataset: str,
-    use: str,
-    labels_path: Path | None = None,
-    **kwargs: Any,
-) -> ExecuteInProcessResult:
-    """One in-process run of the relabel assets; a failed label check raises :class:`LabelError` with its problems,
-    naming ``labels_path``, the user's label file, when given."""
-    result = run_job(instance, settings, dataset, use, **kwargs)
-    if not result.success:
-        for evaluation in result.get_asset_check_evaluations():
-            if not evaluation.passed:
-                problems = evaluation.metadata["problems"].value
-                where = f" label file {str(labels_path)!r}:" if labels_path else ""
-                raise LabelError(
-                    f"labels for dataset {dataset!r} were rejected, nothing was written:{where}", problems
-                )
-        raise LeRobotAssetsError(failure_message(result.all_events))
-    return result
-
-
-def relabel(
-    name: str,
-    labels_path: str | Path,
-    branch: str,
-    home: str | Path | None = None,
-    new_columns: Sequence[str] = (),
-) -> dict[str, Any]:
-    """Validate a label file against dataset ``name``'s table, then write it onto ``branch``, one run per episode.
-
-    ``new_columns`` declares new label columns (``next.success:bool=false``) besides the file's header
-    block. Returns the JSON-able result printed by ``lerobot-assets relabel``.
-    """
-    home_ = Home.at(home)
-    entry = registry_of(home_).dataset_source(name)
-    check_branch(branch)
-    instance, settings = dagster_instance(home_), Settings(home_.root)
-    path = Path(labels_path).expanduser().resolve()
-    column_specs(new_columns)  # a malformed declaration fails here, in one line, before any run
-    config = {"path": str(path), "branch": branch, "new_columns": list(new_columns)}
-    op = dataset_asset_key(name, "label_file").to_python_identifier()
-    checked = _run(instance, settings, name, "relabel_check", run_config={"ops": {op: {"config": config}}}, labels_path=path)
-    labels: list[Label] = checked.output_for_node(op)["labels"]
-    affected = sorted({label.episode for label in labels})
-    rows, episodes, columns, added = 0, [], set[str](), set[str]()
-    for index in affected:
-        run = _run(instance, settings, name, "relabel", partitions=[episode_key(index)])
-        event = run.get_asset_materialization_events()[0].event_specific_data.materialization
-        values = {key: value.value for key, value in event.metadata.items()}
-        rows += values["rows_changed"]
-        if values["rows_changed"]:
-            episodes.append(index)
-        columns.update(values["columns"])
-        added.update(values["new_columns"])
-    main = open_read_only(entry.table)  # must outlive the branch opened from it
-    version = main.branches[branch].open().version
-    return {
-        "dataset": name,
-        "branch": branch,
-        "label_file": str(path),
-        "rows": rows,
-        "episodes": episodes,
-        "columns": sorted(columns),
-        "new_columns": sorted(added),
-        "materialized": affected,
-        "version": version,
-    }
-
-
-def diff(name: str, branch: str, home: str | Path | None = None) -> dict[str, Any]:
-    """How ``branch`` of dataset ``name``'s table differs from main (``lerobot-assets diff``)."""
-    return {"dataset": name, **diff_branch(registry_of(Home.at(home)).dataset_source(name).table, branch)}
-
-
-def merge(name: str, branch: str, home: str | Path | None = None, prefer: str | None = None) -> dict[str, Any]:
-    """Merge ``branch`` into main of dataset ``name``'s table (``lerobot-assets merge``); ``prefer`` resolves conflicts."""
-    return {"dataset": name, **merge_branch(registry_of(Home.at(home)).dataset_source(name).table, branch, prefer)}
