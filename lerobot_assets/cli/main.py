@@ -122,7 +122,14 @@ def build_parser() -> argparse.ArgumentParser:
     )
     common.add_argument("-q", "--quiet", action="store_true", help="only warnings and the JSON result")
     sub = parser.add_subparsers(dest="command", required=True)
+    _add_ingest_commands(sub, common)
+    _add_table_commands(sub, common)
+    _add_label_commands(sub, common)
+    return parser
 
+
+def _add_ingest_commands(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
+    """``demo``, ``ingest`` and ``snapshot``: what builds tables and tags them."""
     p = sub.add_parser("demo", parents=[common], help="generate a sample dataset, ingest it, snapshot it, query it")
     p.set_defaults(func=cmd_demo)
 
@@ -141,6 +148,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--tag", help="tag name (default: <name>-<UTC time>-<revision>, then -2, -3... within the same second)")
     p.set_defaults(func=cmd_snapshot)
 
+
+def _add_table_commands(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
+    """``info``, ``query`` and ``ui``: what reads tables and runs."""
     p = sub.add_parser("info", parents=[common], help="show a table's version, tags, rows and episodes")
     p.add_argument("name")
     p.set_defaults(func=cmd_info)
@@ -153,6 +163,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="results in the JSON line instead of a text table")
     p.set_defaults(func=cmd_query)
 
+    p = sub.add_parser("ui", parents=[common], help="run `dagster dev` on this home's Dagster instance")
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int, default=3000)
+    p.set_defaults(func=cmd_ui)
+
+
+def _add_label_commands(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
+    """``relabel``, ``diff`` and ``merge``: labels on a review branch, and merging it."""
     p = sub.add_parser("relabel", parents=[common], help="write labels from a file onto a review branch of the table")
     p.add_argument("name")
     p.add_argument(
@@ -185,12 +203,6 @@ def build_parser() -> argparse.ArgumentParser:
         help="which side wins cells both the branch and main changed since the branch was made (else: refused)",
     )
     p.set_defaults(func=cmd_merge)
-
-    p = sub.add_parser("ui", parents=[common], help="run `dagster dev` on this home's Dagster instance")
-    p.add_argument("--host", default="127.0.0.1")
-    p.add_argument("--port", type=int, default=3000)
-    p.set_defaults(func=cmd_ui)
-    return parser
 
 
 def main(argv: list[str] | None = None) -> int:
