@@ -1,6 +1,6 @@
 """PyTorch access to a snapshot: LeRobotDataset-style items read from a tagged Deeplake table.
 
-torch is an optional dependency of the package, so only this module imports it.
+torch is an optional dependency of the package, so only this package imports it.
 
 Why it is fast: the small numeric columns of the snapshot are read once, column by column, into
 numpy at construction, so building an item's telemetry, windows and padding masks is array
@@ -8,10 +8,8 @@ indexing. Only camera frames are read per batch: their encoded JPEG bytes, fetch
 Deeplake call per camera for the whole batch (``__getitems__``, which the DataLoader uses; all
 cameras requested at once, so that reads overlap decoding), or per window of batches with
 :class:`ReadAheadBatches` (contiguous rows as range reads: a few requests on S3), each distinct
-frame then decoded once in the worker straight into one tensor per camera (float32, or uint8, optionally at a reduced
-size through libjpeg-turbo's DCT scaling), in a shared-memory buffer
-the worker refills once the training loop has dropped the batch (:mod:`batch_buffers`), which
-:func:`collate` hands to the main process without another copy. The Deeplake dataset is opened
+frame then decoded once in the worker straight into one tensor per camera (float32, or uint8, optionally at a
+reduced size; :mod:`~lerobot_assets.training.frames`). The Deeplake dataset is opened
 lazily in each process, so the object pickles cheaply for ``spawn`` workers and no handle is
 shared across a ``fork``.
 """
@@ -20,33 +18,30 @@ from __future__ import annotations
 
 import functools
 import logging
-import math
 import os
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
-from torch.utils.data import default_collate
 
 from lerobot_assets.core.errors import TableError
-from lerobot_assets.core.lerobot import stats
 from lerobot_assets.core.lerobot.meta import INDEX_DTYPES
-from lerobot_assets.core.media.codec import decode_rgb, is_jpeg
+from lerobot_assets.core.lerobot.stats import Stats
+from lerobot_assets.core.media.codec import is_jpeg
 from lerobot_assets.core.table.access import open_tag
+from lerobot_assets.core.table.episode_stats import STATS_COLUMN, load_stats
 from lerobot_assets.core.table.metadata import table_metadata
 from lerobot_assets.runtime.home import Home
 from lerobot_assets.runtime.registry import registry_of
-from lerobot_assets.training.batch_buffers import batch_storage, lend
+from lerobot_assets.training.frames import IMAGE_DTYPES, batch_tensor, decode_frames, decode_frames_cuda
 
 log = logging.getLogger(__name__)
 
 #: LeRobot's default tolerance for delta_timestamps that are not multiples of 1/fps.
 TOLERANCE_S = 1e-4
-#: Camera frame types an item can hold: LeRobot's float32 in [0, 1] (the default), or the decoded uint8.
-IMAGE_DTYPES = {"float32": torch.float32, "uint8": torch.uint8}
 
 
 @dataclass(frozen=True)
@@ -57,64 +52,6 @@ class SnapshotInfo:
     tag: str
     version: str
     table: str
-
-
-def decode_frames(
-    encoded: Sequence[bytes], dtype: torch.dtype = torch.float32, size: tuple[int, int] | None = None
-) -> torch.Tensor:
-    """Frames as one ``(N, C, H, W)`` tensor: float32 in [0, 1] like LeRobot's decoded video frames, or uint8.
-
-    uint8 holds the decoded pixels as they are (4x less memory to write, pin and transfer);
-    ``uint8_frames.float() / 255`` equals the float32 frames exactly. ``size`` (height, width)
-    decodes at that reduced resolution (:func:`~lerobot_assets.core.media.codec.decode_rgb`).
-
-    Inside a DataLoader worker the tensor lies in one of the worker's reusable shared-memory
-    buffers, so that :func:`collate` can hand it to the main process without stacking (copying)
-    the largest part of a batch again.
-    An object repeated in ``encoded`` (a frame clamped at an episode edge) is decoded once.
-    """
-    first = decode_rgb(encoded[0], size=size)
-    shape = (len(encoded), 3, *first.shape[:2])
-    out = torch.empty(0, dtype=dtype).set_(batch_storage(math.prod(shape) * dtype.itemsize), 0, shape)
-    decoded: dict[int, int] = {}
-    for k, blob in enumerate(encoded):
-        if id(blob) in decoded:
-            out[k].copy_(out[decoded[id(blob)]])
-            continue
-        chw = torch.from_numpy(first if k == 0 else decode_rgb(blob, size=size)).permute(2, 0, 1)
-        if dtype == torch.uint8:
-            out[k].copy_(chw)
-        else:
-            torch.div(chw, 255, out=out[k])  # as LeRobot: float32(x) / 255
-        decoded[id(blob)] = k
-    return out
-
-
-def _batch_tensor(values: np.ndarray) -> torch.Tensor:
-    """``values`` (one column of a batch, a row per sample) as one tensor, in a reusable batch buffer.
-
-    Items hold its rows, so :func:`collate` passes the column on whole: no per-item tensors to
-    build and stack, and in a DataLoader worker no fresh shared memory per column and batch.
-    """
-    out = torch.empty(0, dtype=torch.from_numpy(values[:0]).dtype)
-    return out.set_(batch_storage(values.nbytes), 0, values.shape).copy_(torch.from_numpy(values))
-
-
-def decode_frames_cuda(
-    encoded: Sequence[bytes], dtype: torch.dtype = torch.float32, size: tuple[int, int] | None = None
-) -> torch.Tensor:
-    """:func:`decode_frames` with nvJPEG on the GPU (torchvision, imported only here): the batch comes out on CUDA.
-
-    nvJPEG has no DCT scaling, so ``size`` is a full decode then an area resize on the GPU
-    (torch's adaptive average: the box filter when the ratio is a whole number).
-    """
-    from torchvision.io import ImageReadMode, decode_jpeg
-
-    data = [torch.frombuffer(bytearray(blob), dtype=torch.uint8) for blob in encoded]
-    frames = torch.stack(decode_jpeg(data, mode=ImageReadMode.RGB, device="cuda"))
-    if size is not None and tuple(frames.shape[-2:]) != size:
-        frames = torch.nn.functional.interpolate(frames.float(), size=size, mode="area").round_().to(torch.uint8)
-    return frames if dtype == torch.uint8 else frames.float().div_(255)
 
 
 def _decode_device(requested: str) -> str:
@@ -134,39 +71,6 @@ def _decode_device(requested: str) -> str:
                     "frames are decoded on the CPU")
         return "cpu"
     return "cuda"
-
-
-def collate(items: list[dict[str, Any]]) -> dict[str, Any]:
-    """``default_collate``, except that values already built as one batch tensor (camera frames,
-    telemetry columns, padding masks) are passed on as is.
-
-    Use it as the DataLoader's ``collate_fn``: with 480x640 cameras, stacking the frames again
-    costs about as much as decoding them.
-    """
-    whole = {key: lend(batch) for key in items[0] if (batch := _whole_batch([item[key] for item in items])) is not None}
-    rest = default_collate([{key: value for key, value in item.items() if key not in whole} for item in items])
-    return {key: whole[key] if key in whole else rest[key] for key in items[0]}
-
-
-def _whole_batch(values: list[Any]) -> torch.Tensor | None:
-    """The tensor whose consecutive rows ``values`` are, if together they fill one storage exactly."""
-    first = values[0]
-    if not isinstance(first, torch.Tensor):
-        return None
-    storage, size = first.untyped_storage(), first.numel() * first.element_size()
-    for k, value in enumerate(values):
-        if not (
-            isinstance(value, torch.Tensor)
-            and value.is_contiguous()
-            and value.shape == first.shape
-            and value.dtype == first.dtype
-            and value.untyped_storage().data_ptr() == storage.data_ptr()
-            and value.storage_offset() * value.element_size() == k * size
-        ):
-            return None
-    if storage.nbytes() != size * len(values):
-        return None
-    return torch.empty(0, dtype=first.dtype).set_(storage, 0, (len(values), *first.shape))
 
 
 def delta_indices(delta_timestamps: dict[str, list[float]], fps: float) -> dict[str, np.ndarray]:
@@ -233,7 +137,7 @@ class SnapshotDataset(torch.utils.data.Dataset):
         metadata = table_metadata(ds)
         schema = {column.name: str(column.dtype) for column in ds.schema.columns}
         cameras = [name for name, dtype in schema.items() if dtype.startswith("kind=image")]
-        internal = {*INDEX_DTYPES, "task", stats.STATS_COLUMN}
+        internal = {*INDEX_DTYPES, "task", STATS_COLUMN}
         features = [name for name in schema if name not in cameras and name not in internal]
         if columns is not None:
             unknown = sorted(set(columns) - set(cameras) - set(features))
@@ -288,16 +192,12 @@ class SnapshotDataset(torch.utils.data.Dataset):
         return len(self._samples)
 
     @functools.cached_property
-    def stats(self) -> stats.Stats | None:
+    def stats(self) -> Stats | None:
         """LeRobot-style normalization stats of the snapshot's episodes, stored with the rows at this
         tag (None if the ingest stored none). Read and aggregated at first use, not at construction:
         that reads every episode's stats (~10 KB of JSON each)."""
         episodes, rows = self._first_rows
-        return stats.load_stats(self._table(), dict(zip(episodes.tolist(), rows.tolist())))
-
-    @property
-    def num_frames(self) -> int:
-        return len(self._samples)
+        return load_stats(self._table(), dict(zip(episodes.tolist(), rows.tolist())))
 
     @property
     def num_episodes(self) -> int:
@@ -330,8 +230,8 @@ class SnapshotDataset(torch.utils.data.Dataset):
             windows[key], pads[f"{key}_is_pad"] = self._window(key, positions)
         reads = self._reads(indices)
         images = {cam: self._frames(reads[cam], windows[cam] if cam in windows else rows) for cam in self.camera_keys}
-        columns = {key: _batch_tensor(values[windows.get(key, rows)]) for key, values in self._values.items()}
-        columns.update({key: _batch_tensor(pad) for key, pad in pads.items()})
+        columns = {key: batch_tensor(values[windows.get(key, rows)]) for key, values in self._values.items()}
+        columns.update({key: batch_tensor(pad) for key, pad in pads.items()})
         items: list[dict[str, Any]] = []
         for b, row in enumerate(rows):
             item: dict[str, Any] = {}
@@ -410,69 +310,6 @@ class _RowReads:
 
 
 _WindowReads = dict[str, _RowReads]
-
-
-class ReadAheadBatches(torch.utils.data.Sampler[list[int]]):
-    """Batches of sample indices, shuffled or in order, grouped in windows that each worker reads ahead.
-
-    Give it to the DataLoader as ``batch_sampler``, with the same ``num_workers``. The DataLoader
-    deals batches to its workers in turn; this sampler orders them so that each worker gets all
-    the batches of a window in a row, and tells it its next window. A :class:`SnapshotDataset`
-    worker reads a whole window's encoded frames at once and starts reading its next window while
-    it decodes the current one. Worth it where a read waits on the network (an S3 snapshot).
-
-    By default a window is one batch of a full shuffle. With ``block`` > 1 the samples are
-    shuffled in blocks of ``block`` consecutive ones (consecutive frames of an episode), and a
-    window holds ``window`` samples (a multiple of ``batch_size``) from ``window // block`` blocks,
-    shuffled among themselves and cut into batches: on object storage a window is then a few
-    large range reads instead of about one request per frame and camera (measured on S3:
-    ``docs/benchmarks.md``). The price is a less mixed batch (frames from at most
-    ``window // block`` places); every sample still comes once per epoch, and items never change:
-    a batch whose window a worker does not hold is simply read then.
-    """
-
-    def __init__(self, size: int, batch_size: int, num_workers: int, shuffle: bool = True, drop_last: bool = False,
-                 generator: torch.Generator | None = None, window: int | None = None, block: int = 1) -> None:
-        if block < 1 or (window is not None and window < batch_size):
-            raise ValueError(f"block must be >= 1 and window >= batch_size ({batch_size}), not {block} and {window}")
-        self.size, self.batch_size, self.step = size, batch_size, max(1, num_workers)
-        self.shuffle, self.drop_last, self.generator = shuffle, drop_last, generator
-        self.batches_per_window, self.block = (window or batch_size) // batch_size, block
-
-    def __len__(self) -> int:
-        return self.size // self.batch_size if self.drop_last else math.ceil(self.size / self.batch_size)
-
-    def __iter__(self) -> Iterator[list[int]]:
-        blocks = torch.arange(self.size).split(self.block)
-        if self.shuffle:
-            blocks = [blocks[k] for k in torch.randperm(len(blocks), generator=self.generator).tolist()]
-        batches = list(torch.cat(blocks).split(self.batch_size)) if blocks else []
-        batches = batches[: len(self)]
-        # As many windows as the batches need, a multiple of the workers, with as many batches each as can be:
-        # every worker then gets the same number of batches (or one fewer) and stays in step with the DataLoader.
-        count = min(len(batches), math.ceil(len(batches) / self.batches_per_window / self.step) * self.step)
-        windows = []
-        for group in np.array_split(np.arange(len(batches)), count) if count else []:
-            members = [batches[k] for k in group.tolist()]
-            samples = torch.cat(members)
-            if self.shuffle:
-                samples = samples[torch.randperm(len(samples), generator=self.generator)]
-            windows.append((samples.tolist(), samples.split([len(m) for m in members])))
-        streams = []
-        for worker in range(self.step):
-            mine = windows[worker :: self.step]
-            streams.append([_Batch(batch.tolist(), samples, mine[k + 1][0] if k + 1 < len(mine) else [])
-                            for k, (samples, cut) in enumerate(mine) for batch in cut])
-        for round_ in range(max(map(len, streams), default=0)):
-            yield from (stream[round_] for stream in streams if round_ < len(stream))
-
-
-class _Batch(list):
-    """A batch of indices that also names its window's indices and the worker's next window (pickled with it)."""
-
-    def __init__(self, indices: list[int], window: list[int], ahead: list[int]) -> None:
-        super().__init__(indices)
-        self.window, self.ahead = window, ahead
 
 
 def _task_codes(ds: Any, episode: np.ndarray, task_index: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
