@@ -100,7 +100,7 @@ def write_run(url: str, meta, episodes: dict[int, dict]) -> None:
     with RunWriter(url, "jpeg", {"source": str(meta.root), "revision": REVISION}) as writer:
         for episode, rows in episodes.items():
             values = {k: v for k, v in rows.items() if k != "observation.images.cam"}
-            rows = {**rows, STATS_COLUMN: stats_cells(episode_stats(values, {}), len(rows["episode_index"]))}
+            rows = {**rows, STATS_COLUMN: stats_cells(episode_stats(values), len(rows["episode_index"]))}
             writer.replace(meta, episode, rows, f"{REVISION[:8]}-{episode}", lambda ds, new: (new, None))
         writer.commit(f"ingest {NAME} episodes {min(episodes)}-{max(episodes)} at revision {REVISION}")
     ds = open_read_only(url)

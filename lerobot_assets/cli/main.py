@@ -232,7 +232,3 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     _print_result(result)
     return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

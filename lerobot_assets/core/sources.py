@@ -23,12 +23,12 @@ import stat
 import subprocess
 import tarfile
 import tempfile
-import threading
 import time
 from dataclasses import dataclass, replace
 from pathlib import Path
 
 from lerobot_assets.core.errors import LeRobotAssetsError
+from lerobot_assets.core.files import write_text
 from lerobot_assets.core.table.registry import DatasetSource
 
 log = logging.getLogger(__name__)
@@ -356,10 +356,7 @@ def _read_record(path: Path | None) -> dict:
 
 
 def _write_json(path: Path, data: dict) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
-    tmp.write_text(json.dumps(data, separators=(",", ":")))
-    tmp.replace(path)
+    write_text(path, json.dumps(data, separators=(",", ":")))
 
 
 def _git(path: Path, *args: str, binary: bool = False) -> str | bytes | None:
@@ -474,10 +471,7 @@ def _record_ref(storage: Path, ref: str, sha: str) -> None:
     if ref == sha:
         return
     path = storage / "refs" / ref
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(sha)
-    tmp.replace(path)
+    write_text(path, sha)
 
 
 def _first_line(exc: BaseException) -> str:

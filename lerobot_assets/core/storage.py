@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from lerobot_assets.core.errors import TableError
+from lerobot_assets.core.files import write_bytes
 
 
 def read_object(url: str) -> bytes | None:
@@ -48,10 +49,7 @@ def write_object(url: str, data: bytes) -> None:
         s3_client_for(url).put_object(Bucket=bucket, Key=key, Body=data)
         return
     path = Path(url)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")  # two writers never share one
-    tmp.write_bytes(data)
-    tmp.replace(path)
+    write_bytes(path, data)
 
 
 def delete_object(url: str) -> None:

@@ -79,6 +79,7 @@ from lerobot_assets.defs.partitions import (
     INGEST_GROUP,
     asset_prefix,
     dataset_asset_key,
+    episode_index,
     episode_key,
     episode_partitions,
     episode_pool,
@@ -319,7 +320,7 @@ def _episode_assets(dataset: str, keys: _Keys) -> AssetsDefinition:
         episode's inputs (and otherwise decodes again). Telemetry is re-read from the pinned source
         (a small parquet slice), so nothing passes through an IO manager.
         """
-        episodes = [_Episode(dataset, int(key), keys) for key in context.partition_keys]
+        episodes = [_Episode(dataset, episode_index(key), keys) for key in context.partition_keys]
         pinned_copy = _pinned_copy(dataset, episode_metadata["revision"], storage, hub)
         episode_metadata = {**episode_metadata, "pinned_copy": pinned_copy}  # this machine's
         results = _run_episodes(context, episodes, episode_metadata, storage, encoding)
@@ -661,7 +662,7 @@ def _table_events(
     dataset, index = episode.dataset, episode.index
     rows = episode_rows(meta, telemetry, staged.images)
     data_file = where(dataset, index, meta.root / meta.episode(index).data_path)
-    stats = episode_stats({k: v for k, v in rows.items() if k not in meta.cameras}, {}, data_file) | staged.stats
+    stats = episode_stats({k: v for k, v in rows.items() if k not in meta.cameras}, data_file) | staged.stats
     rows[STATS_COLUMN] = stats_cells(stats, telemetry.num_rows)
     # merged labels hold across a re-ingest
     deleted, written, labels = writer.replace(meta, index, rows, version.value, lambda ds, new: reapply_labels(ds, index, new))

@@ -6,6 +6,9 @@ under the dataset's named jobs. ``ingest`` runs the dataset's ``ingest_dataset``
 its ``ingest_episodes`` job over ranges of episodes, the same runs a backfill from the UI makes.
 """
 
+# First, before any library that brings its own mimalloc loads (see lerobot_assets.core.allocator).
+import lerobot_assets.core.allocator  # noqa: F401, I001
+
 import logging
 import shutil
 from collections.abc import Sequence
@@ -29,6 +32,7 @@ from lerobot_assets.defs.ingest import EPISODES_PER_RUN
 from lerobot_assets.defs.partitions import (
     asset_prefix,
     dataset_asset_key,
+    episode_index,
     episode_key,
     episode_partitions,
     partition_ranges,
@@ -155,7 +159,7 @@ def _ingest(settings: Settings, entry: DatasetSource, episodes: Sequence[int] | 
     log.info("resolving %s (%s)", entry.source, entry.kind)
     outcome = run_or_raise(instance, settings, entry.name, "ingest_dataset")
     metadata = materialization_values(instance, outcome, dataset_asset_key(entry.name, "episode_metadata"))
-    fingerprints = {int(key): value for key, value in metadata["fingerprints"].items()}
+    fingerprints = {episode_index(key): value for key, value in metadata["fingerprints"].items()}
     upstream = sorted(fingerprints)
     requested = upstream if episodes is None else sorted(set(episodes))
     unknown = sorted(set(requested) - set(upstream))
@@ -268,7 +272,7 @@ def _failed_episodes(events: list[DagsterEvent], home: Home, dataset: str, batch
             if failed is not None:
                 return {int(i): users_paths(message, home, dataset) for i, message in failed.value.items()}
     message = users_paths(failure_message(events), home, dataset)
-    return {int(key): message for key in batch}
+    return {episode_index(key): message for key in batch}
 
 
 def snapshot(name: str, *, tag: str | None = None, home: str | Path | None = None, tables: str | None = None) -> dict[str, Any]:

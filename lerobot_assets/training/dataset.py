@@ -124,27 +124,13 @@ class SnapshotDataset(torch.utils.data.Dataset):
         decode_device: str = "cpu",
         tables: str | None = None,
     ) -> None:
-        if image_dtype not in IMAGE_DTYPES:
-            raise ValueError(f"image_dtype must be one of {sorted(IMAGE_DTYPES)}, not {image_dtype!r}")
-        if image_size is not None and (len(image_size) != 2 or min(image_size) < 1):
-            raise ValueError(f"image_size must be (height, width) in pixels, not {image_size!r}")
-        self.image_dtype = IMAGE_DTYPES[image_dtype]
-        self.image_size = None if image_size is None else (int(image_size[0]), int(image_size[1]))
+        self.image_dtype, self.image_size = _image_options(image_dtype, image_size)
         self.decode_device = _decode_device(decode_device)
         url = registry_of(Home.at(home, tables)).dataset_source(dataset).table
         ds = open_tag(url, tag)
         self.snapshot = SnapshotInfo(dataset, tag, ds.version, url)
         metadata = table_metadata(ds)
-        schema = {column.name: str(column.dtype) for column in ds.schema.columns}
-        cameras = [name for name, dtype in schema.items() if dtype.startswith("kind=image")]
-        internal = {*INDEX_DTYPES, "task", STATS_COLUMN}
-        features = [name for name in schema if name not in cameras and name not in internal]
-        if columns is not None:
-            unknown = sorted(set(columns) - set(cameras) - set(features))
-            if unknown:
-                raise ValueError(f"columns {unknown} are not in {url}; it has {sorted(cameras + features)}")
-            cameras = [c for c in cameras if c in columns]
-            features = [f for f in features if f in columns]
+        cameras, features = _columns(ds, columns, url)
         self.camera_keys: list[str] = cameras
         if not metadata.get("fps"):
             raise TableError(f"{url} at tag {tag!r} has no fps in its metadata; re-ingest it")
@@ -172,15 +158,7 @@ class SnapshotDataset(torch.utils.data.Dataset):
         if unknown:
             raise ValueError(f"delta_timestamps keys {unknown} are not returned columns")
 
-        selected = np.ones(len(index), dtype=bool)
-        if episodes is not None:
-            missing = sorted(set(episodes) - set(sorted_episode[firsts].tolist()))
-            if missing:
-                raise ValueError(f"episodes {missing} are not in {url} at tag {tag!r}")
-            selected &= np.isin(sorted_episode, episodes)
-        if query is not None:
-            selected &= np.isin(sorted_index, _query_index(ds, query))
-        self._samples = np.flatnonzero(selected)  # positions in the sorted order
+        self._samples = _samples(ds, sorted_episode, sorted_index, firsts, episodes, query, f"{url} at tag {tag!r}")
         self.episodes: list[int] = np.unique(sorted_episode[self._samples]).tolist()
         # each episode's first row in the table, for the stats (read when asked for: :attr:`stats`)
         self._first_rows = (sorted_episode[firsts], self._order[firsts])
@@ -310,6 +288,44 @@ class _RowReads:
 
 
 _WindowReads = dict[str, _RowReads]
+
+
+def _image_options(image_dtype: str, image_size: tuple[int, int] | None) -> tuple[torch.dtype, tuple[int, int] | None]:
+    """The tensor dtype of camera frames, and the (height, width) they are decoded at (None: as stored)."""
+    if image_dtype not in IMAGE_DTYPES:
+        raise ValueError(f"image_dtype must be one of {sorted(IMAGE_DTYPES)}, not {image_dtype!r}")
+    if image_size is not None and (len(image_size) != 2 or min(image_size) < 1):
+        raise ValueError(f"image_size must be (height, width) in pixels, not {image_size!r}")
+    return IMAGE_DTYPES[image_dtype], None if image_size is None else (int(image_size[0]), int(image_size[1]))
+
+
+def _columns(ds: Any, columns: list[str] | None, url: str) -> tuple[list[str], list[str]]:
+    """The cameras and the numeric features an item returns: all of the table's, or those ``columns`` names."""
+    schema = {column.name: str(column.dtype) for column in ds.schema.columns}
+    cameras = [name for name, dtype in schema.items() if dtype.startswith("kind=image")]
+    internal = {*INDEX_DTYPES, "task", STATS_COLUMN}
+    features = [name for name in schema if name not in cameras and name not in internal]
+    if columns is not None:
+        unknown = sorted(set(columns) - set(cameras) - set(features))
+        if unknown:
+            raise ValueError(f"columns {unknown} are not in {url}; it has {sorted(cameras + features)}")
+        cameras = [c for c in cameras if c in columns]
+        features = [f for f in features if f in columns]
+    return cameras, features
+
+
+def _samples(ds: Any, sorted_episode: np.ndarray, sorted_index: np.ndarray, firsts: np.ndarray,
+             episodes: list[int] | None, query: str | None, where: str) -> np.ndarray:
+    """Positions (in the sorted order) of the rows that are samples: those of ``episodes`` and ``query``, else all."""
+    selected = np.ones(len(sorted_index), dtype=bool)
+    if episodes is not None:
+        missing = sorted(set(episodes) - set(sorted_episode[firsts].tolist()))
+        if missing:
+            raise ValueError(f"episodes {missing} are not in {where}")
+        selected &= np.isin(sorted_episode, episodes)
+    if query is not None:
+        selected &= np.isin(sorted_index, _query_index(ds, query))
+    return np.flatnonzero(selected)  # positions in the sorted order
 
 
 def _task_codes(ds: Any, episode: np.ndarray, task_index: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

@@ -21,20 +21,20 @@ from hypothesis import strategies as st
 from torch.utils.data import DataLoader
 
 from lerobot_assets.core.errors import LeRobotAssetsError, TableError
+from lerobot_assets.core.table.access import open_read_only, open_tag
 from lerobot_assets.core.table.branches import PREFER
 from lerobot_assets.core.table.label_files import ColumnSpec, LabelError, read_label_file
 from lerobot_assets.core.table.labels import describe_reapplied
+from lerobot_assets.core.table.metadata import table_metadata
 from lerobot_assets.runtime.commands import ingest, snapshot
 from lerobot_assets.runtime.home import Home
 from lerobot_assets.runtime.registry import registry_of
 from lerobot_assets.runtime.relabel import diff, merge, relabel
-from tests.support.datasets import shift_actions
-from lerobot_assets.core.table.access import open_read_only, open_tag
-from lerobot_assets.core.table.metadata import table_metadata
 from lerobot_assets.testing.synthetic import generate_dataset
 from lerobot_assets.training import SnapshotDataset, collate
 
 from tests.defs.test_relabel import _write_csv
+from tests.support.datasets import shift_actions
 
 LENGTHS = (9, 11, 8)
 TASKS = ("Pick up the shrimp", "Wipe the table", "Open the drawer")

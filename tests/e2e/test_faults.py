@@ -17,11 +17,12 @@ import pytest
 from dagster import AssetKey, DagsterInstance, DagsterRunStatus, RunsFilter
 
 from lerobot_assets.core.errors import LeRobotAssetsError
-from lerobot_assets.runtime.commands import info, ingest, snapshot
-from tests.support.datasets import shift_actions
 from lerobot_assets.core.table.access import open_read_only
 from lerobot_assets.core.table.metadata import episode_versions
+from lerobot_assets.runtime.commands import info, ingest, snapshot
 from lerobot_assets.testing.synthetic import generate_dataset
+
+from tests.support.datasets import shift_actions
 
 # Runs a real ingest in a child process, through the real Deeplake table, but pauses at the run's commit
 # (after its episodes' deletes + appends), so the test can SIGKILL it at the worst moment.

@@ -72,8 +72,9 @@ def table_metadata(ds: deeplake.Dataset | deeplake.ReadOnlyDataset) -> dict[str,
     return metadata
 
 
-def json_entry(metadata: Any) -> dict[str, Any]:
-    return json.loads(metadata[METADATA_KEY]) if METADATA_KEY in metadata.keys() else {}
+def json_entry(metadata: Any, key: str = METADATA_KEY) -> Any:
+    """The JSON value under ``key`` of Deeplake metadata (a dataset's or a column's); {} when absent or empty."""
+    return json.loads(metadata[key]) if key in metadata.keys() and metadata[key] else {}
 
 
 def set_table_metadata(ds: deeplake.Dataset, **values: Any) -> None:
