@@ -29,6 +29,7 @@ from lerobot_assets.training import ReadAheadBatches, SnapshotDataset, collate
 
 from tests.conftest import white_block_x
 from tests.support.s3_server import S3Server
+from tests.support.stats import image_stats
 
 LENGTHS = (14, 9, 12)
 TASKS = ("Pick up the shrimp", "Wipe the table", "Open the drawer")  # the generator's, one per episode
@@ -63,7 +64,7 @@ def snap(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     for index in np.unique(episode).tolist():
         rows = np.flatnonzero(episode == index).tolist()
         values = {key: np.asarray(ds[key][rows]) for key in (*VECTORS, *INDEX_DTYPES)}
-        per_episode.append(episode_stats(values, _source_frames_png(source, index)))
+        per_episode.append(episode_stats(values) | {cam: image_stats(f) for cam, f in _source_frames_png(source, index).items()})
     frames = [pd.read_parquet(p) for p in sorted((source / "data").rglob("*.parquet"))]
     rows = pd.concat(frames).sort_values("index").reset_index(drop=True)
     return {"home": home, "tagged": tagged, "rows": rows, "stats": aggregate_stats(per_episode)}
