@@ -18,6 +18,7 @@ import functools
 import os
 import time
 import warnings
+from collections import Counter
 from collections.abc import Callable, Collection, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -203,10 +204,6 @@ def _read_metadata(
         f"{dataset}: {meta.version}, {len(episodes)} episodes, {sum(e.length for e in meta.episodes.values())} frames, "
         f"cameras {meta.cameras}, {meta.fps:g} fps"
     )
-    task_counts: dict[str, int] = {}
-    for e in meta.episodes.values():
-        for task in e.tasks:
-            task_counts[task] = task_counts.get(task, 0) + 1
     value = {
         **hf_snapshot,
         "codebase_version": meta.version,
@@ -219,25 +216,29 @@ def _read_metadata(
         "removed": removed,
         "labels_lost": labels_lost,
     }
-    return Output(
-        value,
-        metadata={
-            "revision": hf_snapshot["revision"],
-            "codebase_version": meta.version,
-            "episodes": len(episodes),
-            "frames": sum(e["length"] for e in episodes.values()),
-            "cameras": MetadataValue.json(meta.cameras),
-            "fps": meta.fps,
-            "removed": MetadataValue.json(removed),
-            "skipped": MetadataValue.json(list(meta.empty_episodes)),
-            "labels_lost": MetadataValue.json(labels_lost),
-            "fingerprints": MetadataValue.json({episode_key(i): e["fingerprint"] for i, e in episodes.items()}),
-            "tasks": MetadataValue.md(
-                "| task | episodes |\n|---|---|\n" + "\n".join(f"| {t} | {n} |" for t, n in sorted(task_counts.items()))
-            ),
-        },
-        data_version=DataVersion(hf_snapshot["revision"]),
-    )
+    return Output(value, metadata=_metadata_entries(value, meta), data_version=DataVersion(hf_snapshot["revision"]))
+
+
+def _metadata_entries(value: dict[str, Any], meta: DatasetMeta) -> dict[str, Any]:
+    """What the UI shows of an ``episode_metadata`` materialization (the CLI reads ``fingerprints``,
+    ``removed``, ``skipped`` and ``labels_lost`` back from it)."""
+    episodes = value["episodes"]
+    tasks = Counter(task for e in meta.episodes.values() for task in e.tasks)
+    return {
+        "revision": value["revision"],
+        "codebase_version": meta.version,
+        "episodes": len(episodes),
+        "frames": sum(e["length"] for e in episodes.values()),
+        "cameras": MetadataValue.json(meta.cameras),
+        "fps": meta.fps,
+        "removed": MetadataValue.json(value["removed"]),
+        "skipped": MetadataValue.json(value["skipped"]),
+        "labels_lost": MetadataValue.json(value["labels_lost"]),
+        "fingerprints": MetadataValue.json({episode_key(i): e["fingerprint"] for i, e in episodes.items()}),
+        "tasks": MetadataValue.md(
+            "| task | episodes |\n|---|---|\n" + "\n".join(f"| {t} | {n} |" for t, n in sorted(tasks.items()))
+        ),
+    }
 
 
 def _sync_partitions(instance: DagsterInstance, dataset: str, episodes: Collection[int]) -> None:
@@ -348,6 +349,24 @@ def _episode_assets(dataset: str, keys: _Keys) -> AssetsDefinition:
 _AfterCommit = Callable[[Any, dict[int, range], str], list[Event]]
 
 
+def _recorded_versions(
+    context: AssetExecutionContext, url: str, episodes: list[_Episode], episode_metadata: dict
+) -> dict[int, str]:
+    """The data versions the table records for its episodes, except for those of ``episodes`` whose
+    rows are not one per frame (a write that failed its row check, rows written twice): a current
+    data version over wrong rows is rewritten, not recorded unchanged."""
+    try:
+        held = open_read_only(url)
+        recorded, ranges = episode_versions(held), episode_ranges(held)
+    except TableError:
+        return {}
+    lengths = episode_metadata["episodes"]
+    wrong = [e.index for e in episodes if e.index in recorded and len(ranges.get(e.index, ())) != lengths[e.index]["length"]]
+    if wrong:
+        context.log.warning(f"{episodes[0].dataset}: the table does not hold one row per frame of episodes {wrong}; rewriting them")
+    return {index: value for index, value in recorded.items() if index not in wrong}
+
+
 def _run_episodes(
     context: AssetExecutionContext,
     episodes: list[_Episode],
@@ -362,19 +381,7 @@ def _run_episodes(
     committed. A failed episode does not stop the others' rows from being committed."""
     dataset = episodes[0].dataset
     url = storage.table_url(dataset)
-    try:
-        held = open_read_only(url)
-        recorded, ranges = episode_versions(held), episode_ranges(held)
-    except TableError:
-        recorded, ranges = {}, {}
-    # a current data version over wrong rows (a write that failed its row check, rows written twice):
-    # rewritten, not recorded unchanged
-    wrong = [e.index for e in episodes
-             if e.index in recorded and len(ranges.get(e.index, ())) != episode_metadata["episodes"][e.index]["length"]]
-    if wrong:
-        context.log.warning(f"{dataset}: the table does not hold one row per frame of episodes {wrong}; rewriting them")
-        recorded = {index: value for index, value in recorded.items() if index not in wrong}
-
+    recorded = _recorded_versions(context, url, episodes, episode_metadata)
     with RunWriter(url, encoding.image_format, episode_metadata["table_metadata"]) as writer:
         def one(episode: _Episode) -> tuple[str | None, list[Event | _AfterCommit]]:
             try:
@@ -662,7 +669,7 @@ def _table_events(
     dataset, index = episode.dataset, episode.index
     rows = episode_rows(meta, telemetry, staged.images)
     data_file = where(dataset, index, meta.root / meta.episode(index).data_path)
-    stats = episode_stats({k: v for k, v in rows.items() if k not in meta.cameras}, data_file) | staged.stats
+    stats = episode_stats({k: v for k, v in rows.items() if k not in meta.cameras}, location=data_file) | staged.stats
     rows[STATS_COLUMN] = stats_cells(stats, telemetry.num_rows)
     # merged labels hold across a re-ingest
     deleted, written, labels = writer.replace(meta, index, rows, version.value, lambda ds, new: reapply_labels(ds, index, new))

@@ -163,7 +163,7 @@ def test_pandas_rewrite_reports_only_the_edited_episodes(tmp_path: Path) -> None
 
 def test_statistics_of_a_near_constant_float32_column() -> None:
     values = np.linspace(152.50363, 152.54759, 427, dtype=np.float32)
-    stats = episode_stats({"observation.state": values}, "dataset 'x', episode 0")["observation.state"]
+    stats = episode_stats({"observation.state": values}, location="dataset 'x', episode 0")["observation.state"]
     assert stats["min"][0] == values[0] and stats["max"][0] == values[-1]
     for name, q in QUANTILES.items():  # an evenly spaced column: quantiles close to numpy's
         assert abs(float(stats[name][0]) - float(np.quantile(values.astype(np.float64), q))) < 1e-3, name
@@ -172,7 +172,7 @@ def test_statistics_of_a_near_constant_float32_column() -> None:
 def test_statistics_errors_name_the_column_and_file() -> None:
     location = "dataset 'x', episode 2, file 'data/f.parquet'"
     with pytest.raises(LeRobotAssetsError, match=f"{location}: statistics of column 'action'"):
-        episode_stats({"state": np.ones((3, 2), np.float32), "action": [np.ones(2), np.ones(3)]}, location)
+        episode_stats({"state": np.ones((3, 2), np.float32), "action": [np.ones(2), np.ones(3)]}, location=location)
 
 
 def _empty_episode(source: Path, index: int) -> None:

@@ -175,7 +175,7 @@ def image_stats_from_counts(counts: np.ndarray, frames: int) -> dict[str, np.nda
 
 
 
-def episode_stats(values: Mapping[str, Any], location: str = "") -> Stats:
+def episode_stats(values: Mapping[str, Any], *, location: str = "") -> Stats:
     """Stats of one episode's numeric features: ``values`` maps features to per-frame arrays (camera
     stats come from the decoder: :func:`channel_counts`, :func:`image_stats_from_counts`).
 
