@@ -35,7 +35,6 @@ import argparse
 import json
 import os
 import shutil
-import socket
 import statistics
 import subprocess
 import sys
@@ -52,6 +51,7 @@ from lerobot_assets.testing.synthetic import generate_dataset
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
+from tests.support.dagster_server import free_port, wait_for_port  # noqa: E402
 from tests.support.pg_server import PostgresServer  # noqa: E402
 
 NAME = "bench"
@@ -72,9 +72,7 @@ def pgbouncer(pg: PostgresServer) -> Iterator[int]:
     binary = shutil.which("pgbouncer") or "/usr/sbin/pgbouncer"
     if not Path(binary).is_file():
         raise SystemExit("pgbouncer is not installed (apt-get install pgbouncer); or leave pgbouncer_batched out of --variants")
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
+    port = free_port()
     config = pg.dir / "pgbouncer.ini"
     config.write_text(
         f"[databases]\n* = host=127.0.0.1 port={pg.port}\n[pgbouncer]\nlisten_addr = 127.0.0.1\nlisten_port = {port}\n"
@@ -85,11 +83,7 @@ def pgbouncer(pg: PostgresServer) -> Iterator[int]:
     user = ["runuser", "-u", "postgres", "--"] if os.geteuid() == 0 else []
     proc = subprocess.Popen([*user, binary, str(config)], stdout=subprocess.DEVNULL, stderr=(pg.dir / "pgbouncer.log").open("wb"))
     try:
-        for _ in range(100):
-            with socket.socket() as probe:
-                if probe.connect_ex(("127.0.0.1", port)) == 0:
-                    break
-            time.sleep(0.1)
+        wait_for_port(port, proc, 10, "pgbouncer")
         yield port
     finally:
         proc.terminate()

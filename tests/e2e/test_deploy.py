@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import shutil
-import socket
 import subprocess
 import sys
 import time
@@ -24,7 +23,9 @@ from lerobot_assets.defs.partitions import episode_pool
 from lerobot_assets.runtime.deployment import LOCATION_NAME
 from lerobot_assets.testing.synthetic import generate_dataset
 
-from tests.support.dagster_server import REPO, dagster_command, free_port, graphql, serve, server_env, stop, tail
+from tests.support.dagster_server import (
+    REPO, dagster_command, free_port, graphql, serve, server_env, stop, tail, wait_for_port,
+)
 from tests.support.pg_server import PostgresServer, postgres_bin
 
 pytestmark = [
@@ -91,13 +92,10 @@ def _code_server(env: dict[str, str], log: Path) -> Iterator[int]:
     proc = subprocess.Popen(_code_server_command(port), cwd=REPO, env=env, stdout=log.open("wb"), stderr=subprocess.STDOUT,
                             stdin=subprocess.DEVNULL, start_new_session=True)
     try:
-        deadline = time.monotonic() + CODE_SERVER_START_TIMEOUT_S
-        while True:
-            assert proc.poll() is None and time.monotonic() < deadline, tail(log)
-            with socket.socket() as probe:
-                if probe.connect_ex(("127.0.0.1", port)) == 0:
-                    break
-            time.sleep(0.5)
+        try:
+            wait_for_port(port, proc, CODE_SERVER_START_TIMEOUT_S, "the code server")
+        except RuntimeError as exc:
+            raise AssertionError(f"{exc}\n{tail(log)}") from None
         yield port
     finally:
         stop(proc)

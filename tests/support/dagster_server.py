@@ -129,6 +129,18 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
+def wait_for_port(port: int, proc: subprocess.Popen, timeout_s: float, what: str) -> None:
+    """Return once ``proc`` accepts connections on 127.0.0.1:``port``; raise if it exits or ``timeout_s`` passes."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        if proc.poll() is not None or time.monotonic() > deadline:
+            raise RuntimeError(f"{what} did not listen on 127.0.0.1:{port} within {timeout_s:.0f} s (exit code {proc.poll()})")
+        with socket.socket() as probe:
+            if probe.connect_ex(("127.0.0.1", port)) == 0:
+                return
+        time.sleep(0.1)
+
+
 def dagster_command() -> list[str]:
     """How to run the ``dagster`` CLI of this interpreter's environment."""
     dagster = Path(sys.executable).with_name("dagster")
